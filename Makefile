@@ -1,0 +1,49 @@
+# pgqueue: every habit is one command. `make help` lists them.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.DEFAULT_GOAL := help
+.PHONY: help install lint format typecheck test test-faults bench bench-quick demo clean
+
+help: ## List the commands
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP) ## Create .venv and install pgqueue with its dev tools
+
+lint: $(STAMP) ## ruff (lint and format check) and mypy
+	$(BIN)/ruff check pgqueue tests alembic
+	$(BIN)/ruff format --check pgqueue tests alembic
+	$(BIN)/mypy
+
+format: $(STAMP) ## Format the code with ruff
+	$(BIN)/ruff format pgqueue tests alembic
+	$(BIN)/ruff check --fix pgqueue tests alembic
+
+typecheck: $(STAMP) ## mypy on the public API
+	$(BIN)/mypy
+
+test: lint ## Lint, then the whole suite against a real PostgreSQL (and RabbitMQ)
+	$(BIN)/python -m pytest -q
+
+test-faults: $(STAMP) ## The fault-injection suite only
+	$(BIN)/python -m pytest -q tests/faults
+
+bench: $(STAMP) ## Benchmarks against the peers (several minutes)
+	bash benchmarks/bench.sh
+
+bench-quick: $(STAMP) ## A short benchmark run (under 3 minutes)
+	bash benchmarks/bench.sh --quick
+
+demo: $(STAMP) ## Run a worker on a realistic workload with the embedded PostgreSQL
+	$(BIN)/python -m pgqueue.demo
+
+clean: ## Remove the virtual environment and caches
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build dist

@@ -1,0 +1,89 @@
+"""The broker interface: how tasks travel from producers to workers, whatever the transport.
+
+A worker drives any broker through five calls: `open`, `claim`, `finish`, `heartbeat`
+and `close`; producers call `enqueue` / `aenqueue`. Implementations live beside this
+module: `postgres.py` (the default, the task table itself) and `rabbitmq.py`.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from pgqueue.records import NewTask, Outcome, Task
+
+if TYPE_CHECKING:
+    import uuid
+
+    from pgqueue.settings import Settings
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class CleanupPolicy:
+    """Delete finished tasks older than `retain_days`, every `interval_hours`."""
+
+    interval_hours: float = 1.0
+    retain_days: float = 7.0
+
+
+class Broker(abc.ABC):
+    """A transport for tasks. The worker knows only these methods."""
+
+    # -- producers ---------------------------------------------------------------------
+
+    @abc.abstractmethod
+    def enqueue(self, tasks: Sequence[NewTask], connection: Any = None) -> None:
+        """Deliver new tasks; with `connection`, inside the caller's transaction."""
+
+    @abc.abstractmethod
+    async def aenqueue(self, tasks: Sequence[NewTask], connection: Any = None) -> None:
+        """Deliver new tasks from async code."""
+
+    def resubmit(self, task_id: uuid.UUID) -> None:  # noqa: B027 - optional hook
+        """Deliver again a task whose record `retry` put back to PENDING (database: nothing)."""
+
+    # -- workers -----------------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def open(
+        self,
+        worker_id: str,
+        queues: Sequence[str],
+        cleanup: CleanupPolicy | None,
+    ) -> None:
+        """Connect and subscribe to `queues`; start the broker's own upkeep (leases, cleanup)."""
+
+    @abc.abstractmethod
+    async def claim(self, limit: int, wait_seconds: float) -> list[Task]:
+        """Up to `limit` tasks to run now, waiting up to `wait_seconds` for the first one."""
+
+    @abc.abstractmethod
+    async def finish(self, outcome: Outcome) -> None:
+        """Record how a run ended; a worker that lost the task's lease is refused (logged)."""
+
+    @abc.abstractmethod
+    async def heartbeat(self, tasks: Sequence[Task]) -> set[uuid.UUID]:
+        """Renew the leases of running tasks; returns the ids of those this worker lost."""
+
+    @abc.abstractmethod
+    async def close(self) -> None:
+        """Flush what is buffered and disconnect."""
+
+    def wake(self) -> None:  # noqa: B027 - optional hook
+        """Make a pending `claim` return now (shutdown)."""
+
+
+def get_broker(settings: Settings | None = None) -> Broker:
+    """The broker the settings name (`PGQUEUE_BROKER`, `task.broker`); database by default."""
+    from pgqueue.settings import get_settings
+
+    settings = settings or get_settings()
+    if settings.broker == "rabbitmq":
+        from pgqueue.brokers.rabbitmq import RabbitMQBroker
+
+        return RabbitMQBroker.from_settings(settings)
+    from pgqueue.brokers.postgres import PostgresBroker
+
+    return PostgresBroker.from_settings(settings)

@@ -1,0 +1,92 @@
+"""`pgqueue worker [start]`: run a worker until SIGINT/SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+
+import click
+
+from pgqueue.registry import import_task_modules
+from pgqueue.settings import get_settings
+from pgqueue.worker import WorkerManager
+
+
+def _split(value: str) -> list[str]:
+    return [item.strip() for item in value.split(",") if item.strip()]
+
+
+@click.command()
+@click.argument("action", required=False, default="start", type=click.Choice(["start"]))
+@click.option(
+    "--queues",
+    "-q",
+    default=None,
+    help="Comma-separated queues [default: settings' default queue].",
+)
+@click.option(
+    "--concurrent",
+    "-c",
+    default=10,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Tasks run at once.",
+)
+@click.option(
+    "--interval",
+    "-i",
+    default=5.0,
+    show_default=True,
+    type=click.FloatRange(min=0.001),
+    help="Polling interval in seconds (a safety net: NOTIFY wakes the worker).",
+)
+@click.option(
+    "--import",
+    "imports",
+    multiple=True,
+    help="Module that defines tasks (repeatable, or comma-separated; adds to PGQUEUE_IMPORTS).",
+)
+@click.option(
+    "--grace",
+    default=None,
+    type=click.FloatRange(min=0),
+    help="Seconds SIGTERM waits for running tasks [default: PGQUEUE_SHUTDOWN_GRACE_SECONDS].",
+)
+@click.option(
+    "--cleanup-hours",
+    default=1.0,
+    show_default=True,
+    type=click.FloatRange(min=0.001),
+    help="Delete old finished tasks every so many hours.",
+)
+@click.option(
+    "--retain-days",
+    default=7.0,
+    show_default=True,
+    type=click.FloatRange(min=0),
+    help="Keep finished tasks this many days.",
+)
+def worker(
+    action: str,
+    queues: str | None,
+    concurrent: int,
+    interval: float,
+    imports: tuple[str, ...],
+    grace: float | None,
+    cleanup_hours: float,
+    retain_days: float,
+) -> None:
+    """Start a worker: `pgqueue worker start` (or just `pgqueue worker`)."""
+    settings = get_settings()
+    import_task_modules([*settings.imports, *(m for item in imports for m in _split(item))])
+    manager = WorkerManager(settings=settings)
+    manager.set_queues(_split(queues) if queues else [settings.defaults.queue])
+    manager.set_concurrent_tasks(concurrent)
+    manager.set_polling_interval(interval)
+    manager.set_cleanup_config(interval_hours=cleanup_hours, retain_days=retain_days)
+    if grace is not None:
+        manager.set_shutdown_grace(grace)
+    asyncio.run(manager.start())
+    if manager.stopped_at_once:
+        # Sync tasks may still hold threads; a second signal means now.
+        os._exit(1)

@@ -1,0 +1,179 @@
+"""Records how runs ended, in batches: one statement for many completions.
+
+A flush starts as soon as the previous one returns, so at low load an outcome is
+written at once and at high load many share one round trip. Completions are
+written with synchronous_commit off (see brokers/postgres.py): a completion lost
+in a server crash only means the task runs again, which at-least-once allows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import psycopg
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
+
+from pgqueue.errors import DatabaseUnavailable
+from pgqueue.records import Outcome, OutcomeKind
+
+log = logging.getLogger("pgqueue.worker")
+
+MAX_BACKOFF_SECONDS = 5.0
+
+
+class Completer:
+    """A buffer of outcomes and the background flush that writes them."""
+
+    def __init__(
+        self,
+        pool: AsyncConnectionPool,
+        queries: dict[str, str],
+        on_retry_scheduled: Callable[[], None],
+    ) -> None:
+        self._pool = pool
+        self._queries = queries
+        self._on_retry_scheduled = on_retry_scheduled
+        self._pending: list[Outcome] = []
+        self._ready = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="pgqueue-completer")
+
+    def add(self, outcome: Outcome) -> None:
+        self._pending.append(outcome)
+        self._idle.clear()
+        self._ready.set()
+
+    async def close(self, timeout: float) -> None:
+        """Write what is buffered (up to `timeout` seconds), then stop."""
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout)
+        except TimeoutError:
+            log.warning(
+                "could not record %d outcomes before shutdown; their tasks will run again "
+                "when their leases expire",
+                len(self._pending),
+            )
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    async def _run(self) -> None:
+        while True:
+            await self._ready.wait()
+            self._ready.clear()
+            batch, self._pending = self._pending, []
+            await self._write_until_done(batch)
+            if not self._pending:
+                self._idle.set()
+
+    async def _write_until_done(self, batch: list[Outcome]) -> None:
+        backoff = 0.1
+        while True:
+            try:
+                await self._write(batch)
+                return
+            except (psycopg.OperationalError, PoolTimeout, DatabaseUnavailable) as error:
+                log.warning("cannot record outcomes (%s); retrying in %.1fs", error, backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, MAX_BACKOFF_SECONDS)
+
+    async def _write(self, batch: Sequence[Outcome]) -> None:
+        completed = [o for o in batch if o.kind is OutcomeKind.COMPLETED]
+        async with self._pool.connection() as conn:
+            if len(completed) == len(batch):
+                await self._complete(conn, completed)
+                return
+            async with conn.transaction():
+                if completed:
+                    await self._complete(conn, completed)
+                await self._release(conn, [o for o in batch if o.kind is OutcomeKind.RELEASED])
+                for outcome in batch:
+                    if outcome.kind is OutcomeKind.FAILED:
+                        await self._fail(conn, outcome)
+                    elif outcome.kind is OutcomeKind.RESCHEDULED:
+                        await self._reschedule(conn, outcome)
+
+    async def _complete(self, conn: psycopg.AsyncConnection[Any], outcomes: list[Outcome]) -> None:
+        cursor = await conn.execute(
+            self._queries["complete_tasks"],
+            {
+                "ids": [o.task.id for o in outcomes],
+                "tokens": [o.task.lease_token for o in outcomes],
+                "results": [o.result_json for o in outcomes],
+            },
+        )
+        accepted = {row[0] for row in await cursor.fetchall()}
+        if len(accepted) != len(outcomes):
+            for outcome in outcomes:
+                if outcome.task.id not in accepted:
+                    _lease_lost(outcome, "completion")
+
+    async def _release(self, conn: psycopg.AsyncConnection[Any], outcomes: list[Outcome]) -> None:
+        if outcomes:
+            await conn.execute(
+                self._queries["release_tasks"],
+                {
+                    "ids": [o.task.id for o in outcomes],
+                    "tokens": [o.task.lease_token for o in outcomes],
+                },
+            )
+
+    async def _fail(self, conn: psycopg.AsyncConnection[Any], outcome: Outcome) -> None:
+        cursor = await conn.execute(
+            self._queries["fail_task"],
+            {
+                "id": outcome.task.id,
+                "token": outcome.task.lease_token,
+                "error": outcome.error,
+                "retryable": outcome.retryable,
+            },
+        )
+        row = await cursor.fetchone()
+        if row is None:
+            _lease_lost(outcome, "failure")
+            return
+        status, run_at = row
+        if status == "RETRYING":
+            log.info("task %s %s will retry at %s", outcome.task.id, outcome.task.name, run_at)
+            self._on_retry_scheduled()
+        else:
+            log.error(
+                "task %s %s is %s: %s",
+                outcome.task.id,
+                outcome.task.name,
+                status,
+                (outcome.error or "").splitlines()[0],
+            )
+
+    async def _reschedule(self, conn: psycopg.AsyncConnection[Any], outcome: Outcome) -> None:
+        cursor = await conn.execute(
+            self._queries["reschedule_task"],
+            {
+                "id": outcome.task.id,
+                "token": outcome.task.lease_token,
+                "delay": outcome.delay,
+                "refund_attempt": outcome.refund_attempt,
+            },
+        )
+        row = await cursor.fetchone()
+        if row is None or row[0] is None:
+            _lease_lost(outcome, "reschedule")
+        else:
+            self._on_retry_scheduled()
+
+
+def _lease_lost(outcome: Outcome, what: str) -> None:
+    log.warning(
+        "lease lost: task %s %s (lease token %d) was taken over or cancelled; its %s was refused",
+        outcome.task.id,
+        outcome.task.name,
+        outcome.task.lease_token,
+        what,
+    )

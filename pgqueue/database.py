@@ -1,0 +1,172 @@
+"""Connections to PostgreSQL: lazily opened pools, and errors that say which server failed."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sys
+import threading
+from collections.abc import AsyncIterator, Iterator
+from typing import TYPE_CHECKING, Any
+
+import psycopg
+from psycopg.rows import dict_row
+from psycopg_pool import AsyncConnectionPool, ConnectionPool, PoolTimeout
+
+from pgqueue.errors import DatabaseUnavailable
+from pgqueue.queries import check_schema, queries
+
+if TYPE_CHECKING:
+    from pgqueue.settings import Settings
+
+POOL_TIMEOUT_SECONDS = 10.0
+CONNECT_TIMEOUT_SECONDS = 5
+
+
+def describe_dsn(dsn: str) -> str:
+    """host:port/dbname (user) of a DSN, never its password."""
+    try:
+        params = psycopg.conninfo.conninfo_to_dict(dsn)
+    except psycopg.ProgrammingError:
+        return "<unparsable DSN>"
+    host = params.get("host") or "localhost"
+    port = params.get("port") or "5432"
+    user = params.get("user") or "(default user)"
+    return f"postgresql://{user}@{host}:{port}/{params.get('dbname') or user}"
+
+
+def unavailable(dsn: str, error: BaseException) -> DatabaseUnavailable:
+    reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    return DatabaseUnavailable(f"cannot use PostgreSQL at {describe_dsn(dsn)}: {reason}")
+
+
+class Database:
+    """One PostgreSQL server and pgqueue schema; pools open at first use.
+
+    Pooled connections are in autocommit mode: each pgqueue statement is its own
+    transaction unless a caller opens one, which saves the BEGIN/COMMIT round trips.
+    """
+
+    def __init__(self, dsn: str, schema: str = "pgqueue", max_connections: int = 10) -> None:
+        self.dsn = dsn
+        self.schema = check_schema(schema)
+        self.queries = queries(schema)
+        self.max_connections = max_connections
+        self._pool: ConnectionPool | None = None
+        self._async_pools: dict[asyncio.AbstractEventLoop, AsyncConnectionPool] = {}
+        self._lock = threading.Lock()
+
+    def connect_kwargs(self) -> dict[str, Any]:
+        return {"autocommit": True, "connect_timeout": CONNECT_TIMEOUT_SECONDS}
+
+    def pool(self) -> ConnectionPool:
+        with self._lock:
+            if self._pool is None:
+                self._pool = ConnectionPool(
+                    self.dsn,
+                    min_size=1,
+                    max_size=self.max_connections,
+                    kwargs=self.connect_kwargs(),
+                    timeout=POOL_TIMEOUT_SECONDS,
+                    open=True,
+                    name="pgqueue",
+                )
+            return self._pool
+
+    async def async_pool(self) -> AsyncConnectionPool:
+        # An async pool belongs to the event loop that opened it; asyncio.run() makes new ones.
+        loop = asyncio.get_running_loop()
+        pool = self._async_pools.get(loop)
+        if pool is None:
+            for stale_loop in [old for old in self._async_pools if old.is_closed()]:
+                del self._async_pools[stale_loop]
+            pool = AsyncConnectionPool(
+                self.dsn,
+                min_size=1,
+                max_size=self.max_connections,
+                kwargs=self.connect_kwargs(),
+                timeout=POOL_TIMEOUT_SECONDS,
+                open=False,
+                name="pgqueue-async",
+            )
+            await pool.open()
+            self._async_pools[loop] = pool
+        return pool
+
+    @contextlib.contextmanager
+    def connection(self) -> Iterator[psycopg.Connection[Any]]:
+        """A pooled connection; connection failures become DatabaseUnavailable."""
+        try:
+            with self.pool().connection() as conn:
+                yield conn
+        except (psycopg.OperationalError, PoolTimeout) as error:
+            raise unavailable(self.dsn, error) from error
+
+    @contextlib.asynccontextmanager
+    async def async_connection(self) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
+        try:
+            pool = await self.async_pool()
+            async with pool.connection() as conn:
+                yield conn
+        except (psycopg.OperationalError, PoolTimeout) as error:
+            raise unavailable(self.dsn, error) from error
+
+    def fetch_one(self, query: str, params: dict[str, Any]) -> dict[str, Any] | None:
+        """Run a named query once more on a fresh connection if the pooled one was stale."""
+        for attempt in (1, 2):
+            try:
+                with self.connection() as conn, conn.cursor(row_factory=dict_row) as cursor:
+                    cursor.execute(self.queries[query], params)
+                    return cursor.fetchone()
+            except DatabaseUnavailable:
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
+
+    async def afetch_one(self, query: str, params: dict[str, Any]) -> dict[str, Any] | None:
+        for attempt in (1, 2):
+            try:
+                async with self.async_connection() as conn:
+                    cursor = conn.cursor(row_factory=dict_row)
+                    await cursor.execute(self.queries[query], params)
+                    return await cursor.fetchone()
+            except DatabaseUnavailable:
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
+
+    def close(self) -> None:
+        with self._lock:
+            if self._pool is not None:
+                self._pool.close()
+                self._pool = None
+
+    async def aclose(self) -> None:
+        loop = asyncio.get_running_loop()
+        pool = self._async_pools.pop(loop, None)
+        if pool is not None:
+            await pool.close()
+
+
+_printed_embedded: set[str] = set()
+
+
+def resolve_dsn(settings: Settings) -> str:
+    """The configured DSN, else the embedded server's (started on first use)."""
+    if settings.dsn:
+        return settings.dsn
+    from pgqueue.embedded import ensure_server
+
+    dsn = ensure_server(settings.data_dir)
+    if dsn not in _printed_embedded:
+        _printed_embedded.add(dsn)
+        print(
+            f"pgqueue: no database configured (PGQUEUE_DSN); using the embedded PostgreSQL "
+            f"in {settings.data_dir}: psql '{dsn}'",
+            file=sys.stderr,
+        )
+    return dsn
+
+
+def database_from_settings(settings: Settings) -> Database:
+    return Database(resolve_dsn(settings), schema=settings.schema_name)

@@ -1,0 +1,74 @@
+"""The LISTEN connection of a Postgres worker: wake-ups for new work, health-checked."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Iterable
+
+import psycopg
+
+from pgqueue.database import CONNECT_TIMEOUT_SECONDS, describe_dsn
+from pgqueue.queries import notify_channel
+
+log = logging.getLogger("pgqueue.worker")
+
+HEALTH_CHECK_SECONDS = 10.0
+MAX_BACKOFF_SECONDS = 10.0
+
+
+class Listener:
+    """Calls `on_wake` when work arrives on one of `queues`, and after every reconnect.
+
+    A LISTEN connection can die silently (a proxy drops it, the server restarts); a
+    query every HEALTH_CHECK_SECONDS notices, and the connection is re-established
+    with back-off. Meanwhile the worker's polling interval keeps due tasks moving.
+    """
+
+    def __init__(
+        self, dsn: str, schema: str, queues: Iterable[str], on_wake: Callable[[], None]
+    ) -> None:
+        self._dsn = dsn
+        self._channel = notify_channel(schema)
+        self._queues = frozenset(queues)
+        self._on_wake = on_wake
+        self._task: asyncio.Task[None] | None = None
+        self.connected = asyncio.Event()
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="pgqueue-listener")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    async def _run(self) -> None:
+        backoff = 0.1
+        while True:
+            try:
+                async with await psycopg.AsyncConnection.connect(
+                    self._dsn, autocommit=True, connect_timeout=CONNECT_TIMEOUT_SECONDS
+                ) as conn:
+                    await conn.execute(f'LISTEN "{self._channel}"')
+                    self.connected.set()
+                    self._on_wake()  # catch up on whatever was queued while not listening
+                    backoff = 0.1
+                    await self._listen(conn)
+            except psycopg.OperationalError as error:
+                self.connected.clear()
+                log.warning(
+                    "LISTEN connection to %s lost (%s); reconnecting in %.1fs",
+                    describe_dsn(self._dsn),
+                    str(error).strip().splitlines()[0] if str(error).strip() else error,
+                    backoff,
+                )
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, MAX_BACKOFF_SECONDS)
+
+    async def _listen(self, conn: psycopg.AsyncConnection[object]) -> None:
+        while True:
+            async for note in conn.notifies(timeout=HEALTH_CHECK_SECONDS):
+                if note.payload in self._queues:
+                    self._on_wake()
+            await conn.execute("SELECT 1")

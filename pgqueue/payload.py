@@ -1,0 +1,96 @@
+"""JSON encoding of task arguments and results: the only format pgqueue stores (no pickle)."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import decimal
+import enum
+import json
+import re
+import uuid
+from collections.abc import Mapping
+from typing import Any
+
+from pgqueue.errors import InvalidTaskArguments, InvalidTaskOption
+
+
+def _encode_extra(value: Any) -> Any:
+    """Types json does not know but users pass every day."""
+    if isinstance(value, (datetime.datetime, datetime.date, datetime.time)):
+        return value.isoformat()
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    if isinstance(value, decimal.Decimal):
+        return str(value)
+    if isinstance(value, enum.Enum):
+        return value.value
+    if isinstance(value, (set, frozenset, tuple)):
+        return list(value)
+    model_dump = getattr(value, "model_dump", None)
+    if callable(model_dump):  # pydantic v2 models
+        return model_dump(mode="json")
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return dataclasses.asdict(value)
+    raise TypeError(f"{type(value).__name__} is not JSON-serialisable")
+
+
+# JSON escapes NUL as \u0000; an even run of backslashes before it is an escaped backslash.
+_ESCAPED_NUL = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
+
+_encoder = json.JSONEncoder(
+    default=_encode_extra, ensure_ascii=False, allow_nan=False, separators=(",", ":")
+)
+
+
+def dumps(value: Any) -> str:
+    """JSON text of a value, with pgqueue's extra types; raises TypeError/ValueError."""
+    text = _encoder.encode(value)
+    if "\\u0000" in text and _ESCAPED_NUL.search(text):
+        raise ValueError("contains a NUL character, which PostgreSQL cannot store")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("contains a lone surrogate, which is not valid Unicode") from None
+    return text
+
+
+def encode_kwargs(task_name: str, kwargs: Mapping[str, Any], max_bytes: int) -> str:
+    """The JSON of a task's arguments, or an error naming the argument that is wrong."""
+    try:
+        text = dumps(dict(kwargs))
+    except (TypeError, ValueError) as error:
+        raise _argument_error(task_name, kwargs, error) from error
+    size = len(text.encode("utf-8")) if not text.isascii() else len(text)
+    if size > max_bytes:
+        raise InvalidTaskOption(
+            f"arguments of {task_name} are {size} bytes of JSON, over the limit of "
+            f"{max_bytes} (PGQUEUE_MAX_PAYLOAD_BYTES); store large data elsewhere and pass a key"
+        )
+    return text
+
+
+def _argument_error(
+    task_name: str, kwargs: Mapping[str, Any], error: Exception
+) -> InvalidTaskArguments | InvalidTaskOption:
+    """Find which argument broke the encoding, to name it in the error."""
+    for name, value in kwargs.items():
+        try:
+            dumps(value)
+        except TypeError as err:
+            return InvalidTaskArguments(f"argument {name!r} of {task_name}: {err}")
+        except ValueError as err:
+            return InvalidTaskOption(f"argument {name!r} of {task_name}: {err}")
+        if "\x00" in name:
+            return InvalidTaskOption(f"an argument name of {task_name} contains a NUL character")
+    if isinstance(error, TypeError):
+        return InvalidTaskArguments(f"arguments of {task_name}: {error}")
+    return InvalidTaskOption(f"arguments of {task_name}: {error}")
+
+
+def encode_result(value: Any) -> str:
+    """JSON of a task's return value; a value JSON cannot hold is stored as its repr."""
+    try:
+        return dumps(value)
+    except (TypeError, ValueError):
+        return dumps({"unserialisable_result": repr(value)[:1000]})

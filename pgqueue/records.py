@@ -1,0 +1,118 @@
+"""Task records and statuses as stored in the task table, new tasks and run outcomes."""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import os
+import time
+import uuid
+from datetime import datetime
+from typing import Any
+
+
+class TaskStatus(enum.StrEnum):
+    """A task's place in its life; the same names as the SQL type `task_status`.
+
+    PENDING -> RUNNING -> COMPLETED
+                       -> RETRYING -> RUNNING ... -> FAILED (retries spent)
+    PENDING / RETRYING / RUNNING -> CANCELLED (TaskManager.cancel)
+    FAILED / CANCELLED -> PENDING (TaskManager.retry)
+    """
+
+    PENDING = "PENDING"
+    RUNNING = "RUNNING"
+    COMPLETED = "COMPLETED"
+    FAILED = "FAILED"
+    RETRYING = "RETRYING"
+    CANCELLED = "CANCELLED"
+
+    @property
+    def is_finished(self) -> bool:
+        return self in (TaskStatus.COMPLETED, TaskStatus.FAILED, TaskStatus.CANCELLED)
+
+
+@dataclasses.dataclass(slots=True)
+class Task:
+    """One row of the task table.
+
+    >>> task = tm.get_task(task_id)
+    >>> task.status, task.attempts, task.result
+    (<TaskStatus.COMPLETED: 'COMPLETED'>, 1, {'status': 'sent'})
+    """
+
+    id: uuid.UUID
+    name: str
+    queue: str
+    priority: int
+    status: TaskStatus
+    kwargs: dict[str, Any]
+    attempts: int
+    max_retries: int
+    run_at: datetime
+    created_at: datetime | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    result: Any = None
+    error: str | None = None
+    worker_id: str | None = None
+    lease_expires_at: datetime | None = None
+    lease_token: int = 0
+
+    @classmethod
+    def from_row(cls, row: dict[str, Any]) -> Task:
+        """Build a record from a dict row; columns added by later migrations are ignored."""
+        known = {name: row[name] for name in _FIELD_NAMES if name in row}
+        known["status"] = TaskStatus(known["status"])
+        return cls(**known)
+
+
+_FIELD_NAMES = tuple(field.name for field in dataclasses.fields(Task))
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class NewTask:
+    """A task about to be queued: checked options and its arguments as JSON text."""
+
+    id: uuid.UUID
+    name: str
+    queue: str
+    priority: int
+    max_retries: int
+    kwargs_json: str
+    delay: float = 0.0
+    schedule_at: datetime | None = None
+
+
+class OutcomeKind(enum.StrEnum):
+    """How a run ended, as the worker reports it to the broker."""
+
+    COMPLETED = "completed"
+    FAILED = "failed"  # retried while attempts remain (unless retryable is False)
+    RESCHEDULED = "rescheduled"  # Retry/Snooze: back later, no failure recorded
+    RELEASED = "released"  # shutdown: back to PENDING, the attempt not counted
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Outcome:
+    """The end of one run of a task."""
+
+    task: Task
+    kind: OutcomeKind
+    result_json: str = "null"
+    error: str | None = None
+    retryable: bool = True
+    delay: float = 0.0
+    refund_attempt: bool = False
+
+
+def new_task_id() -> uuid.UUID:
+    """A time-ordered UUID (version 7), so ids sort by creation and index inserts stay local."""
+    unix_ms = time.time_ns() // 1_000_000
+    random_bits = int.from_bytes(os.urandom(10), "big")
+    value = (unix_ms & 0xFFFF_FFFF_FFFF) << 80
+    value |= 0x7 << 76  # version
+    value |= (random_bits >> 68) << 64  # 12 random bits
+    value |= 0b10 << 62  # variant
+    value |= random_bits & 0x3FFF_FFFF_FFFF_FFFF
+    return uuid.UUID(int=value)

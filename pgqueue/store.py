@@ -1,0 +1,179 @@
+"""The task table from the producer's side: insert (one row or COPY), read, cancel, retry."""
+
+from __future__ import annotations
+
+import datetime
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+import psycopg
+
+from pgqueue.database import Database
+from pgqueue.errors import DatabaseUnavailable, InvalidTaskArguments, TaskNotFound
+from pgqueue.records import NewTask, Task
+
+COPY_COLUMNS = ("id", "name", "queue", "priority", "kwargs", "max_retries", "run_at")
+
+
+def parse_task_id(task_id: Any) -> uuid.UUID:
+    """A task id from a UUID or its str(); anything else is a clear error."""
+    if isinstance(task_id, uuid.UUID):
+        return task_id
+    try:
+        return uuid.UUID(str(task_id))
+    except ValueError:
+        raise TaskNotFound(
+            f"{task_id!r} is not a task id (a UUID such as the one .delay() returns)"
+        ) from None
+
+
+def insert_params(task: NewTask) -> dict[str, Any]:
+    return {
+        "id": task.id,
+        "name": task.name,
+        "queue": task.queue,
+        "priority": task.priority,
+        "kwargs": task.kwargs_json,
+        "max_retries": task.max_retries,
+        "schedule_at": task.schedule_at,
+        "delay": task.delay,
+    }
+
+
+def copy_rows(tasks: Sequence[NewTask], now: datetime.datetime) -> list[tuple[Any, ...]]:
+    """Rows for COPY; delays are added to the database's now(), not the local clock."""
+    return [
+        (
+            task.id,
+            task.name,
+            task.queue,
+            task.priority,
+            task.kwargs_json,
+            task.max_retries,
+            task.schedule_at or now + datetime.timedelta(seconds=task.delay),
+        )
+        for task in tasks
+    ]
+
+
+def sync_driver_connection(connection: Any) -> psycopg.Connection[Any]:
+    """The psycopg connection behind a psycopg or SQLAlchemy (Session/Connection) object."""
+    if isinstance(connection, psycopg.Connection):
+        return connection
+    sa_connection = (
+        connection.connection() if callable(getattr(connection, "connection", None)) else connection
+    )
+    raw = getattr(getattr(sa_connection, "connection", None), "driver_connection", None)
+    if isinstance(raw, psycopg.Connection):
+        return raw
+    raise InvalidTaskArguments(
+        f"connection must be a psycopg 3 Connection or a SQLAlchemy Session/Connection using the "
+        f"postgresql+psycopg driver, not {type(connection).__name__}"
+    )
+
+
+async def async_driver_connection(connection: Any) -> psycopg.AsyncConnection[Any]:
+    """The psycopg async connection behind a psycopg AsyncConnection or SQLAlchemy AsyncSession."""
+    if isinstance(connection, psycopg.AsyncConnection):
+        return connection
+    if hasattr(connection, "get_raw_connection") or hasattr(connection, "connection"):
+        sa_connection = connection
+        if not hasattr(connection, "get_raw_connection"):  # AsyncSession
+            sa_connection = await connection.connection()
+        raw = (await sa_connection.get_raw_connection()).driver_connection
+        if isinstance(raw, psycopg.AsyncConnection):
+            return raw
+    raise InvalidTaskArguments(
+        f"with adelay/aqueue_task, connection must be a psycopg 3 AsyncConnection or a SQLAlchemy "
+        f"AsyncSession/AsyncConnection using postgresql+psycopg, not {type(connection).__name__}"
+    )
+
+
+class TaskStore:
+    """Rows of the task table, read and written by producers and operators."""
+
+    def __init__(self, database: Database) -> None:
+        self.database = database
+        self.queries = database.queries
+
+    # -- insert ------------------------------------------------------------------------
+
+    def insert(self, tasks: Sequence[NewTask], connection: Any = None) -> None:
+        """Write new tasks: in the caller's transaction when given its connection."""
+        if connection is not None:
+            self._write(sync_driver_connection(connection), tasks)
+            return
+        for attempt in (1, 2):
+            try:
+                with self.database.connection() as conn, conn.transaction():
+                    self._write(conn, tasks)
+                return
+            except psycopg.errors.UniqueViolation:
+                if attempt == 1:
+                    raise
+                return  # the first attempt committed before its connection broke
+            except DatabaseUnavailable:
+                if attempt == 2:
+                    raise
+
+    def _write(self, conn: psycopg.Connection[Any], tasks: Sequence[NewTask]) -> None:
+        if len(tasks) == 1:
+            conn.execute(self.queries["insert_task"], insert_params(tasks[0]))
+            return
+        now = conn.execute("SELECT now()").fetchone()[0]  # type: ignore[index]
+        with conn.cursor() as cursor, cursor.copy(self.queries["copy_tasks"]) as copy:
+            for row in copy_rows(tasks, now):
+                copy.write_row(row)
+
+    async def ainsert(self, tasks: Sequence[NewTask], connection: Any = None) -> None:
+        if connection is not None:
+            await self._awrite(await async_driver_connection(connection), tasks)
+            return
+        for attempt in (1, 2):
+            try:
+                async with self.database.async_connection() as conn, conn.transaction():
+                    await self._awrite(conn, tasks)
+                return
+            except psycopg.errors.UniqueViolation:
+                if attempt == 1:
+                    raise
+                return
+            except DatabaseUnavailable:
+                if attempt == 2:
+                    raise
+
+    async def _awrite(self, conn: psycopg.AsyncConnection[Any], tasks: Sequence[NewTask]) -> None:
+        if len(tasks) == 1:
+            await conn.execute(self.queries["insert_task"], insert_params(tasks[0]))
+            return
+        now = (await (await conn.execute("SELECT now()")).fetchone())[0]  # type: ignore[index]
+        async with conn.cursor() as cursor, cursor.copy(self.queries["copy_tasks"]) as copy:
+            for row in copy_rows(tasks, now):
+                await copy.write_row(row)
+
+    # -- read and steer ------------------------------------------------------------------
+
+    def get(self, task_id: Any) -> Task | None:
+        row = self.database.fetch_one("get_task", {"id": parse_task_id(task_id)})
+        return Task.from_row(row) if row else None
+
+    async def aget(self, task_id: Any) -> Task | None:
+        row = await self.database.afetch_one("get_task", {"id": parse_task_id(task_id)})
+        return Task.from_row(row) if row else None
+
+    def cancel(self, task_id: Any) -> bool:
+        row = self.database.fetch_one("cancel_task", {"id": parse_task_id(task_id)})
+        return bool(row and row["cancel_task"])
+
+    async def acancel(self, task_id: Any) -> bool:
+        row = await self.database.afetch_one("cancel_task", {"id": parse_task_id(task_id)})
+        return bool(row and row["cancel_task"])
+
+    def retry(self, task_id: Any) -> bool:
+        row = self.database.fetch_one("retry_task", {"id": parse_task_id(task_id)})
+        return bool(row and row["retry_task"])
+
+    async def aretry(self, task_id: Any) -> bool:
+        row = await self.database.afetch_one("retry_task", {"id": parse_task_id(task_id)})
+        return bool(row and row["retry_task"])

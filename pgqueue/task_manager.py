@@ -1,0 +1,298 @@
+"""TaskManager: queue tasks, read their records, cancel and retry them."""
+
+from __future__ import annotations
+
+import datetime
+import threading
+import uuid
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from pgqueue import registry
+from pgqueue.async_task import TaskFunction
+from pgqueue.brokers import Broker, get_broker
+from pgqueue.database import Database, database_from_settings
+from pgqueue.errors import InvalidTaskArguments, InvalidTaskOption
+from pgqueue.options import MAX_TASK_NAME_LENGTH, Delay, TaskOptions, Timing
+from pgqueue.payload import encode_kwargs
+from pgqueue.records import NewTask, Task, new_task_id
+from pgqueue.settings import Settings, get_settings, load_settings
+from pgqueue.store import TaskStore
+
+TaskRef = TaskFunction[Any] | str
+
+
+class TaskManager:
+    """Queue tasks and look after them.
+
+    >>> tm = TaskManager()                                  # from settings
+    >>> tm = TaskManager(dsn="postgresql://app@db/app")
+    >>> task_id = tm.queue_task(task=send_email, queue="emails", to="a@example.com")
+    >>> tm.get_task(task_id).status
+    <TaskStatus.PENDING: 'PENDING'>
+    """
+
+    def __init__(
+        self,
+        dsn: str | None = None,
+        *,
+        broker: Broker | None = None,
+        settings: Settings | None = None,
+    ) -> None:
+        self.settings = settings or (load_settings(dsn=dsn) if dsn else get_settings())
+        self._broker = broker
+        self._store: TaskStore | None = None
+        self._lock = threading.Lock()
+
+    # -- plumbing, opened at first use -------------------------------------------------
+
+    @property
+    def broker(self) -> Broker:
+        with self._lock:
+            if self._broker is None:
+                self._broker = get_broker(self.settings)
+            return self._broker
+
+    @property
+    def store(self) -> TaskStore:
+        with self._lock:
+            if self._store is None:
+                database = getattr(self._broker, "database", None)
+                if not isinstance(database, Database):
+                    database = database_from_settings(self.settings)
+                self._store = TaskStore(database)
+            return self._store
+
+    def close(self) -> None:
+        """Close the connection pools (a later call opens them again)."""
+        for database in {
+            getattr(self._broker, "database", None),
+            getattr(self._store, "database", None),
+        }:
+            if isinstance(database, Database):
+                database.close()
+
+    # -- queueing ----------------------------------------------------------------------
+
+    def queue_task(
+        self,
+        task: TaskRef,
+        *args: Any,
+        connection: Any = None,
+        delay: Delay | None = None,
+        schedule_at: datetime.datetime | None = None,
+        priority: int | None = None,
+        queue: str | None = None,
+        max_retries: int | None = None,
+        **kwargs: Any,
+    ) -> uuid.UUID:
+        """Queue one run of `task` (a decorated function or its name); returns its id."""
+        function, name = _resolve(task)
+        options = self._options(function, queue, priority, max_retries, delay, schedule_at)
+        new_task = self._new_task(function, name, options, args, kwargs)
+        self.broker.enqueue([new_task], connection)
+        return new_task.id
+
+    async def aqueue_task(
+        self,
+        task: TaskRef,
+        *args: Any,
+        connection: Any = None,
+        delay: Delay | None = None,
+        schedule_at: datetime.datetime | None = None,
+        priority: int | None = None,
+        queue: str | None = None,
+        max_retries: int | None = None,
+        **kwargs: Any,
+    ) -> uuid.UUID:
+        function, name = _resolve(task)
+        options = self._options(function, queue, priority, max_retries, delay, schedule_at)
+        new_task = self._new_task(function, name, options, args, kwargs)
+        await self.broker.aenqueue([new_task], connection)
+        return new_task.id
+
+    def queue_tasks(
+        self,
+        task: TaskRef,
+        rows: Iterable[Mapping[str, Any]],
+        *,
+        connection: Any = None,
+        delay: Delay | None = None,
+        schedule_at: datetime.datetime | None = None,
+        priority: int | None = None,
+        queue: str | None = None,
+        max_retries: int | None = None,
+    ) -> list[uuid.UUID]:
+        """Queue many runs of one task in one transaction (COPY); returns their ids.
+
+        >>> ids = tm.queue_tasks(send_email, [{"to": "a@x"}, {"to": "b@x"}], priority=1)
+        """
+        new_tasks = self._new_tasks(task, rows, queue, priority, max_retries, delay, schedule_at)
+        if new_tasks:
+            self.broker.enqueue(new_tasks, connection)
+        return [new_task.id for new_task in new_tasks]
+
+    async def aqueue_tasks(
+        self,
+        task: TaskRef,
+        rows: Iterable[Mapping[str, Any]],
+        *,
+        connection: Any = None,
+        delay: Delay | None = None,
+        schedule_at: datetime.datetime | None = None,
+        priority: int | None = None,
+        queue: str | None = None,
+        max_retries: int | None = None,
+    ) -> list[uuid.UUID]:
+        new_tasks = self._new_tasks(task, rows, queue, priority, max_retries, delay, schedule_at)
+        if new_tasks:
+            await self.broker.aenqueue(new_tasks, connection)
+        return [new_task.id for new_task in new_tasks]
+
+    def _options(
+        self,
+        function: TaskFunction[Any] | None,
+        queue: str | None,
+        priority: int | None,
+        max_retries: int | None,
+        delay: Delay | None,
+        schedule_at: datetime.datetime | None,
+    ) -> TaskOptions:
+        """The call's options over the decorator's over the settings' defaults."""
+        defaults = self.settings.defaults
+        declared_queue = function.queue if function else None
+        declared_priority = function.priority if function else None
+        declared_retries = function.max_retries if function else None
+        options = TaskOptions.checked(
+            queue=_first(queue, declared_queue, defaults.queue),
+            priority=_first(priority, declared_priority, defaults.priority),
+            max_retries=_first(max_retries, declared_retries, defaults.max_retries),
+            delay=delay,
+            schedule_at=schedule_at,
+        )
+        if delay is None and schedule_at is None and function is not None and function.has_timing:
+            options = TaskOptions(
+                options.queue, options.priority, options.max_retries, function.timing
+            )
+        return options
+
+    def _new_task(
+        self,
+        function: TaskFunction[Any] | None,
+        name: str,
+        options: TaskOptions,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> NewTask:
+        if function is not None:
+            kwargs = function.bind_kwargs(args, kwargs)
+        elif args:
+            raise InvalidTaskArguments(
+                f"{name} is queued by name, so its signature is unknown here: "
+                "pass keyword arguments"
+            )
+        timing: Timing = options.timing
+        return NewTask(
+            id=new_task_id(),
+            name=name,
+            queue=options.queue,
+            priority=options.priority,
+            max_retries=options.max_retries,
+            kwargs_json=encode_kwargs(name, kwargs, self.settings.max_payload_bytes),
+            delay=timing.delay,
+            schedule_at=timing.schedule_at,
+        )
+
+    def _new_tasks(
+        self,
+        task: TaskRef,
+        rows: Iterable[Mapping[str, Any]],
+        queue: str | None,
+        priority: int | None,
+        max_retries: int | None,
+        delay: Delay | None,
+        schedule_at: datetime.datetime | None,
+    ) -> list[NewTask]:
+        function, name = _resolve(task)
+        options = self._options(function, queue, priority, max_retries, delay, schedule_at)
+        new_tasks = []
+        for index, row in enumerate(rows):
+            if not isinstance(row, Mapping):
+                raise InvalidTaskArguments(
+                    f"row {index} of queue_tasks is a {type(row).__name__}; "
+                    "give a dict of arguments"
+                )
+            try:
+                new_tasks.append(self._new_task(function, name, options, (), dict(row)))
+            except (InvalidTaskArguments, InvalidTaskOption) as error:
+                raise type(error)(f"row {index}: {error}") from error
+        return new_tasks
+
+    # -- records -----------------------------------------------------------------------
+
+    def get_task(self, task_id: uuid.UUID | str) -> Task | None:
+        """The task's record, or None if no task has that id (or it was cleaned up)."""
+        return self.store.get(task_id)
+
+    async def aget_task(self, task_id: uuid.UUID | str) -> Task | None:
+        return await self.store.aget(task_id)
+
+    def cancel(self, task_id: uuid.UUID | str) -> bool:
+        """Cancel a task that has not finished; True if it is now CANCELLED."""
+        return self.store.cancel(task_id)
+
+    async def acancel(self, task_id: uuid.UUID | str) -> bool:
+        return await self.store.acancel(task_id)
+
+    def retry(self, task_id: uuid.UUID | str) -> bool:
+        """Run a FAILED or CANCELLED task once more, now; True if it was put back."""
+        retried = self.store.retry(task_id)
+        if retried:
+            self.broker.resubmit(uuid.UUID(str(task_id)))
+        return retried
+
+    async def aretry(self, task_id: uuid.UUID | str) -> bool:
+        retried = await self.store.aretry(task_id)
+        if retried:
+            self.broker.resubmit(uuid.UUID(str(task_id)))
+        return retried
+
+
+def _first(*values: Any) -> Any:
+    return next(value for value in values if value is not None)
+
+
+def _resolve(task: TaskRef) -> tuple[TaskFunction[Any] | None, str]:
+    """A decorated function, or a task name (looked up among registered tasks)."""
+    if isinstance(task, TaskFunction):
+        return task, task.name
+    if isinstance(task, str):
+        if not task or len(task) > MAX_TASK_NAME_LENGTH or "\x00" in task:
+            raise InvalidTaskOption(
+                f"task name {task[:80]!r} must be 1 to {MAX_TASK_NAME_LENGTH} characters "
+                "without NUL"
+            )
+        return registry.lookup(task), task
+    raise InvalidTaskArguments(
+        f"task must be a function decorated with @AsyncTask or a task name, not {task!r}"
+    )
+
+
+_default: TaskManager | None = None
+_default_lock = threading.Lock()
+
+
+def default_task_manager() -> TaskManager:
+    """The TaskManager that .delay() uses, built from settings at first use."""
+    global _default
+    with _default_lock:
+        if _default is None:
+            _default = TaskManager()
+        return _default
+
+
+def set_default_task_manager(manager: TaskManager | None) -> None:
+    """Make .delay() use `manager` (None: build one from settings again at next use)."""
+    global _default
+    with _default_lock:
+        _default = manager

@@ -1,0 +1,245 @@
+"""WorkerManager: claims tasks from a broker and runs up to N of them at once."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import os
+import signal
+import socket
+import uuid
+from collections.abc import Sequence
+
+from pgqueue import events
+from pgqueue.brokers import Broker, CleanupPolicy, get_broker
+from pgqueue.executor import Executor
+from pgqueue.options import check_queue
+from pgqueue.records import Outcome, OutcomeKind, Task
+from pgqueue.settings import Settings, get_settings
+from pgqueue.threads import DaemonThreadPool
+
+log = logging.getLogger("pgqueue.worker")
+
+
+@dataclasses.dataclass(slots=True)
+class Run:
+    """A task this worker is running; `abandoned` runs report nothing (lease lost, released)."""
+
+    task: Task
+    future: asyncio.Task[Outcome | None]
+    abandoned: bool = False
+
+
+class WorkerManager:
+    """Runs the tasks of some queues.
+
+    >>> worker = WorkerManager(get_broker())
+    >>> worker.set_queues(["default", "urgent"])
+    >>> worker.set_concurrent_tasks(10)
+    >>> asyncio.run(worker.start())      # returns after SIGINT/SIGTERM or worker.stop()
+    """
+
+    def __init__(self, broker: Broker | None = None, *, settings: Settings | None = None) -> None:
+        self.settings = settings or get_settings()
+        self._broker = broker
+        self.queues: list[str] = [self.settings.defaults.queue]
+        self.polling_interval = 5.0
+        self.concurrency = 1
+        self.cleanup: CleanupPolicy | None = CleanupPolicy()
+        self.shutdown_grace_seconds = self.settings.shutdown_grace_seconds
+        self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self._runs: dict[uuid.UUID, Run] = {}
+        self._slot_freed = asyncio.Event()
+        self._stopping = False
+        self._forced = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._threads = DaemonThreadPool()
+        self._executor = Executor(self._threads, events.dispatcher)
+
+    # -- configuration (the seed's names) ----------------------------------------------
+
+    def set_queues(self, queues: Sequence[str]) -> None:
+        if isinstance(queues, str) or not queues:
+            raise ValueError("set_queues takes a non-empty list of queue names")
+        self.queues = list(dict.fromkeys(check_queue(queue) for queue in queues))
+
+    def set_polling_interval(self, seconds: float) -> None:
+        if not seconds > 0:
+            raise ValueError(f"polling interval must be more than 0 seconds, not {seconds!r}")
+        self.polling_interval = float(seconds)
+
+    def set_concurrent_tasks(self, count: int) -> None:
+        if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+            raise ValueError(f"concurrent tasks must be a whole number >= 1, not {count!r}")
+        self.concurrency = count
+
+    def set_cleanup_config(self, interval_hours: float = 1, retain_days: float = 7) -> None:
+        if not interval_hours > 0 or retain_days < 0:
+            raise ValueError("cleanup needs interval_hours > 0 and retain_days >= 0")
+        self.cleanup = CleanupPolicy(interval_hours=interval_hours, retain_days=retain_days)
+
+    def set_shutdown_grace(self, seconds: float) -> None:
+        self.shutdown_grace_seconds = float(seconds)
+
+    @property
+    def broker(self) -> Broker:
+        if self._broker is None:
+            self._broker = get_broker(self.settings)
+        return self._broker
+
+    # -- running -----------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Run until stop(), SIGINT or SIGTERM; a second signal stops at once."""
+        self._loop = asyncio.get_running_loop()
+        self._slot_freed = asyncio.Event()
+        self._stopping = self._forced = False
+        handled = self._install_signal_handlers()
+        broker = self.broker
+        await broker.open(self.worker_id, self.queues, self.cleanup)
+        log.info(
+            "worker %s started: queues=%s concurrency=%d",
+            self.worker_id,
+            ",".join(self.queues),
+            self.concurrency,
+        )
+        await events.dispatcher.dispatch(
+            events.WORKER_STARTED, {"worker_id": self.worker_id, "queues": list(self.queues)}
+        )
+        heartbeat = asyncio.create_task(self._heartbeat_loop(), name="pgqueue-heartbeat")
+        try:
+            await self._claim_loop()
+            await self._drain()
+        finally:
+            heartbeat.cancel()
+            await asyncio.gather(heartbeat, return_exceptions=True)
+            await broker.close()
+            self._remove_signal_handlers(handled)
+            log.info("worker %s stopped", self.worker_id)
+            await events.dispatcher.dispatch(events.WORKER_STOPPED, {"worker_id": self.worker_id})
+
+    def stop(self, *, force: bool = False) -> None:
+        """Stop claiming and drain (force: stop at once). Safe to call from any thread."""
+        if self._loop is None:
+            return
+        if self._loop.is_running():
+            self._loop.call_soon_threadsafe(self._request_stop, force)
+
+    def _request_stop(self, force: bool = False) -> None:
+        if self._stopping or force:
+            self._forced = True
+            for run in self._runs.values():
+                run.abandoned = True  # their leases expire and another worker retries them
+                run.future.cancel()
+        self._stopping = True
+        self.broker.wake()
+        self._slot_freed.set()
+
+    async def _claim_loop(self) -> None:
+        while not self._stopping:
+            free = self.concurrency - len(self._runs)
+            if free <= 0:
+                self._slot_freed.clear()
+                await self._slot_freed.wait()
+                continue
+            try:
+                tasks = await self.broker.claim(free, self.polling_interval)
+            except Exception:
+                if self._stopping:
+                    break
+                raise
+            for task in tasks:
+                self._start_run(task)
+
+    def _start_run(self, task: Task) -> None:
+        run = Run(task, asyncio.create_task(self._run(task), name=f"pgqueue-task-{task.id}"))
+        self._runs[task.id] = run
+
+    async def _run(self, task: Task) -> Outcome | None:
+        outcome = None
+        try:
+            outcome = await self._executor.run(task)
+        except asyncio.CancelledError:
+            pass  # lease lost, cancelled, or stopped at once: nothing to report
+        except Exception:  # the executor reports task errors as outcomes; this is a bug
+            log.exception("task %s crashed the executor", task.id)
+        finally:
+            run = self._runs.pop(task.id, None)
+            self._slot_freed.set()
+        if outcome is not None and run is not None and not run.abandoned:
+            await self.broker.finish(outcome)
+        return outcome
+
+    async def _heartbeat_loop(self) -> None:
+        interval = self.broker_lease_seconds() / 3
+        while True:
+            await asyncio.sleep(interval)
+            runs = [run for run in self._runs.values() if not run.abandoned]
+            try:
+                lost = await self.broker.heartbeat([run.task for run in runs])
+            except Exception as error:
+                log.warning("heartbeat failed (%s); will try again in %.1fs", error, interval)
+                continue
+            for run in runs:
+                if run.task.id in lost:
+                    log.warning(
+                        "lease lost: task %s %s was taken over or cancelled; stopping this run",
+                        run.task.id,
+                        run.task.name,
+                    )
+                    run.abandoned = True
+                    run.future.cancel()
+
+    @property
+    def stopped_at_once(self) -> bool:
+        """True when a second signal (or stop(force=True)) ended the worker without a drain."""
+        return self._forced
+
+    def broker_lease_seconds(self) -> float:
+        return float(getattr(self.broker, "lease_seconds", self.settings.lease_seconds))
+
+    async def _drain(self) -> None:
+        """Let running tasks finish within the grace period, then give the rest back."""
+        if self._runs and not self._forced:
+            log.info(
+                "draining %d running tasks (up to %.0fs)",
+                len(self._runs),
+                self.shutdown_grace_seconds,
+            )
+            futures = [run.future for run in self._runs.values()]
+            await asyncio.wait(futures, timeout=self.shutdown_grace_seconds)
+        for run in list(self._runs.values()):
+            if not run.abandoned and not self._forced:
+                log.warning(
+                    "releasing task %s %s unfinished at shutdown", run.task.id, run.task.name
+                )
+                await self.broker.finish(Outcome(run.task, OutcomeKind.RELEASED))
+            run.abandoned = True
+            run.future.cancel()
+        pending = [run.future for run in self._runs.values()]
+        if pending:  # let the cancelled runs unwind before the broker closes
+            await asyncio.wait(pending, timeout=1)
+
+    def _install_signal_handlers(self) -> list[signal.Signals]:
+        assert self._loop is not None
+        installed = []
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self._loop.add_signal_handler(signum, self._on_signal, signum)
+                installed.append(signum)
+            except (NotImplementedError, RuntimeError, ValueError):
+                pass  # not the main thread (tests, embedded use): stop() still works
+        return installed
+
+    def _on_signal(self, signum: signal.Signals) -> None:
+        if self._stopping:
+            log.warning("second %s: stopping at once", signum.name)
+        else:
+            log.info("%s: stop claiming, draining running tasks", signum.name)
+        self._request_stop()
+
+    def _remove_signal_handlers(self, signums: list[signal.Signals]) -> None:
+        assert self._loop is not None
+        for signum in signums:
+            self._loop.remove_signal_handler(signum)

@@ -1,0 +1,59 @@
+-- pgqueue schema: the task table, its status type, indexes and the wake-up trigger.
+-- Every object is qualified with the "pgqueue." schema; pgqueue rewrites that prefix
+-- when the schema setting names another schema.
+
+CREATE SCHEMA IF NOT EXISTS pgqueue;
+
+CREATE TYPE pgqueue.task_status AS ENUM
+    ('PENDING', 'RUNNING', 'COMPLETED', 'FAILED', 'RETRYING', 'CANCELLED');
+
+CREATE TABLE pgqueue.tasks (
+    id               uuid PRIMARY KEY DEFAULT gen_random_uuid(),
+    name             text NOT NULL CHECK (name <> '' AND length(name) <= 1024),
+    queue            text NOT NULL DEFAULT 'default'
+                     CHECK (length(queue) BETWEEN 1 AND 128 AND queue !~ '[[:cntrl:]]'),
+    priority         smallint NOT NULL DEFAULT 0,
+    status           pgqueue.task_status NOT NULL DEFAULT 'PENDING',
+    kwargs           jsonb NOT NULL DEFAULT '{}' CHECK (jsonb_typeof(kwargs) = 'object'),
+    attempts         integer NOT NULL DEFAULT 0 CHECK (attempts >= 0),
+    max_retries      integer NOT NULL DEFAULT 3 CHECK (max_retries >= 0),
+    run_at           timestamptz NOT NULL DEFAULT now(),
+    created_at       timestamptz NOT NULL DEFAULT now(),
+    started_at       timestamptz,
+    finished_at      timestamptz,
+    result           jsonb,
+    error            text,
+    -- Lease: which worker holds a RUNNING task, until when, and a fencing token that
+    -- every claim increments, so a worker whose lease was taken over writes nothing.
+    worker_id        text,
+    lease_expires_at timestamptz,
+    lease_token      integer NOT NULL DEFAULT 0
+);
+
+-- Only runnable rows: finished tasks never slow the claim, however many pile up.
+CREATE INDEX tasks_runnable_idx ON pgqueue.tasks (queue, priority DESC, run_at, id)
+    WHERE status IN ('PENDING', 'RETRYING');
+
+-- Running rows by lease expiry, for the rescue of tasks whose worker vanished.
+CREATE INDEX tasks_leases_idx ON pgqueue.tasks (lease_expires_at)
+    WHERE status = 'RUNNING';
+
+-- Finished rows by age, for cleanup in bounded batches.
+CREATE INDEX tasks_finished_idx ON pgqueue.tasks (finished_at)
+    WHERE status IN ('COMPLETED', 'FAILED', 'CANCELLED');
+
+-- One notification per queue per statement (not per row): a bulk insert of 100,000
+-- rows into one queue wakes the workers once. The payload is the queue name.
+CREATE FUNCTION pgqueue.notify_new_tasks() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_notify('pgqueue.tasks', queue)
+    FROM (SELECT DISTINCT queue FROM new_tasks) AS queues;
+    RETURN NULL;
+END;
+$$;
+
+CREATE TRIGGER tasks_notify_insert
+    AFTER INSERT ON pgqueue.tasks
+    REFERENCING NEW TABLE AS new_tasks
+    FOR EACH STATEMENT EXECUTE FUNCTION pgqueue.notify_new_tasks();

