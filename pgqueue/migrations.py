@@ -52,7 +52,7 @@ def run_sql_file(connection: Connection, filename: str, schema: str) -> None:
     """Execute a whole file of `sql/` on the migration's connection (no bind parameters)."""
     driver_connection = connection.connection.driver_connection
     assert driver_connection is not None
-    driver_connection.execute(sql_file(filename, schema).encode())
+    driver_connection.execute(sql_file(filename, schema).encode())  # several statements
 
 
 def upgrade(

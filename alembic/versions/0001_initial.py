@@ -14,10 +14,15 @@ branch_labels = ("pgqueue",)
 depends_on = None
 
 
+# Until the first release, revision 0001 builds the whole schema from these files, in
+# this order; after it, every change is a new revision.
+SQL_FILES = ("schema.sql", "functions.sql", "operations.sql", "outbox.sql", "features.sql")
+
+
 def upgrade() -> None:
     schema = context.config.attributes.get("schema", "pgqueue")
-    run_sql_file(op.get_bind(), "schema.sql", schema)
-    run_sql_file(op.get_bind(), "functions.sql", schema)
+    for filename in SQL_FILES:
+        run_sql_file(op.get_bind(), filename, schema)
 
 
 def downgrade() -> None:

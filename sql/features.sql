@@ -1,0 +1,1 @@
+-- pgqueue features: (filled in by its feature; see the comments of each block)

@@ -1,0 +1,1 @@
+-- pgqueue outbox: (filled in by its feature; see the comments of each block)
