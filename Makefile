@@ -43,7 +43,7 @@ bench-quick: $(STAMP) ## A short benchmark run (under 3 minutes)
 	bash benchmarks/bench.sh --quick
 
 demo: $(STAMP) ## Run a worker on a realistic workload with the embedded PostgreSQL
-	$(BIN)/python -m pgqueue.demo
+	$(BIN)/pgqueue demo
 
 clean: ## Remove the virtual environment and caches
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build dist

@@ -45,8 +45,20 @@ def url_for(dbname: str) -> str:
     return f"postgresql://{auth}@{host}:{port}/{dbname}"
 
 
+def connect(dsn: str = ADMIN_DSN, wait: float = 30.0) -> psycopg.Connection:
+    """An autocommit connection; waits while the server is full or restarting (shared box)."""
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            return psycopg.connect(dsn, autocommit=True)
+        except psycopg.OperationalError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(1.0)
+
+
 def admin_exec(*statements: str) -> None:
-    with psycopg.connect(ADMIN_DSN, autocommit=True) as conn:
+    with connect() as conn:
         for sql in statements:
             conn.execute(sql)
 
@@ -71,7 +83,7 @@ def pg_facts() -> dict:
         "wal_level", "work_mem", "max_wal_size", "checkpoint_timeout", "full_page_writes",
         "autovacuum", "commit_delay", "wal_buffers",
     )
-    with psycopg.connect(ADMIN_DSN, autocommit=True) as conn:
+    with connect() as conn:
         rows = conn.execute(
             "SELECT name, setting, unit FROM pg_settings WHERE name = ANY(%s) ORDER BY name",
             [list(names)],
@@ -121,6 +133,12 @@ def machine_facts() -> dict:
         "packages": versions,
         "git_rev": git_rev,
     }
+
+
+def loadavg() -> float:
+    """1-minute load average: other jobs on this machine skew every figure."""
+    with open("/proc/loadavg") as f:
+        return float(f.read().split()[0])
 
 
 # ----------------------------------------------------------------- processes
@@ -180,7 +198,7 @@ class Worker:
         full_env.update(env or {})
         self.started = time.perf_counter()
         # stderr goes to a file: a chatty worker must never block on a full pipe.
-        self.errfile = tempfile.TemporaryFile(mode="w+")
+        self.errfile = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
             [sys.executable, str(BENCH_DIR / "runner.py"), system, dsn, str(concurrency)],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.errfile,

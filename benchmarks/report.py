@@ -36,7 +36,7 @@ def _series(data: dict, key: str) -> dict[str, list[float]]:
 
 
 def _fmt(v: float, unit: str) -> str:
-    if unit == "tasks/s" or (unit == "µs" and v >= 100):
+    if unit == "tasks/s" or (unit == "µs" and v >= 10):
         return f"{v:,.0f}"
     if unit == "MB":
         return f"{v:.0f}"
@@ -45,21 +45,21 @@ def _fmt(v: float, unit: str) -> str:
 
 def _cell(vals: list[float] | None, unit: str) -> str:
     if not vals:
-        return "–"
+        return "\u2013"
     med = statistics.median(vals)
     if len(vals) == 1:
         return _fmt(med, unit)
-    return f"{_fmt(med, unit)} ({_fmt(min(vals), unit)}–{_fmt(max(vals), unit)})"
+    return f"{_fmt(med, unit)} ({_fmt(min(vals), unit)}\u2013{_fmt(max(vals), unit)})"
 
 
 def _ratio(series: dict[str, list[float]], peer: str) -> str:
     a, b = series.get("pgqueue"), series.get(peer)
     if not a or not b:
-        return "–"
+        return "\u2013"
     mb = statistics.median(b)
     if mb == 0:
-        return "–"
-    return f"{statistics.median(a) / mb:.2f}×"
+        return "\u2013"
+    return f"{statistics.median(a) / mb:.2f}\u00d7"
 
 
 def table(data: dict) -> str:
@@ -87,7 +87,7 @@ def markdown(data: dict) -> str:
     out = [
         f"# pgqueue benchmark — {m['started']} ({m['mode']} mode)",
         "",
-        "Cells: median of the repetitions (min–max). ↑ higher is better, ↓ lower is better."
+        "Cells: median of the repetitions (min\u2013max). ↑ higher is better, ↓ lower is better."
         " Ratios are median(pgqueue) / median(peer).",
         "",
         table(data),
@@ -104,6 +104,10 @@ def markdown(data: dict) -> str:
         f" drains of {prof['drain']:,} no-op tasks; {prof['wakeup']} wake-up samples at"
         f" worker concurrency {m['wakeup_concurrency']}; run took {m.get('elapsed_s')} s",
         f"- Command: `{m['command']}`",
+        f"- 1-minute load average at each repetition's start, then at the end:"
+        f" {m.get('load_averages')}" + (
+            " — **the machine was busy with other jobs: figures are disturbed**"
+            if max(m.get("load_averages") or [0]) > 1.5 else ""),
         "",
         "## Method",
         "",
@@ -117,7 +121,7 @@ def markdown(data: dict) -> str:
         " from /proc between GO and that moment, divided by N; RSS is VmHWM.",
         "- Wake-up: an idle worker (concurrency 10); the producer enqueues one task, takes"
         " time.time() when the commit returns, and the task body records time.time() at"
-        " start. One sample at a time, 10–20 ms apart, after 3 warm-up samples.",
+        " start. One sample at a time, 10\u201320 ms apart, after 3 warm-up samples.",
         "- Plain baselines: psycopg 3 only. `plain 1/txn` claims one row with"
         " `FOR UPDATE SKIP LOCKED LIMIT 1` and completes it in the same transaction, one"
         " loop per concurrency slot; its bulk enqueue is `INSERT … SELECT FROM unnest`."
@@ -132,6 +136,10 @@ def markdown(data: dict) -> str:
     if data["skipped"]:
         out += ["## Skipped", ""]
         out += [f"- {k}: {v}" for k, v in data["skipped"].items()]
+        out.append("")
+    if data.get("over_budget"):
+        out += ["## Not run (quick mode's time budget was spent)", ""]
+        out += [f"- {e}" for e in data["over_budget"]]
         out.append("")
     if data["errors"]:
         out += ["## Failed measurements", ""]
@@ -148,7 +156,7 @@ def plot(data: dict, path: Path) -> Path | None:
         import matplotlib.pyplot as plt
     except ImportError:
         return None
-    fig, ax = plt.subplots(figsize=(8, 5))
+    fig, ax = plt.subplots(figsize=(10, 5.5))
     concs = [1, 10, 50]
     for i, name in enumerate(c for c in COLUMNS if c in data["systems"]):
         color = f"C{i}"
@@ -177,10 +185,10 @@ def plot(data: dict, path: Path) -> Path | None:
     ax.set_xlabel("worker concurrency (per process)")
     ax.set_ylabel("drain throughput, no-op tasks/s (log)")
     m = data["meta"]
-    ax.set_title(f"Drain of {m['profile']['drain']:,} tasks — median, min–max bars"
+    ax.set_title(f"Drain of {m['profile']['drain']:,} tasks — median, min\u2013max bars"
                  f" ({m['mode']}, {m['machine']['nproc']} cores)")
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=7, loc="best", ncol=2)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

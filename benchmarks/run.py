@@ -16,22 +16,22 @@ import asyncio
 import contextlib
 import os
 import random
+import signal
 import statistics
 import sys
 import tempfile
 import time
 import traceback
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import psycopg  # noqa: E402
 
-import common  # noqa: E402
-import report  # noqa: E402
-from systems import ALIASES, MODULES, get_system_class  # noqa: E402
-from wakeup import read as read_wakeups  # noqa: E402
+import common
+import report
+from systems import ALIASES, MODULES, get_system_class
+from wakeup import read as read_wakeups
 
 DRAIN_CONFIGS = [(1, 1), (1, 10), (1, 50), (2, 50)]  # (processes, concurrency)
 WAKEUP_CONCURRENCY = 10
@@ -39,9 +39,11 @@ BULK_BATCH = 5000
 
 PROFILES = {
     "full": {"reps": 3, "enqueue_one": 2000, "enqueue_bulk": 50_000, "drain": 20_000,
-             "wakeup": 200, "scale_rows": 1_000_000, "scale_drain": 20_000},
+             "wakeup": 200, "scale_rows": 1_000_000, "scale_drain": 20_000, "budget_s": None},
+    # quick: a smoke run that must end in under 3 minutes, whatever else runs on the box:
+    # past budget_s no new measurement starts and the report says what was left out.
     "quick": {"reps": 3, "enqueue_one": 200, "enqueue_bulk": 10_000, "drain": 1000,
-              "wakeup": 20, "scale_rows": 100_000, "scale_drain": 5000},
+              "wakeup": 20, "scale_rows": 100_000, "scale_drain": 5000, "budget_s": 140},
 }
 
 
@@ -60,6 +62,9 @@ class Bench:
         self.results: dict[str, dict[str, list]] = {}
         self.extras: dict[str, dict[str, list]] = {}
         self.errors: list[str] = []
+        self.loads: list[float] = []  # 1-minute load average at each repetition's start
+        self.over_budget: list[str] = []  # measurements not started: time budget spent
+        self.t0 = time.perf_counter()
         for name in names:
             cls = get_system_class(name)
             reason = cls.available()
@@ -151,7 +156,7 @@ class Bench:
             await s.enqueue_bulk(n, BULK_BATCH)
         finally:
             await s.close()
-        with psycopg.connect(dsn, autocommit=True) as conn:
+        with common.connect(dsn) as conn:
             conn.execute("VACUUM ANALYZE")
         common.checkpoint()
         return s
@@ -164,15 +169,15 @@ class Bench:
         dsn = self.fresh(name)
         s = await self.seed(name, dsn, n, finished)
         sql = s.finished_sql(n)
-        with psycopg.connect(dsn, autocommit=True) as conn:
+        with common.connect(dsn) as conn:
             base = conn.execute(sql).fetchone()[0]  # finished rows already there (scale)
         env = s.worker_env(dsn)
         workers = [common.Worker(name, dsn, concurrency, env) for _ in range(processes)]
         try:
             startup = max(w.wait_ready() for w in workers)
-            poll = 0.1 if scale else 0.02
-            timeout = max(60.0, n / 100)
-            with psycopg.connect(dsn, autocommit=True) as conn:
+            poll = 0.1 if scale else (0.005 if n <= 5000 else 0.02)
+            timeout = 30.0 if self.profile.get("budget_s") else max(60.0, n / 100)
+            with common.connect(dsn) as conn:
                 for w in workers:
                     w.go()
                 t0 = time.perf_counter()
@@ -235,7 +240,7 @@ class Bench:
                 os.unlink(path)
         lat.sort()
         p50 = statistics.median(lat)
-        p99 = lat[min(len(lat) - 1, int(round(0.99 * (len(lat) - 1))))]
+        p99 = lat[min(len(lat) - 1, round(0.99 * (len(lat) - 1)))]
         self.record("wakeup_p50", name, p50)
         self.record("wakeup_p99", name, p99)
         log(f"  {name:14s} wake-up            p50 {p50:.2f} ms  p99 {p99:.2f} ms")
@@ -243,6 +248,10 @@ class Bench:
     # -- orchestration
 
     async def guarded(self, fn, name: str, *args) -> None:
+        budget = self.profile.get("budget_s")
+        if budget and time.perf_counter() - self.t0 > budget:
+            self.over_budget.append(f"{name} {fn.__name__}{args}")
+            return
         try:
             await fn(name, *args)
         except Exception as exc:
@@ -258,7 +267,9 @@ class Bench:
         workloads.append((self.wakeup, ()))
         for rep in range(self.profile["reps"]):
             order = names[rep % len(names):] + names[:rep % len(names)] if names else []
-            log(f"repetition {rep + 1}/{self.profile['reps']}, order {order}")
+            load = common.loadavg()
+            self.loads.append(load)
+            log(f"repetition {rep + 1}/{self.profile['reps']}, order {order}, load {load}")
             for fn, args in workloads:
                 for name in order:
                     await self.guarded(fn, name, *args)
@@ -285,7 +296,12 @@ def parse_systems(arg: str) -> list[str]:
     return out
 
 
+def _sigterm(signum, frame):  # so that the finally blocks clean up
+    raise SystemExit(143)
+
+
 def main() -> None:
+    signal.signal(signal.SIGTERM, _sigterm)
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="short smoke run (< 3 minutes)")
     ap.add_argument("--systems", default="pgqueue,procrastinate,pgqueuer,plain")
@@ -305,7 +321,7 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
 
-    started = datetime.now(timezone.utc)
+    started = datetime.now(UTC)
     t0 = time.perf_counter()
     bench = Bench(parse_systems(args.systems), profile)
     meta = {"mode": mode, "profile": profile, "started": started.isoformat(),
@@ -318,9 +334,12 @@ def main() -> None:
         asyncio.run(bench.run(args.scale))
     finally:
         bench.drop_all()
+    bench.loads.append(common.loadavg())
+    meta["load_averages"] = bench.loads
     meta["elapsed_s"] = round(time.perf_counter() - t0, 1)
     data = {"meta": meta, "systems": list(bench.systems), "skipped": bench.skipped,
-            "results": bench.results, "extras": bench.extras, "errors": bench.errors}
+            "results": bench.results, "extras": bench.extras, "errors": bench.errors,
+            "over_budget": bench.over_budget}
     stamp = started.strftime("%Y%m%dT%H%M%SZ") + ("-quick" if args.quick else "")
     common.write_json(out / f"{stamp}.json", data)
     md = report.markdown(data)

@@ -11,6 +11,7 @@ from pgqueue.async_task import AsyncTask, TaskFunction
 from pgqueue.control import Retry, Snooze, TaskContext, current_task
 from pgqueue.errors import PgQueueError
 from pgqueue.records import Task, TaskStatus
+from pgqueue.results import TaskCancelled, TaskFailed, WaitTimeout
 from pgqueue.task_manager import TaskManager
 from pgqueue.worker import WorkerManager
 
@@ -22,10 +23,13 @@ __all__ = [
     "Retry",
     "Snooze",
     "Task",
+    "TaskCancelled",
     "TaskContext",
+    "TaskFailed",
     "TaskFunction",
     "TaskManager",
     "TaskStatus",
+    "WaitTimeout",
     "WorkerManager",
     "current_task",
 ]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextvars
 import dataclasses
 import uuid
+from typing import Any
 
 from pgqueue.errors import PgQueueError
 
@@ -33,13 +34,20 @@ class Snooze(Exception):
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class TaskContext:
-    """The running task's id, attempt (1 for the first run) and queue."""
+    """The running task's id, attempt (1 for the first run) and queue.
+
+    `connection` is set for tasks declared `@AsyncTask(transactional=True)`: an async
+    psycopg connection in an open transaction, in which the worker also records the
+    task COMPLETED. Write through it and do not commit or roll back: the writes and the
+    completion commit together, or not at all (failure, timeout, lease lost).
+    """
 
     id: uuid.UUID
     name: str
     queue: str
     attempt: int
     max_retries: int
+    connection: Any = None
 
 
 _current: contextvars.ContextVar[TaskContext] = contextvars.ContextVar("pgqueue_task")
@@ -60,3 +68,7 @@ def current_task() -> TaskContext:
 
 def set_current_task(context: TaskContext) -> contextvars.Token[TaskContext]:
     return _current.set(context)
+
+
+def reset_current_task(token: contextvars.Token[TaskContext]) -> None:
+    _current.reset(token)

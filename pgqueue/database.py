@@ -54,6 +54,8 @@ class Database:
         self.max_connections = max_connections
         self._pool: ConnectionPool | None = None
         self._async_pools: dict[asyncio.AbstractEventLoop, AsyncConnectionPool] = {}
+        self._async_locks: dict[asyncio.AbstractEventLoop, asyncio.Lock] = {}
+        self._pool_closers: dict[asyncio.AbstractEventLoop, asyncio.Task[None]] = {}
         self._lock = threading.Lock()
 
     def connect_kwargs(self) -> dict[str, Any]:
@@ -77,20 +79,31 @@ class Database:
         # An async pool belongs to the event loop that opened it; asyncio.run() makes new ones.
         loop = asyncio.get_running_loop()
         pool = self._async_pools.get(loop)
-        if pool is None:
-            for stale_loop in [old for old in self._async_pools if old.is_closed()]:
-                del self._async_pools[stale_loop]
-            pool = AsyncConnectionPool(
-                self.dsn,
-                min_size=1,
-                max_size=self.max_connections,
-                kwargs=self.connect_kwargs(),
-                timeout=POOL_TIMEOUT_SECONDS,
-                open=False,
-                name="pgqueue-async",
-            )
-            await pool.open()
-            self._async_pools[loop] = pool
+        if pool is not None:
+            return pool
+        # Two coroutines' first calls must not each open a pool (one would leak).
+        async with self._async_locks.setdefault(loop, asyncio.Lock()):
+            return self._async_pools.get(loop) or await self._open_async_pool(loop)
+
+    async def _open_async_pool(self, loop: asyncio.AbstractEventLoop) -> AsyncConnectionPool:
+        for stale_loop in [old for old in self._async_pools if old.is_closed()]:
+            del self._async_pools[stale_loop]
+            self._pool_closers.pop(stale_loop, None)
+            self._async_locks.pop(stale_loop, None)
+        pool = AsyncConnectionPool(
+            self.dsn,
+            min_size=1,
+            max_size=self.max_connections,
+            kwargs=self.connect_kwargs(),
+            timeout=POOL_TIMEOUT_SECONDS,
+            open=False,
+            name="pgqueue-async",
+        )
+        await pool.open()
+        self._async_pools[loop] = pool
+        self._pool_closers[loop] = loop.create_task(
+            _close_when_cancelled(pool), name="pgqueue-async-pool-closer"
+        )
         return pool
 
     @contextlib.contextmanager
@@ -100,15 +113,24 @@ class Database:
             with self.pool().connection() as conn:
                 yield conn
         except (psycopg.OperationalError, PoolTimeout) as error:
+            if not isinstance(error, PoolTimeout):
+                # After a server restart every idle pooled connection is dead: drop them
+                # all now, so that the caller's one retry gets a fresh connection.
+                with contextlib.suppress(Exception):
+                    self.pool().check()
             raise unavailable(self.dsn, error) from error
 
     @contextlib.asynccontextmanager
     async def async_connection(self) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
+        pool: AsyncConnectionPool | None = None
         try:
             pool = await self.async_pool()
             async with pool.connection() as conn:
                 yield conn
         except (psycopg.OperationalError, PoolTimeout) as error:
+            if pool is not None and not isinstance(error, PoolTimeout):
+                with contextlib.suppress(Exception):
+                    await pool.check()
             raise unavailable(self.dsn, error) from error
 
     def fetch_one(self, query: str, params: dict[str, Any]) -> dict[str, Any] | None:
@@ -144,8 +166,27 @@ class Database:
     async def aclose(self) -> None:
         loop = asyncio.get_running_loop()
         pool = self._async_pools.pop(loop, None)
+        closer = self._pool_closers.pop(loop, None)
+        if closer is not None:
+            closer.cancel()
         if pool is not None:
             await pool.close()
+
+
+async def _close_when_cancelled(pool: AsyncConnectionPool) -> None:
+    """Close `pool` when the event loop shuts down.
+
+    asyncio.run() cancels every task left at its end. psycopg_pool's maintenance workers
+    swallow a cancellation that arrives while they run a task (adding a connection, say)
+    and then wait on their queue forever, so a script that only did `await task.adelay()`
+    would hang at exit. This task is cancelled with them and closes the pool, whose stop
+    messages end the workers.
+    """
+    try:
+        await asyncio.Event().wait()
+    finally:
+        with contextlib.suppress(Exception):
+            await pool.close(timeout=2.0)
 
 
 _printed_embedded: set[str] = set()

@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import functools
 import logging
 import time
 import traceback
-from typing import Any
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
 
 from pgqueue import events, registry
 from pgqueue.async_task import TaskFunction
-from pgqueue.control import Retry, Snooze, TaskContext, set_current_task
+from pgqueue.control import Retry, Snooze, TaskContext, reset_current_task, set_current_task
 from pgqueue.payload import encode_result
 from pgqueue.records import Outcome, OutcomeKind, Task
 from pgqueue.threads import DaemonThreadPool
@@ -24,17 +27,38 @@ class TaskTimeout(TimeoutError):
     """A run took longer than its task's `timeout`."""
 
 
+class LeaseLost(Exception):
+    """A transactional task's completion was refused: another claim holds the task now."""
+
+
+class CompletionTransaction(Protocol):
+    """What a broker gives a transactional task: a connection in an open transaction, and
+    `complete`, which records the task COMPLETED in that same transaction (fenced)."""
+
+    connection: Any
+
+    async def complete(self, result_json: str) -> None: ...
+
+
+#: broker.completion_transaction(task): an async context manager; None if unsupported.
+TransactionFactory = Callable[[Task], contextlib.AbstractAsyncContextManager[Any]]
+
+
 class Executor:
     """Runs tasks registered with @AsyncTask: async ones on the loop, sync ones in threads."""
 
     def __init__(self, threads: DaemonThreadPool, dispatcher: events.EventDispatcher) -> None:
         self._threads = threads
         self._dispatcher = dispatcher
+        self.transactions: TransactionFactory | None = None
+        self._completing: set[uuid.UUID] = set()
 
-    async def run(self, task: Task) -> Outcome:
+    async def run(self, task: Task) -> Outcome | None:
+        """How the run ended; None when it is already recorded (a transactional task)."""
         function = registry.lookup(task.name)
-        if function is None:
-            return self._unknown(task)
+        refusal = self._unknown(task) if function is None else _undecodable(function, task)
+        if refusal is not None or function is None:
+            return refusal
         started = time.perf_counter()
         if log.isEnabledFor(logging.INFO):
             log.info(
@@ -46,8 +70,15 @@ class Executor:
             )
         if self._dispatcher.has_listeners(events.TASK_BEFORE_EXECUTION):
             await self._dispatcher.dispatch(events.TASK_BEFORE_EXECUTION, {"task": task})
+        recorded = function.transactional
         try:
-            result = await self._call(function, task)
+            if recorded:
+                result = await self._call_in_transaction(function, task)
+            else:
+                result = await self._call(function, task)
+        except LeaseLost as lost:
+            log.warning("%s", lost)
+            return None
         except Retry as request:
             return Outcome(task, OutcomeKind.RESCHEDULED, delay=request.delay)
         except Snooze as request:
@@ -64,25 +95,58 @@ class Executor:
             await self._dispatcher.dispatch(
                 events.TASK_AFTER_EXECUTION, {"task": task, "result": result}
             )
+        if recorded:
+            return None
         return Outcome(task, OutcomeKind.COMPLETED, result_json=encode_result(result))
 
-    async def _call(self, function: TaskFunction[Any], task: Task) -> Any:
-        context = contextvars.copy_context()
-        context.run(
-            set_current_task,
-            TaskContext(task.id, task.name, task.queue, task.attempts, task.max_retries),
+    async def _call_in_transaction(self, function: TaskFunction[Any], task: Task) -> Any:
+        """Run the task and record it COMPLETED in one transaction (exactly-once effect)."""
+        if self.transactions is None:
+            raise TransactionUnsupported(
+                f"{task.name} is transactional=True, which needs the database broker"
+            )
+        try:
+            async with self.transactions(task) as transaction:
+                result = await self._call(function, task, transaction.connection)
+                self._completing.add(task.id)
+                await transaction.complete(encode_result(result))
+        finally:
+            self._completing.discard(task.id)
+        return result
+
+    def completing(self, task: Task) -> bool:
+        """True while a transactional run commits its completion (the heartbeat may then
+        find the task COMPLETED: that is this run's own doing, not a lost lease)."""
+        return task.id in self._completing
+
+    async def _call(self, function: TaskFunction[Any], task: Task, connection: Any = None) -> Any:
+        context = TaskContext(
+            task.id, task.name, task.queue, task.attempts, task.max_retries, connection
         )
-        kwargs = task.kwargs
+        # The worker runs each task in an asyncio Task of its own, so the context variable
+        # set here is private to this run; the token restores it for direct callers.
+        token = set_current_task(context)
+        try:
+            if function.is_async:
+                running = function.fn(**task.kwargs)
+            else:
+                in_thread = contextvars.copy_context()
+                running = asyncio.get_running_loop().run_in_executor(
+                    self._threads, functools.partial(in_thread.run, function.fn, **task.kwargs)
+                )
+            if function.timeout is None:
+                return await running
+            return await self._with_timeout(running, function, task)
+        finally:
+            reset_current_task(token)
+
+    async def _with_timeout(
+        self, running: Awaitable[Any], function: TaskFunction[Any], task: Task
+    ) -> Any:
         deadline = asyncio.timeout(function.timeout)
         try:
             async with deadline:
-                if function.is_async:
-                    return await asyncio.get_running_loop().create_task(
-                        function.fn(**kwargs), context=context
-                    )
-                return await asyncio.get_running_loop().run_in_executor(
-                    self._threads, functools.partial(context.run, function.fn, **kwargs)
-                )
+                return await running
         except TimeoutError:
             if deadline.expired():  # ours, not a TimeoutError the task raised itself
                 raise TaskTimeout(
@@ -115,3 +179,25 @@ class Executor:
         )
         log.error("task %s: %s", task.id, message)
         return Outcome(task, OutcomeKind.FAILED, error=message, retryable=False)
+
+
+class TransactionUnsupported(RuntimeError):
+    """A transactional task ran on a broker that cannot give it a transaction."""
+
+
+def _undecodable(function: TaskFunction[Any], task: Task) -> Outcome | None:
+    """A row whose kwargs the function cannot take (inserted by hand, or an old version of
+    the task): FAILED at once with the reason, never retried, and the worker carries on."""
+    kwargs = task.kwargs
+    if isinstance(kwargs, dict):
+        problem = function.kwargs_problem(kwargs)
+        if problem is None:
+            return None
+    else:
+        problem = f"kwargs must be a JSON object, not {type(kwargs).__name__}"
+    message = (
+        f"InvalidTaskArguments: the stored arguments of {task.name} do not match its "
+        f"signature {function.name}{function.signature}: {problem}"
+    )
+    log.error("task %s: %s", task.id, message)
+    return Outcome(task, OutcomeKind.FAILED, error=message, retryable=False)

@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterable
 import psycopg
 
 from pgqueue.database import CONNECT_TIMEOUT_SECONDS, describe_dsn
-from pgqueue.queries import notify_channel
+from pgqueue.queries import control_channel, notify_channel
 
 log = logging.getLogger("pgqueue.worker")
 
@@ -18,7 +18,8 @@ MAX_BACKOFF_SECONDS = 10.0
 
 
 class Listener:
-    """Calls `on_wake` when work arrives on one of `queues`, and after every reconnect.
+    """Calls `on_wake` when work arrives on one of `queues`, and after every reconnect;
+    `on_control` (if given) with the payload of each control message ("cancel <id>").
 
     A LISTEN connection can die silently (a proxy drops it, the server restarts); a
     query every HEALTH_CHECK_SECONDS notices, and the connection is re-established
@@ -26,10 +27,17 @@ class Listener:
     """
 
     def __init__(
-        self, dsn: str, schema: str, queues: Iterable[str], on_wake: Callable[[], None]
+        self,
+        dsn: str,
+        schema: str,
+        queues: Iterable[str],
+        on_wake: Callable[[], None],
+        on_control: Callable[[str], None] | None = None,
     ) -> None:
         self._dsn = dsn
         self._channel = notify_channel(schema)
+        self._control_channel = control_channel(schema)
+        self._on_control = on_control
         self._queues = frozenset(queues)
         self._on_wake = on_wake
         self._task: asyncio.Task[None] | None = None
@@ -48,15 +56,23 @@ class Listener:
         while True:
             try:
                 async with await psycopg.AsyncConnection.connect(
-                    self._dsn, autocommit=True, connect_timeout=CONNECT_TIMEOUT_SECONDS
+                    self._dsn,
+                    autocommit=True,
+                    connect_timeout=CONNECT_TIMEOUT_SECONDS,
+                    application_name="pgqueue-listener",
                 ) as conn:
                     await conn.execute(f'LISTEN "{self._channel}"')
+                    if self._on_control is not None:
+                        await conn.execute(f'LISTEN "{self._control_channel}"')
                     self.connected.set()
                     self._on_wake()  # catch up on whatever was queued while not listening
                     backoff = 0.1
                     await self._listen(conn)
             except psycopg.OperationalError as error:
                 self.connected.clear()
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():  # stop() while connecting
+                    raise asyncio.CancelledError from error
                 log.warning(
                     "LISTEN connection to %s lost (%s); reconnecting in %.1fs",
                     describe_dsn(self._dsn),
@@ -69,6 +85,9 @@ class Listener:
     async def _listen(self, conn: psycopg.AsyncConnection[object]) -> None:
         while True:
             async for note in conn.notifies(timeout=HEALTH_CHECK_SECONDS):
-                if note.payload in self._queues:
+                if note.channel == self._control_channel:
+                    if self._on_control is not None:
+                        self._on_control(note.payload)
+                elif note.payload in self._queues:
                     self._on_wake()
             await conn.execute("SELECT 1")

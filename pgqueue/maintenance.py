@@ -23,6 +23,14 @@ def rescue_interval(lease_seconds: float) -> float:
     return min(max(lease_seconds / 4, 0.25), 5.0)
 
 
+def _reraise_pending_cancel() -> None:
+    """stop() cancelled us, but the cancel was swallowed on its way through the database
+    code (seen while the server refused connections): honour it, or stop() waits forever."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
+
+
 class Maintenance:
     """Rescue runs every few seconds on every worker (cheap, idempotent); cleanup runs
     on one worker at a time (advisory lock) in bounded batches."""
@@ -53,6 +61,7 @@ class Maintenance:
                     self._next_cleanup = time.monotonic() + self._cleanup.interval_hours * 3600
             except (psycopg.OperationalError, PoolTimeout, DatabaseUnavailable) as error:
                 log.warning("maintenance skipped, database unavailable: %s", error)
+            _reraise_pending_cancel()
             await asyncio.sleep(self._interval)
 
     async def rescue(self) -> int:

@@ -8,21 +8,30 @@ To run pgqueue's migrations from your own alembic env.py, in the same transactio
             context.configure(connection=connection, target_metadata=target_metadata)
             with context.begin_transaction():
                 context.run_migrations()
-            upgrade(connection=connection)   # pgqueue's own version table: pgqueue.alembic_version
+                upgrade(connection=connection)  # version table: pgqueue.alembic_version
+
+Both sets of migrations then commit or roll back together. `upgrade(connection=...)` works
+on any SQLAlchemy connection: inside its open transaction, or in one of its own.
 """
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 
+import psycopg
 from alembic.config import Config
 from alembic.script import ScriptDirectory
 from sqlalchemy import create_engine
 from sqlalchemy.engine import Connection
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import OperationalError as SAOperationalError
+from sqlalchemy.pool import NullPool
 
 from alembic import command
-from pgqueue.database import unavailable
+from pgqueue.database import CONNECT_TIMEOUT_SECONDS, unavailable
+from pgqueue.errors import ConfigurationError
 from pgqueue.queries import DEFAULT_SCHEMA, check_schema, resource_dir, sql_file
 
 
@@ -31,13 +40,26 @@ def sqlalchemy_url(dsn: str) -> str:
     for prefix in ("postgresql://", "postgres://"):
         if dsn.startswith(prefix):
             return "postgresql+psycopg://" + dsn[len(prefix) :]
-    if "://" not in dsn:  # key=value conninfo
+    if "://" not in dsn:  # key=value conninfo, values possibly quoted
         from urllib.parse import quote
 
         return "postgresql+psycopg:///?" + "&".join(
-            f"{key}={quote(value)}" for key, value in (item.split("=", 1) for item in dsn.split())
+            f"{key}={quote(value)}" for key, value in check_dsn(dsn).items()
         )
     return dsn
+
+
+def check_dsn(dsn: str) -> dict[str, str]:
+    """The parameters of a libpq DSN (URL or key=value); an unparsable one is a clear error."""
+    try:
+        return {key: str(value) for key, value in psycopg.conninfo.conninfo_to_dict(dsn).items()}
+    except psycopg.ProgrammingError as error:
+        # libpq's message never quotes the DSN itself, which may hold a password.
+        reason = str(error).strip().splitlines()[0]
+        raise ConfigurationError(
+            f"the PostgreSQL DSN (PGQUEUE_DSN / task.dsn) cannot be parsed: {reason}; "
+            "use postgresql://user:password@host:port/dbname"
+        ) from None
 
 
 def alembic_config(schema: str = DEFAULT_SCHEMA, **attributes: Any) -> Config:
@@ -55,6 +77,25 @@ def run_sql_file(connection: Connection, filename: str, schema: str) -> None:
     driver_connection.execute(sql_file(filename, schema).encode())  # several statements
 
 
+@contextlib.contextmanager
+def _keep_alembic_proxies() -> Iterator[None]:
+    """Let upgrade() run from inside a user's own alembic env.py.
+
+    Alembic binds `alembic.context` and `alembic.op` to the running environment; pgqueue's
+    nested run would unbind them on exit and break the user's run, so they are bound back.
+    """
+    from alembic import context as alembic_context
+    from alembic import op as alembic_op
+
+    outer = [getattr(module, "_proxy", None) for module in (alembic_context, alembic_op)]
+    try:
+        yield
+    finally:
+        for proxy in outer:
+            if proxy is not None:
+                proxy._install_proxy()
+
+
 def upgrade(
     dsn: str | None = None,
     *,
@@ -64,17 +105,28 @@ def upgrade(
 ) -> None:
     """Bring the pgqueue schema to `revision`; safe to run from many processes at once."""
     if connection is not None:
-        command.upgrade(alembic_config(schema, connection=connection), revision)
+        with _keep_alembic_proxies():
+            command.upgrade(alembic_config(schema, connection=connection), revision)
         return
     if dsn is None:
         raise ValueError("upgrade() needs a dsn or a connection")
-    engine = create_engine(sqlalchemy_url(dsn))
+    check_dsn(dsn)
+    # libpq reads the DSN as given (URL, key=value, service, sslmode, ...): no translation.
+    engine = create_engine(
+        "postgresql+psycopg://",
+        creator=lambda: psycopg.connect(dsn, connect_timeout=CONNECT_TIMEOUT_SECONDS),
+        poolclass=NullPool,
+    )
     try:
         with engine.connect() as conn:
             command.upgrade(alembic_config(schema, connection=conn), revision)
             conn.commit()
     except SAOperationalError as error:
         raise unavailable(dsn, error.orig or error) from error
+    except DBAPIError as error:
+        if isinstance(error.orig, psycopg.Error):
+            raise error.orig from error  # the CLI prints a database error as one line
+        raise
     finally:
         engine.dispose()
 

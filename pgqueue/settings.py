@@ -56,6 +56,8 @@ class Settings(BaseSettings):
     broker: Literal["database", "rabbitmq"] = "database"
     rabbitmq_url: str | None = None
     rabbitmq: RabbitMQSettings = Field(default_factory=RabbitMQSettings)
+    # Names of everything pgqueue declares on RabbitMQ start with this (queues, exchanges).
+    rabbitmq_prefix: str = Field("pgqueue", pattern=r"^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,63}$")
     defaults: TaskDefaults = Field(default_factory=TaskDefaults)
     imports: Annotated[list[str], NoDecode] = []
     lease_seconds: float = Field(30.0, gt=0)
@@ -113,7 +115,11 @@ def read_config_file(path: Path) -> dict[str, Any]:
     try:
         document = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as error:
-        raise ConfigurationError(f"{path} is not valid YAML: {error}") from error
+        # One line: where the parser stopped and why, not its multi-line excerpt.
+        mark = getattr(error, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(error, "problem", None) or str(error).strip().splitlines()[0]
+        raise ConfigurationError(f"{path} is not valid YAML{where}: {problem}") from error
     if not isinstance(document, dict):
         raise ConfigurationError(f"{path} must hold a mapping with a 'task:' section")
     section = document.get("task") or {}

@@ -41,6 +41,69 @@ def insert_params(task: NewTask) -> dict[str, Any]:
     }
 
 
+def unique_insert_params(tasks: Sequence[NewTask]) -> dict[str, Any]:
+    """Column arrays for `insert_unique_tasks` (one statement, whatever the number of rows)."""
+    return {
+        "ids": [task.id for task in tasks],
+        "names": [task.name for task in tasks],
+        "queues": [task.queue for task in tasks],
+        "priorities": [task.priority for task in tasks],
+        "kwargs": [task.kwargs_json for task in tasks],
+        "max_retries": [task.max_retries for task in tasks],
+        "schedule_ats": [task.schedule_at for task in tasks],
+        "delays": [task.delay for task in tasks],
+        "unique_keys": [task.unique_key for task in tasks],
+    }
+
+
+#: Rounds of insert-then-look-up before giving up: a holder that finishes between the two
+#: statements frees its key, and the next round inserts the row instead.
+UNIQUE_INSERT_ROUNDS = 5
+
+
+class _UniqueInsert:
+    """Which task id each row of a unique insert ends with: its own, or its key's holder."""
+
+    def __init__(self, tasks: Sequence[NewTask]) -> None:
+        self.tasks = tasks
+        self.ids: dict[int, uuid.UUID] = {}
+        self.todo = list(range(len(tasks)))
+
+    def batch(self) -> list[NewTask]:
+        return [self.tasks[index] for index in self.todo]
+
+    def skipped_keys(self, inserted: set[uuid.UUID]) -> list[str]:
+        return sorted(
+            {
+                key
+                for task in self.batch()
+                if task.id not in inserted and (key := task.unique_key) is not None
+            }
+        )
+
+    def settle(self, inserted: set[uuid.UUID], holders: dict[str, uuid.UUID]) -> bool:
+        """Record this round; True when every row has its id."""
+        left = []
+        for index in self.todo:
+            task = self.tasks[index]
+            if task.id in inserted:
+                self.ids[index] = task.id
+            elif task.unique_key in holders:
+                self.ids[index] = holders[task.unique_key]
+            else:
+                left.append(index)
+        self.todo = left
+        return not left
+
+    def result(self) -> list[uuid.UUID]:
+        if self.todo:
+            raise DatabaseUnavailable(
+                f"could not queue {len(self.todo)} unique tasks: their keys kept changing "
+                f"hands over {UNIQUE_INSERT_ROUNDS} rounds; try again"
+            )
+        return [self.ids[index] for index in range(len(self.tasks))]
+
+
 def copy_rows(tasks: Sequence[NewTask], now: datetime.datetime) -> list[tuple[Any, ...]]:
     """Rows for COPY; delays are added to the database's now(), not the local clock."""
     return [
@@ -151,6 +214,69 @@ class TaskStore:
         async with conn.cursor() as cursor, cursor.copy(self.queries["copy_tasks"]) as copy:
             for row in copy_rows(tasks, now):
                 await copy.write_row(row)
+
+    # -- unique tasks (sql/features.sql) ------------------------------------------------
+
+    def insert_unique(self, tasks: Sequence[NewTask], connection: Any = None) -> list[uuid.UUID]:
+        """Write tasks that may carry a unique_key; per row, its own id or the id of the
+        unfinished task that holds its key. In the caller's transaction when given."""
+        if connection is not None:
+            return self._write_unique(sync_driver_connection(connection), tasks)
+        for attempt in (1, 2):
+            try:
+                with self.database.connection() as conn, conn.transaction():
+                    return self._write_unique(conn, tasks)
+            except DatabaseUnavailable:
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
+
+    def _write_unique(
+        self, conn: psycopg.Connection[Any], tasks: Sequence[NewTask]
+    ) -> list[uuid.UUID]:
+        state = _UniqueInsert(tasks)
+        for _ in range(UNIQUE_INSERT_ROUNDS):
+            params = unique_insert_params(state.batch())
+            inserted = {row[0] for row in conn.execute(self.queries["insert_unique_tasks"], params)}
+            keys = state.skipped_keys(inserted)
+            holders: dict[str, uuid.UUID] = {}
+            if keys:
+                rows = conn.execute(self.queries["unique_key_holders"], {"unique_keys": keys})
+                holders = {row[0]: row[1] for row in rows}
+            if state.settle(inserted, holders):
+                break
+        return state.result()
+
+    async def ainsert_unique(
+        self, tasks: Sequence[NewTask], connection: Any = None
+    ) -> list[uuid.UUID]:
+        if connection is not None:
+            return await self._awrite_unique(await async_driver_connection(connection), tasks)
+        for attempt in (1, 2):
+            try:
+                async with self.database.async_connection() as conn, conn.transaction():
+                    return await self._awrite_unique(conn, tasks)
+            except DatabaseUnavailable:
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
+
+    async def _awrite_unique(
+        self, conn: psycopg.AsyncConnection[Any], tasks: Sequence[NewTask]
+    ) -> list[uuid.UUID]:
+        state = _UniqueInsert(tasks)
+        for _ in range(UNIQUE_INSERT_ROUNDS):
+            params = unique_insert_params(state.batch())
+            cursor = await conn.execute(self.queries["insert_unique_tasks"], params)
+            inserted = {row[0] for row in await cursor.fetchall()}
+            keys = state.skipped_keys(inserted)
+            holders: dict[str, uuid.UUID] = {}
+            if keys:
+                cursor = await conn.execute(self.queries["unique_key_holders"], {"unique_keys": keys})
+                holders = {row[0]: row[1] for row in await cursor.fetchall()}
+            if state.settle(inserted, holders):
+                break
+        return state.result()
 
     # -- read and steer ------------------------------------------------------------------
 

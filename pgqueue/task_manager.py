@@ -8,8 +8,8 @@ import uuid
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from pgqueue import registry
-from pgqueue.async_task import TaskFunction
+from pgqueue import registry, results
+from pgqueue.async_task import TaskFunction, UniqueKey, derive_unique_key
 from pgqueue.brokers import Broker, get_broker
 from pgqueue.database import Database, database_from_settings
 from pgqueue.errors import InvalidTaskArguments, InvalidTaskOption
@@ -84,12 +84,19 @@ class TaskManager:
         priority: int | None = None,
         queue: str | None = None,
         max_retries: int | None = None,
+        unique_key: UniqueKey | None = None,
         **kwargs: Any,
     ) -> uuid.UUID:
-        """Queue one run of `task` (a decorated function or its name); returns its id."""
+        """Queue one run of `task` (a decorated function or its name); returns its id.
+
+        With `unique_key` (a string, or a callable that takes the arguments as a dict), while
+        an unfinished task holds the key this returns that task's id and queues nothing.
+        """
         function, name = _resolve(task)
         options = self._options(function, queue, priority, max_retries, delay, schedule_at)
-        new_task = self._new_task(function, name, options, args, kwargs)
+        new_task = self._new_task(function, name, options, args, kwargs, unique_key)
+        if new_task.unique_key is not None:
+            return self._unique_broker().enqueue_unique([new_task], connection)[0]
         self.broker.enqueue([new_task], connection)
         return new_task.id
 
@@ -103,11 +110,14 @@ class TaskManager:
         priority: int | None = None,
         queue: str | None = None,
         max_retries: int | None = None,
+        unique_key: UniqueKey | None = None,
         **kwargs: Any,
     ) -> uuid.UUID:
         function, name = _resolve(task)
         options = self._options(function, queue, priority, max_retries, delay, schedule_at)
-        new_task = self._new_task(function, name, options, args, kwargs)
+        new_task = self._new_task(function, name, options, args, kwargs, unique_key)
+        if new_task.unique_key is not None:
+            return (await self._unique_broker().aenqueue_unique([new_task], connection))[0]
         await self.broker.aenqueue([new_task], connection)
         return new_task.id
 
@@ -122,12 +132,20 @@ class TaskManager:
         priority: int | None = None,
         queue: str | None = None,
         max_retries: int | None = None,
+        unique_key: UniqueKey | None = None,
     ) -> list[uuid.UUID]:
         """Queue many runs of one task in one transaction (COPY); returns their ids.
 
         >>> ids = tm.queue_tasks(send_email, [{"to": "a@x"}, {"to": "b@x"}], priority=1)
+
+        With `unique_key`, each row whose key an unfinished task (or an earlier row) holds
+        gets that task's id instead of a new task.
         """
-        new_tasks = self._new_tasks(task, rows, queue, priority, max_retries, delay, schedule_at)
+        new_tasks = self._new_tasks(
+            task, rows, queue, priority, max_retries, delay, schedule_at, unique_key
+        )
+        if any(new_task.unique_key is not None for new_task in new_tasks):
+            return self._unique_broker().enqueue_unique(new_tasks, connection)
         if new_tasks:
             self.broker.enqueue(new_tasks, connection)
         return [new_task.id for new_task in new_tasks]
@@ -143,11 +161,25 @@ class TaskManager:
         priority: int | None = None,
         queue: str | None = None,
         max_retries: int | None = None,
+        unique_key: UniqueKey | None = None,
     ) -> list[uuid.UUID]:
-        new_tasks = self._new_tasks(task, rows, queue, priority, max_retries, delay, schedule_at)
+        new_tasks = self._new_tasks(
+            task, rows, queue, priority, max_retries, delay, schedule_at, unique_key
+        )
+        if any(new_task.unique_key is not None for new_task in new_tasks):
+            return await self._unique_broker().aenqueue_unique(new_tasks, connection)
         if new_tasks:
             await self.broker.aenqueue(new_tasks, connection)
         return [new_task.id for new_task in new_tasks]
+
+    def _unique_broker(self) -> Any:
+        broker = self.broker
+        if not hasattr(broker, "enqueue_unique"):
+            raise InvalidTaskOption(
+                "unique_key needs the database broker (PGQUEUE_BROKER=database): the "
+                "uniqueness is a unique index of the task table"
+            )
+        return broker
 
     def _options(
         self,
@@ -183,6 +215,7 @@ class TaskManager:
         options: TaskOptions,
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
+        unique_key: UniqueKey | None = None,
     ) -> NewTask:
         if function is not None:
             kwargs = function.bind_kwargs(args, kwargs)
@@ -191,6 +224,8 @@ class TaskManager:
                 f"{name} is queued by name, so its signature is unknown here: "
                 "pass keyword arguments"
             )
+        if unique_key is None and function is not None:
+            unique_key = function.unique_key
         timing: Timing = options.timing
         return NewTask(
             id=new_task_id(),
@@ -201,6 +236,7 @@ class TaskManager:
             kwargs_json=encode_kwargs(name, kwargs, self.settings.max_payload_bytes),
             delay=timing.delay,
             schedule_at=timing.schedule_at,
+            unique_key=None if unique_key is None else derive_unique_key(name, unique_key, kwargs),
         )
 
     def _new_tasks(
@@ -212,6 +248,7 @@ class TaskManager:
         max_retries: int | None,
         delay: Delay | None,
         schedule_at: datetime.datetime | None,
+        unique_key: UniqueKey | None = None,
     ) -> list[NewTask]:
         function, name = _resolve(task)
         options = self._options(function, queue, priority, max_retries, delay, schedule_at)
@@ -223,7 +260,9 @@ class TaskManager:
                     "give a dict of arguments"
                 )
             try:
-                new_tasks.append(self._new_task(function, name, options, (), dict(row)))
+                new_tasks.append(
+                    self._new_task(function, name, options, (), dict(row), unique_key)
+                )
             except (InvalidTaskArguments, InvalidTaskOption) as error:
                 raise type(error)(f"row {index}: {error}") from error
         return new_tasks
@@ -250,6 +289,20 @@ class TaskManager:
         if retried:
             self.broker.resubmit(uuid.UUID(str(task_id)))
         return retried
+
+    def wait(self, task_id: uuid.UUID | str, timeout: float | None = None) -> Any:
+        """Block until the task finishes (woken by a notification, not polling); its result.
+
+        Raises TaskFailed (with `.task` and `.error`) if it failed, TaskCancelled if it was
+        cancelled, WaitTimeout (a TimeoutError) after `timeout` seconds (None: no limit).
+
+        >>> tm.wait(send_email.delay(to="a@example.com"), timeout=10)
+        """
+        return results.wait(self.store.database, task_id, timeout)
+
+    async def await_result(self, task_id: uuid.UUID | str, timeout: float | None = None) -> Any:
+        """The async twin of `wait`: `result = await tm.await_result(task_id, timeout=10)`."""
+        return await results.await_result(self.store.database, task_id, timeout)
 
     async def aretry(self, task_id: uuid.UUID | str) -> bool:
         retried = await self.store.aretry(task_id)

@@ -16,8 +16,10 @@ from pgqueue.brokers import Broker, CleanupPolicy, get_broker
 from pgqueue.executor import Executor
 from pgqueue.options import check_queue
 from pgqueue.records import Outcome, OutcomeKind, Task
+from pgqueue.registry import import_task_modules
 from pgqueue.settings import Settings, get_settings
 from pgqueue.threads import DaemonThreadPool
+from pgqueue.worker_registry import WorkerInfo
 
 log = logging.getLogger("pgqueue.worker")
 
@@ -93,11 +95,17 @@ class WorkerManager:
     async def start(self) -> None:
         """Run until stop(), SIGINT or SIGTERM; a second signal stops at once."""
         self._loop = asyncio.get_running_loop()
+        # A programmatic worker (the seed's worker.py) gets the `imports` setting's tasks too.
+        import_task_modules(list(self.settings.imports))
         self._slot_freed = asyncio.Event()
         self._stopping = self._forced = False
         handled = self._install_signal_handlers()
         broker = self.broker
-        await broker.open(self.worker_id, self.queues, self.cleanup)
+        await broker.open(
+            self.worker_id, self.queues, self.cleanup, WorkerInfo(concurrency=self.concurrency)
+        )
+        # Transactional tasks complete in their own transaction (database broker only).
+        self._executor.transactions = getattr(broker, "completion_transaction", None)
         log.info(
             "worker %s started: queues=%s concurrency=%d",
             self.worker_id,
@@ -127,7 +135,8 @@ class WorkerManager:
             self._loop.call_soon_threadsafe(self._request_stop, force)
 
     def _request_stop(self, force: bool = False) -> None:
-        if self._stopping or force:
+        # Only an explicit force (or a second signal) abandons runs: stop() is idempotent.
+        if force:
             self._forced = True
             for run in self._runs.values():
                 run.abandoned = True  # their leases expire and another worker retries them
@@ -182,7 +191,10 @@ class WorkerManager:
                 log.warning("heartbeat failed (%s); will try again in %.1fs", error, interval)
                 continue
             for run in runs:
-                if run.task.id in lost:
+                # A run that ended (or is committing its completion) while the heartbeat was
+                # on its way is finished by this worker, not lost.
+                finished = run.future.done() or self._runs.get(run.task.id) is not run
+                if run.task.id in lost and not finished and not self._executor.completing(run.task):
                     log.warning(
                         "lease lost: task %s %s was taken over or cancelled; stopping this run",
                         run.task.id,
@@ -190,6 +202,11 @@ class WorkerManager:
                     )
                     run.abandoned = True
                     run.future.cancel()
+
+    @property
+    def tasks_running(self) -> int:
+        """How many tasks this worker runs now (its metrics' concurrency in use)."""
+        return len(self._runs)
 
     @property
     def stopped_at_once(self) -> bool:
@@ -237,7 +254,7 @@ class WorkerManager:
             log.warning("second %s: stopping at once", signum.name)
         else:
             log.info("%s: stop claiming, draining running tasks", signum.name)
-        self._request_stop()
+        self._request_stop(force=self._stopping)
 
     def _remove_signal_handlers(self, signums: list[signal.Signals]) -> None:
         assert self._loop is not None

@@ -1,1 +1,84 @@
--- pgqueue features: (filled in by its feature; see the comments of each block)
+-- pgqueue features beyond the seed: unique tasks, results one can wait for, cron schedules,
+-- the task names each worker runs (for `pgqueue tasks explain`). Runs after functions.sql
+-- and operations.sql, so it adds columns with ALTER TABLE. docs/features.md explains each.
+
+-- ===========================================================================================
+-- Unique tasks: `.delay(unique_key=...)` returns the id of the unfinished task that holds
+-- the key instead of queueing another.
+-- ===========================================================================================
+
+ALTER TABLE pgqueue.tasks
+    ADD COLUMN unique_key text CHECK (unique_key <> '' AND length(unique_key) <= 1024);
+
+-- At most one unfinished task per key. RUNNING belongs to the set on purpose: a running
+-- task that fails or raises Retry goes back to RETRYING, which would collide with a
+-- successor queued under its key meanwhile. Producers insert with ON CONFLICT on this
+-- index (never read-then-write), so concurrent producers agree on one task.
+CREATE UNIQUE INDEX tasks_unique_key_idx ON pgqueue.tasks (unique_key)
+    WHERE unique_key IS NOT NULL AND status IN ('PENDING', 'RETRYING', 'RUNNING');
+
+-- ===========================================================================================
+-- Results one can wait for: `tm.wait(task_id)` LISTENs on "pgqueue.results" and registers
+-- here; a status change notifies only the ids of waited-for tasks that have finished.
+-- ===========================================================================================
+
+CREATE TABLE pgqueue.result_waiters (
+    id         uuid PRIMARY KEY,
+    task_id    uuid NOT NULL,
+    -- A waiter that died without deleting its row stops counting at its timeout.
+    expires_at timestamptz NOT NULL
+);
+
+-- One call per UPDATE statement (never per row). With nobody waiting, the usual case, it
+-- costs one probe of an empty table and sends nothing, so the completion path stays cheap.
+CREATE FUNCTION pgqueue.notify_results() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pgqueue.result_waiters WHERE expires_at > now()) THEN
+        RETURN NULL;
+    END IF;
+    PERFORM pg_notify('pgqueue.results', finished.task_id::text)
+    FROM (
+        SELECT DISTINCT w.task_id
+        FROM pgqueue.result_waiters AS w
+        JOIN pgqueue.tasks AS t ON t.id = w.task_id
+        WHERE w.expires_at > now() AND t.status IN ('COMPLETED', 'FAILED', 'CANCELLED')
+    ) AS finished;
+    RETURN NULL;
+END;
+$$;
+
+CREATE TRIGGER tasks_notify_results
+    AFTER UPDATE OF status ON pgqueue.tasks
+    FOR EACH STATEMENT EXECUTE FUNCTION pgqueue.notify_results();
+
+-- ===========================================================================================
+-- Cron: `@AsyncTask(cron="0 9 * * *")`. Workers that import the task record its schedule
+-- here and queue each occurrence; the primary key of cron_runs lets exactly one of them
+-- queue a given occurrence, however many race.
+-- ===========================================================================================
+
+CREATE TABLE pgqueue.cron_schedules (
+    name            text PRIMARY KEY,
+    cron            text NOT NULL,
+    timezone        text NOT NULL,
+    queue           text NOT NULL,
+    catchup_seconds double precision NOT NULL CHECK (catchup_seconds >= 0),
+    -- Occurrences before a schedule was first seen were never missed: none is caught up.
+    first_seen_at   timestamptz NOT NULL DEFAULT now(),
+    last_seen_at    timestamptz NOT NULL DEFAULT now()
+);
+
+CREATE TABLE pgqueue.cron_runs (
+    name         text NOT NULL,
+    scheduled_at timestamptz NOT NULL,
+    task_id      uuid NOT NULL,
+    created_at   timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (name, scheduled_at)
+);
+
+-- ===========================================================================================
+-- The task names each worker can run (NULL: not reported), for `pgqueue tasks explain`.
+-- ===========================================================================================
+
+ALTER TABLE pgqueue.workers ADD COLUMN task_names text[];

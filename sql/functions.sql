@@ -21,7 +21,12 @@ CREATE OR REPLACE FUNCTION pgqueue.claim_tasks(
 LANGUAGE sql AS $$
     WITH candidates AS (
         SELECT due.id, due.priority, due.run_at
-        FROM unnest(p_queues) AS wanted(queue)
+        -- Paused queues are dropped before the scans: a plain filter on the queue list
+        -- (not a join the planner could move), so no row of a paused queue is locked.
+        FROM (
+            SELECT requested.queue FROM unnest(p_queues) AS requested(queue)
+            WHERE requested.queue <> ALL (ARRAY(SELECT queue FROM pgqueue.paused_queues))
+        ) AS wanted
         CROSS JOIN LATERAL (
             SELECT t.id, t.priority, t.run_at
             FROM pgqueue.tasks AS t
@@ -42,8 +47,9 @@ LANGUAGE sql AS $$
             worker_id = p_worker_id,
             lease_expires_at = now() + make_interval(secs => p_lease_seconds),
             lease_token = t.lease_token + 1
-        FROM candidates
-        WHERE t.id = candidates.id
+        -- id = ANY(array) keeps this a primary-key lookup; a join with the CTE lets the
+        -- planner pick a hash join over a scan of the whole table (20 ms at 20,000 rows).
+        WHERE t.id = ANY (ARRAY(SELECT candidates.id FROM candidates))
         RETURNING t.*
     )
     SELECT * FROM claimed ORDER BY priority DESC, run_at, id;
@@ -173,16 +179,26 @@ $$;
 
 -- name: cancel_task
 -- Cancel a task that has not finished; True if it is now CANCELLED. A RUNNING task's
--- worker loses its lease at the next heartbeat and its outcome is refused.
+-- worker hears of it on the "pgqueue.control" channel (payload "cancel <id>") and stops
+-- the run at once; its outcome is refused in any case (and its lease lost at the next
+-- heartbeat, should the notification be missed).
 CREATE OR REPLACE FUNCTION pgqueue.cancel_task(p_id uuid) RETURNS boolean
-LANGUAGE sql AS $$
-    WITH cancelled AS (
-        UPDATE pgqueue.tasks
-        SET status = 'CANCELLED', finished_at = now(), lease_expires_at = NULL
-        WHERE id = p_id AND status IN ('PENDING', 'RETRYING', 'RUNNING')
-        RETURNING id
-    )
-    SELECT EXISTS (SELECT 1 FROM cancelled);
+LANGUAGE plpgsql AS $$
+DECLARE
+    previous pgqueue.task_status;
+BEGIN
+    SELECT status INTO previous FROM pgqueue.tasks WHERE id = p_id FOR UPDATE;
+    IF previous IS NULL OR previous NOT IN ('PENDING', 'RETRYING', 'RUNNING') THEN
+        RETURN false;
+    END IF;
+    UPDATE pgqueue.tasks
+    SET status = 'CANCELLED', finished_at = now(), lease_expires_at = NULL
+    WHERE id = p_id;
+    IF previous = 'RUNNING' THEN
+        PERFORM pg_notify('pgqueue.control', 'cancel ' || p_id::text);
+    END IF;
+    RETURN true;
+END;
 $$;
 
 -- name: retry_task
@@ -192,11 +208,16 @@ LANGUAGE plpgsql AS $$
 DECLARE
     task_queue text;
 BEGIN
-    UPDATE pgqueue.tasks
+    UPDATE pgqueue.tasks AS t
     SET status = 'PENDING', run_at = now(), started_at = NULL, finished_at = NULL,
-        result = NULL, lease_expires_at = NULL
-    WHERE id = p_id AND status IN ('FAILED', 'CANCELLED')
-    RETURNING queue INTO task_queue;
+        result = NULL, lease_expires_at = NULL,
+        -- It keeps its unique_key (sql/features.sql) unless another task holds it now.
+        unique_key = CASE WHEN EXISTS (
+            SELECT 1 FROM pgqueue.tasks AS o
+            WHERE o.unique_key = t.unique_key AND o.status IN ('PENDING', 'RETRYING', 'RUNNING')
+        ) THEN NULL ELSE t.unique_key END
+    WHERE t.id = p_id AND t.status IN ('FAILED', 'CANCELLED')
+    RETURNING t.queue INTO task_queue;
     IF NOT FOUND THEN
         RETURN false;
     END IF;
@@ -217,6 +238,139 @@ LANGUAGE sql AS $$
         WHERE status IN ('COMPLETED', 'FAILED', 'CANCELLED')
           AND finished_at < now() - p_older_than
         ORDER BY finished_at
+        LIMIT p_batch_size
+        FOR UPDATE SKIP LOCKED
+    ), deleted AS (
+        DELETE FROM pgqueue.tasks AS t USING doomed WHERE t.id = doomed.id RETURNING 1
+    )
+    SELECT count(*)::integer FROM deleted;
+$$;
+
+-- ===========================================================================================
+-- Operations: the worker registry, paused queues, bulk retry and purge (sql/operations.sql
+-- has the views; `pgqueue workers`, `pgqueue queue`, `pgqueue tasks` call these).
+-- ===========================================================================================
+
+-- name: register_worker
+-- Record a worker at start (or again, if its row expired while the database was away).
+CREATE OR REPLACE FUNCTION pgqueue.register_worker(
+    p_id text, p_host text, p_pid integer, p_queues text[], p_concurrency integer,
+    p_version text, p_lease_seconds double precision
+) RETURNS void
+LANGUAGE sql AS $$
+    INSERT INTO pgqueue.workers AS w
+        (id, host, pid, queues, concurrency, version, lease_seconds)
+    VALUES (p_id, p_host, p_pid, p_queues, p_concurrency, p_version, p_lease_seconds)
+    ON CONFLICT (id) DO UPDATE
+    SET host = excluded.host, pid = excluded.pid, queues = excluded.queues,
+        concurrency = excluded.concurrency, version = excluded.version,
+        lease_seconds = excluded.lease_seconds, last_heartbeat = now();
+$$;
+
+-- name: worker_heartbeat
+-- A worker is alive and runs p_tasks_running tasks; false if its row is gone (re-register).
+CREATE OR REPLACE FUNCTION pgqueue.worker_heartbeat(p_id text, p_tasks_running integer)
+RETURNS boolean
+LANGUAGE sql AS $$
+    WITH beat AS (
+        UPDATE pgqueue.workers
+        SET last_heartbeat = now(), tasks_running = p_tasks_running
+        WHERE id = p_id
+        RETURNING 1
+    )
+    SELECT EXISTS (SELECT 1 FROM beat);
+$$;
+
+-- name: unregister_worker
+-- A worker's clean exit; true if it was registered.
+CREATE OR REPLACE FUNCTION pgqueue.unregister_worker(p_id text) RETURNS boolean
+LANGUAGE sql AS $$
+    WITH gone AS (DELETE FROM pgqueue.workers WHERE id = p_id RETURNING 1)
+    SELECT EXISTS (SELECT 1 FROM gone);
+$$;
+
+-- name: expire_stale_workers
+-- Forget workers silent for three of their leases (killed, host lost); returns how many.
+CREATE OR REPLACE FUNCTION pgqueue.expire_stale_workers() RETURNS integer
+LANGUAGE sql AS $$
+    WITH gone AS (
+        DELETE FROM pgqueue.workers
+        WHERE last_heartbeat < now() - make_interval(secs => 3 * lease_seconds)
+        RETURNING 1
+    )
+    SELECT count(*)::integer FROM gone;
+$$;
+
+-- name: pause_queue
+-- Make claim_tasks skip a queue; running tasks finish. True if it was not paused already.
+CREATE OR REPLACE FUNCTION pgqueue.pause_queue(p_queue text) RETURNS boolean
+LANGUAGE sql AS $$
+    WITH paused AS (
+        INSERT INTO pgqueue.paused_queues (queue) VALUES (p_queue)
+        ON CONFLICT (queue) DO NOTHING
+        RETURNING 1
+    )
+    SELECT EXISTS (SELECT 1 FROM paused);
+$$;
+
+-- name: resume_queue
+-- Let workers claim from a paused queue again, and wake them. True if it was paused.
+CREATE OR REPLACE FUNCTION pgqueue.resume_queue(p_queue text) RETURNS boolean
+LANGUAGE plpgsql AS $$
+BEGIN
+    DELETE FROM pgqueue.paused_queues WHERE queue = p_queue;
+    IF NOT FOUND THEN
+        RETURN false;
+    END IF;
+    PERFORM pg_notify('pgqueue.tasks', p_queue);
+    RETURN true;
+END;
+$$;
+
+-- name: retry_failed_tasks
+-- retry_task for every FAILED task (of one queue, or all when p_queue is NULL); their ids.
+CREATE OR REPLACE FUNCTION pgqueue.retry_failed_tasks(p_queue text DEFAULT NULL)
+RETURNS SETOF uuid
+LANGUAGE plpgsql AS $$
+DECLARE
+    retried_ids uuid[];
+    queues text[];
+BEGIN
+    WITH failed AS (
+        -- Of failed tasks sharing a unique_key, only the newest may keep it.
+        SELECT id, row_number() OVER (PARTITION BY unique_key ORDER BY id DESC) AS rank
+        FROM pgqueue.tasks
+        WHERE status = 'FAILED' AND (p_queue IS NULL OR queue = p_queue)
+    ), retried AS (
+        UPDATE pgqueue.tasks AS t
+        SET status = 'PENDING', run_at = now(), started_at = NULL, finished_at = NULL,
+            result = NULL, lease_expires_at = NULL,
+            unique_key = CASE WHEN f.rank > 1 OR EXISTS (
+                SELECT 1 FROM pgqueue.tasks AS o
+                WHERE o.unique_key = t.unique_key
+                  AND o.status IN ('PENDING', 'RETRYING', 'RUNNING')
+            ) THEN NULL ELSE t.unique_key END
+        FROM failed AS f
+        WHERE t.id = f.id
+        RETURNING t.id, t.queue
+    )
+    SELECT array_agg(id), array_agg(DISTINCT queue) INTO retried_ids, queues FROM retried;
+    PERFORM pg_notify('pgqueue.tasks', q) FROM unnest(queues) AS q;
+    RETURN QUERY SELECT unnest(retried_ids);
+END;
+$$;
+
+-- name: purge_tasks
+-- Delete up to p_batch_size tasks of one status older than p_older_than (by finished_at,
+-- else created_at); callers loop until it returns less than p_batch_size. Never RUNNING.
+CREATE OR REPLACE FUNCTION pgqueue.purge_tasks(
+    p_status pgqueue.task_status, p_older_than interval, p_batch_size integer
+) RETURNS integer
+LANGUAGE sql AS $$
+    WITH doomed AS (
+        SELECT id FROM pgqueue.tasks
+        WHERE status = p_status AND p_status <> 'RUNNING'
+          AND coalesce(finished_at, created_at) < now() - p_older_than
         LIMIT p_batch_size
         FOR UPDATE SKIP LOCKED
     ), deleted AS (

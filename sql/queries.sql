@@ -25,9 +25,11 @@ SELECT * FROM pgqueue.claim_tasks(%(queues)s, %(limit)s, %(worker_id)s, %(lease_
 
 -- name: seconds_until_next_task
 -- How long until the earliest runnable task of these queues is due (negative: overdue).
+-- Paused queues do not count: their overdue tasks would make the claim loop spin.
 SELECT EXTRACT(epoch FROM min(run_at) - now())::double precision
 FROM pgqueue.tasks
-WHERE queue = ANY(%(queues)s) AND status IN ('PENDING', 'RETRYING');
+WHERE queue = ANY(%(queues)s) AND status IN ('PENDING', 'RETRYING')
+  AND queue <> ALL (ARRAY(SELECT queue FROM pgqueue.paused_queues));
 
 -- name: complete_tasks
 -- Record many results in one statement; returns the ids accepted.
@@ -76,3 +78,259 @@ SELECT pg_advisory_unlock(hashtext('pgqueue.maintenance'));
 -- name: listen_tasks
 -- Wake-ups: the insert trigger, retry and rescue notify this channel with the queue name.
 LISTEN "pgqueue.tasks";
+
+-- ===========================================================================================
+-- Operations: the worker registry and what `pgqueue status|workers|tasks|queue` run. They
+-- read the views of sql/operations.sql and call the functions of sql/functions.sql.
+-- ===========================================================================================
+
+-- name: register_worker
+-- Record this worker (again, if its row expired while the database was away).
+SELECT pgqueue.register_worker(%(id)s, %(host)s, %(pid)s, %(queues)s, %(concurrency)s,
+                               %(version)s, %(lease_seconds)s);
+
+-- name: worker_heartbeat
+-- Renew this worker's row (false: it is gone) and forget the workers that vanished.
+SELECT pgqueue.worker_heartbeat(%(id)s, %(tasks_running)s) AS found,
+       pgqueue.expire_stale_workers() AS expired;
+
+-- name: unregister_worker
+-- This worker's clean exit.
+SELECT pgqueue.unregister_worker(%(id)s);
+
+-- name: queue_stats
+-- Every queue at a glance (see the view).
+SELECT * FROM pgqueue.queue_stats ORDER BY queue;
+
+-- name: queue_stats_for
+-- The same, for some queues only (a worker's metrics).
+SELECT * FROM pgqueue.queue_stats WHERE queue = ANY(%(queues)s) ORDER BY queue;
+
+-- name: live_workers
+-- The workers alive now, oldest first.
+SELECT * FROM pgqueue.live_workers ORDER BY started_at, id;
+
+-- name: due_tasks
+-- Due tasks not yet started, the longest waiting first.
+SELECT * FROM pgqueue.due_tasks ORDER BY run_at, id LIMIT %(limit)s;
+
+-- name: recent_failures
+-- The latest failures with their last error, of one queue or all (NULL).
+SELECT * FROM pgqueue.recent_failures
+WHERE %(queue)s::text IS NULL OR queue = %(queue)s
+ORDER BY failed_at DESC NULLS LAST, id DESC
+LIMIT %(limit)s;
+
+-- name: list_tasks
+-- The newest tasks (ids are time-ordered) matching the filters that are not NULL.
+SELECT * FROM pgqueue.tasks
+WHERE (%(queue)s::text IS NULL OR queue = %(queue)s)
+  AND (%(status)s::pgqueue.task_status IS NULL OR status = %(status)s::pgqueue.task_status)
+  AND (%(name)s::text IS NULL OR name = %(name)s)
+ORDER BY id DESC
+LIMIT %(limit)s;
+
+-- name: pause_queue
+-- Make the claim skip a queue; true if it was not paused already.
+SELECT pgqueue.pause_queue(%(queue)s);
+
+-- name: resume_queue
+-- Let workers claim from the queue again; true if it was paused.
+SELECT pgqueue.resume_queue(%(queue)s);
+
+-- name: retry_failed_tasks
+-- Put every FAILED task (of one queue, or all: NULL) back to PENDING; their ids.
+SELECT pgqueue.retry_failed_tasks(%(queue)s::text);
+
+-- name: count_purgeable
+-- How many tasks purge_tasks would delete (asked before deleting).
+SELECT count(*) FROM pgqueue.tasks
+WHERE status = %(status)s::pgqueue.task_status AND status <> 'RUNNING'
+  AND coalesce(finished_at, created_at) < now() - %(older_than)s * interval '1 second';
+
+-- name: purge_tasks
+-- Delete one batch of tasks of a status older than the given age.
+SELECT pgqueue.purge_tasks(%(status)s::pgqueue.task_status,
+                           %(older_than)s * interval '1 second', %(batch_size)s);
+
+-- name: broker_start_tasks
+-- RabbitMQ worker: mark delivered tasks RUNNING; returns those to run (see the function).
+SELECT * FROM pgqueue.broker_start_tasks(
+    %(ids)s, %(names)s, %(queues)s, %(priorities)s, %(kwargs)s::jsonb[], %(max_retries)s,
+    %(run_ats)s, %(attempts)s, %(worker_id)s);
+
+-- name: held_tasks
+-- RabbitMQ worker heartbeat: which of its running tasks it still holds (cancel shows here).
+SELECT t.id
+FROM unnest(%(ids)s::uuid[], %(tokens)s::integer[]) AS held(id, token)
+JOIN pgqueue.tasks AS t ON t.id = held.id AND t.lease_token = held.token
+WHERE t.status = 'RUNNING';
+
+-- name: delete_pending_tasks
+-- RabbitMQ producer: take back the records of tasks the broker did not accept.
+DELETE FROM pgqueue.tasks WHERE id = ANY(%(ids)s) AND status = 'PENDING';
+
+-- name: outbox_insert
+-- Queue one task for the relay, inside the caller's transaction.
+INSERT INTO pgqueue.outbox (task_id, queue, priority, message, run_at)
+VALUES (%(task_id)s, %(queue)s, %(priority)s, %(message)s, to_timestamp(%(run_at)s));
+
+-- name: outbox_take
+-- The relay: the oldest outbox rows, locked until published and deleted.
+SELECT id, task_id, queue, priority, message, EXTRACT(epoch FROM run_at)::double precision
+FROM pgqueue.outbox
+ORDER BY id
+LIMIT %(limit)s
+FOR UPDATE SKIP LOCKED;
+
+-- name: outbox_delete
+-- The relay: rows the broker confirmed.
+DELETE FROM pgqueue.outbox WHERE id = ANY(%(ids)s);
+
+-- ===========================================================================================
+-- Beyond the seed (sql/features.sql, docs/features.md): unique tasks, waiting for results,
+-- cancelling running tasks, cron, `tasks explain` and the test mode.
+-- ===========================================================================================
+
+-- name: insert_unique_tasks
+-- Queue tasks that may carry a unique_key: a row whose key an unfinished task holds (or an
+-- earlier row of the same call) is skipped by the partial unique index, which decides even
+-- between concurrent producers; returns the ids written.
+INSERT INTO pgqueue.tasks (id, name, queue, priority, kwargs, max_retries, run_at, unique_key)
+SELECT n.id, n.name, n.queue, n.priority, n.kwargs, n.max_retries,
+       COALESCE(n.schedule_at, now() + n.delay * interval '1 second'), n.unique_key
+FROM unnest(%(ids)s::uuid[], %(names)s::text[], %(queues)s::text[], %(priorities)s::smallint[],
+            %(kwargs)s::jsonb[], %(max_retries)s::integer[], %(schedule_ats)s::timestamptz[],
+            %(delays)s::double precision[], %(unique_keys)s::text[])
+     WITH ORDINALITY
+     AS n(id, name, queue, priority, kwargs, max_retries, schedule_at, delay, unique_key, position)
+ORDER BY n.position
+ON CONFLICT (unique_key)
+    WHERE unique_key IS NOT NULL AND status IN ('PENDING', 'RETRYING', 'RUNNING')
+    DO NOTHING
+RETURNING id;
+
+-- name: unique_key_holders
+-- The unfinished tasks that hold these unique keys.
+SELECT unique_key, id FROM pgqueue.tasks
+WHERE unique_key = ANY(%(unique_keys)s::text[])
+  AND status IN ('PENDING', 'RETRYING', 'RUNNING');
+
+-- name: register_result_waiter
+-- A waiter for a task's result (the results trigger notifies it), or its renewal; forgets
+-- waiters that expired (they died without unregistering).
+WITH expired AS (DELETE FROM pgqueue.result_waiters WHERE expires_at < now())
+INSERT INTO pgqueue.result_waiters (id, task_id, expires_at)
+VALUES (%(id)s, %(task_id)s, now() + %(timeout)s * interval '1 second')
+ON CONFLICT (id) DO UPDATE SET expires_at = excluded.expires_at;
+
+-- name: unregister_result_waiter
+-- The waiter is done.
+DELETE FROM pgqueue.result_waiters WHERE id = %(id)s;
+
+-- name: listen_results
+-- Finished tasks that someone waits for (payload: the task id).
+LISTEN "pgqueue.results";
+
+-- name: set_worker_task_names
+-- The task names a worker can run, for `pgqueue tasks explain`.
+UPDATE pgqueue.workers SET task_names = %(task_names)s WHERE id = %(id)s;
+
+-- name: explain_task
+-- One task and what may hold it back: schedule, pause, workers and their task names, the
+-- due tasks ahead of it in its queue.
+SELECT
+    t.*,
+    now() AS db_now,
+    EXISTS (SELECT 1 FROM pgqueue.paused_queues AS p WHERE p.queue = t.queue) AS queue_paused,
+    (SELECT count(*) FROM pgqueue.live_workers AS lw WHERE t.queue = ANY(lw.queues))
+        AS workers_on_queue,
+    (SELECT count(*) FROM pgqueue.live_workers AS lw
+     JOIN pgqueue.workers AS w ON w.id = lw.id
+     WHERE t.queue = ANY(lw.queues) AND w.task_names IS NOT NULL) AS workers_reporting_names,
+    (SELECT count(*) FROM pgqueue.live_workers AS lw
+     JOIN pgqueue.workers AS w ON w.id = lw.id
+     WHERE t.queue = ANY(lw.queues) AND t.name = ANY(w.task_names)) AS workers_with_task,
+    (SELECT coalesce(sum(lw.concurrency), 0) FROM pgqueue.live_workers AS lw
+     WHERE t.queue = ANY(lw.queues)) AS capacity,
+    (SELECT count(*) FROM pgqueue.tasks AS r WHERE r.queue = t.queue AND r.status = 'RUNNING')
+        AS running_in_queue,
+    (SELECT count(*) FROM pgqueue.tasks AS a
+     WHERE a.queue = t.queue AND a.status IN ('PENDING', 'RETRYING') AND a.run_at <= now()
+       AND a.id <> t.id
+       AND (a.priority > t.priority
+            OR (a.priority = t.priority AND (a.run_at, a.id) < (t.run_at, t.id))))
+        AS tasks_ahead,
+    (SELECT count(*) FROM pgqueue.tasks AS a
+     WHERE a.queue = t.queue AND a.status IN ('PENDING', 'RETRYING') AND a.run_at <= now()
+       AND a.priority > t.priority) AS tasks_ahead_higher_priority
+FROM pgqueue.tasks AS t
+WHERE t.id = %(id)s;
+
+-- name: cron_record_schedule
+-- A worker that imports a cron task records its schedule (first_seen_at is kept).
+INSERT INTO pgqueue.cron_schedules AS s (name, cron, timezone, queue, catchup_seconds)
+VALUES (%(name)s, %(cron)s, %(timezone)s, %(queue)s, %(catchup_seconds)s)
+ON CONFLICT (name) DO UPDATE
+SET cron = excluded.cron, timezone = excluded.timezone, queue = excluded.queue,
+    catchup_seconds = excluded.catchup_seconds, last_seen_at = now()
+RETURNING s.first_seen_at, now() AS db_now,
+          (SELECT max(r.scheduled_at) FROM pgqueue.cron_runs AS r WHERE r.name = s.name)
+              AS last_scheduled_at;
+
+-- name: cron_queue_occurrence
+-- Queue one occurrence of a schedule, run_at = its scheduled time, unless another worker
+-- did: the primary key of cron_runs admits each (name, scheduled_at) once.
+WITH occurrence AS (
+    INSERT INTO pgqueue.cron_runs (name, scheduled_at, task_id)
+    VALUES (%(name)s, %(scheduled_at)s, %(id)s)
+    ON CONFLICT (name, scheduled_at) DO NOTHING
+    RETURNING task_id
+)
+INSERT INTO pgqueue.tasks (id, name, queue, priority, kwargs, max_retries, run_at)
+SELECT o.task_id, %(name)s, %(queue)s, %(priority)s, '{}'::jsonb, %(max_retries)s,
+       %(scheduled_at)s
+FROM occurrence AS o
+RETURNING id;
+
+-- name: cron_prune_runs
+-- Forget occurrences older than the catch-up window can reach; the latest is always kept.
+DELETE FROM pgqueue.cron_runs AS r
+WHERE r.name = %(name)s AND r.scheduled_at < %(before)s
+  AND r.scheduled_at < (SELECT max(l.scheduled_at) FROM pgqueue.cron_runs AS l
+                        WHERE l.name = %(name)s);
+
+-- name: cron_schedules
+-- Every recorded schedule with its latest queued occurrence.
+SELECT s.*, (SELECT max(r.scheduled_at) FROM pgqueue.cron_runs AS r WHERE r.name = s.name)
+           AS last_scheduled_at,
+       now() AS db_now
+FROM pgqueue.cron_schedules AS s
+ORDER BY s.name;
+
+-- name: testing_claim_tasks
+-- The test mode (pgqueue.testing): claim_tasks with the clock given, not now().
+WITH due AS (
+    SELECT t.id FROM pgqueue.tasks AS t
+    WHERE t.queue = ANY(%(queues)s::text[]) AND t.status IN ('PENDING', 'RETRYING')
+      AND t.run_at <= %(now)s
+      AND t.queue <> ALL (ARRAY(SELECT queue FROM pgqueue.paused_queues))
+    ORDER BY t.priority DESC, t.run_at, t.id
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE pgqueue.tasks AS t
+SET status = 'RUNNING', attempts = t.attempts + 1, started_at = now(),
+    worker_id = %(worker_id)s, lease_expires_at = now() + interval '1 hour',
+    lease_token = t.lease_token + 1
+FROM due
+WHERE t.id = due.id
+RETURNING t.*;
+
+-- name: testing_all_queues
+-- Every queue that has waiting tasks (the test mode drains all by default).
+SELECT DISTINCT queue FROM pgqueue.tasks WHERE status IN ('PENDING', 'RETRYING');
+
+-- name: database_now
+-- The database clock.
+SELECT now();

@@ -57,3 +57,30 @@ CREATE TRIGGER tasks_notify_insert
     AFTER INSERT ON pgqueue.tasks
     REFERENCING NEW TABLE AS new_tasks
     FOR EACH STATEMENT EXECUTE FUNCTION pgqueue.notify_new_tasks();
+
+-- ===========================================================================================
+-- Operations: the worker registry and paused queues (views over them: sql/operations.sql).
+-- ===========================================================================================
+
+-- One row per running worker: its broker inserts it at start, renews last_heartbeat every
+-- third of a lease and deletes it on a clean exit. Rows of workers that vanished expire
+-- after three leases without a heartbeat (expire_stale_workers).
+CREATE TABLE pgqueue.workers (
+    id             text PRIMARY KEY,
+    host           text NOT NULL,
+    pid            integer NOT NULL,
+    queues         text[] NOT NULL,
+    concurrency    integer NOT NULL CHECK (concurrency >= 1),
+    version        text NOT NULL,
+    started_at     timestamptz NOT NULL DEFAULT now(),
+    last_heartbeat timestamptz NOT NULL DEFAULT now(),
+    tasks_running  integer NOT NULL DEFAULT 0 CHECK (tasks_running >= 0),
+    -- Each worker's own lease: a worker with short leases is declared gone sooner.
+    lease_seconds  double precision NOT NULL CHECK (lease_seconds > 0)
+);
+
+-- Queues the claim skips (`pgqueue queue pause Q`); running tasks finish, workers stay up.
+CREATE TABLE pgqueue.paused_queues (
+    queue     text PRIMARY KEY,
+    paused_at timestamptz NOT NULL DEFAULT now()
+);

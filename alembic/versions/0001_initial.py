@@ -26,6 +26,28 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    """Drop every pgqueue object but alembic's own version table."""
     schema = context.config.attributes.get("schema", "pgqueue")
-    op.execute(f'DROP TABLE IF EXISTS "{schema}".tasks CASCADE')
-    op.execute(f'DROP TYPE IF EXISTS "{schema}".task_status CASCADE')
+    op.execute(
+        f"""
+        DO $drop$
+        DECLARE
+            item record;
+        BEGIN
+            FOR item IN
+                SELECT format('%I.%I', schemaname, tablename) AS name FROM pg_tables
+                WHERE schemaname = '{schema}' AND tablename <> 'alembic_version'
+            LOOP
+                EXECUTE 'DROP TABLE IF EXISTS ' || item.name || ' CASCADE';
+            END LOOP;
+            FOR item IN
+                SELECT p.oid::regprocedure AS signature FROM pg_proc AS p
+                JOIN pg_namespace AS n ON n.oid = p.pronamespace WHERE n.nspname = '{schema}'
+            LOOP
+                EXECUTE 'DROP FUNCTION IF EXISTS ' || item.signature || ' CASCADE';
+            END LOOP;
+            EXECUTE format('DROP TYPE IF EXISTS %I.task_status CASCADE', '{schema}');
+        END
+        $drop$;
+        """
+    )

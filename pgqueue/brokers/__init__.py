@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     import uuid
 
     from pgqueue.settings import Settings
+    from pgqueue.worker_registry import WorkerInfo
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -52,8 +53,12 @@ class Broker(abc.ABC):
         worker_id: str,
         queues: Sequence[str],
         cleanup: CleanupPolicy | None,
+        worker: WorkerInfo | None = None,
     ) -> None:
-        """Connect and subscribe to `queues`; start the broker's own upkeep (leases, cleanup)."""
+        """Connect and subscribe to `queues`; start the broker's own upkeep (leases, cleanup).
+
+        `worker` (concurrency, version, host, pid) is for the worker registry, if any.
+        """
 
     @abc.abstractmethod
     async def claim(self, limit: int, wait_seconds: float) -> list[Task]:

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 import psycopg
@@ -17,16 +18,43 @@ from pgqueue.brokers import Broker, CleanupPolicy
 from pgqueue.completer import Completer
 from pgqueue.database import CONNECT_TIMEOUT_SECONDS, Database, database_from_settings
 from pgqueue.errors import DatabaseUnavailable
+from pgqueue.executor import LeaseLost
 from pgqueue.listener import Listener
 from pgqueue.maintenance import Maintenance
 from pgqueue.records import NewTask, Outcome, Task
 from pgqueue.settings import Settings
 from pgqueue.store import TaskStore
+from pgqueue.worker_registry import WorkerInfo, WorkerRegistry
 
 log = logging.getLogger("pgqueue.worker")
 
 T = TypeVar("T")
 MAX_BACKOFF_SECONDS = 10.0
+#: Connections of transactional tasks: their own pool, so that long tasks holding a
+#: transaction never starve the claims and heartbeats of the main pool.
+TASK_POOL_MAX_SIZE = 32
+
+
+class TaskTransaction:
+    """An open transaction that a transactional task writes in; `complete` records the task
+    COMPLETED in it, fenced by the lease token, so both commit together or not at all."""
+
+    def __init__(self, conn: psycopg.AsyncConnection[Any], task: Task, query: str) -> None:
+        self.connection = conn
+        self._task = task
+        self._query = query
+
+    async def complete(self, result_json: str) -> None:
+        cursor = await self.connection.execute(
+            self._query,
+            {"ids": [self._task.id], "tokens": [self._task.lease_token], "results": [result_json]},
+        )
+        if not await cursor.fetchall():
+            raise LeaseLost(
+                f"lease lost: task {self._task.id} {self._task.name} (lease token "
+                f"{self._task.lease_token}) was taken over or cancelled; its writes are "
+                "rolled back"
+            )
 
 
 async def _asynchronous_commit(conn: psycopg.AsyncConnection[Any]) -> None:
@@ -48,6 +76,8 @@ class PostgresBroker(Broker):
         self._completer: Completer | None = None
         self._completion_pool: AsyncConnectionPool | None = None
         self._maintenance: Maintenance | None = None
+        self._registry: WorkerRegistry | None = None
+        self._task_pool: AsyncConnectionPool | None = None
 
     @classmethod
     def from_settings(cls, settings: Settings) -> PostgresBroker:
@@ -61,10 +91,23 @@ class PostgresBroker(Broker):
     async def aenqueue(self, tasks: Sequence[NewTask], connection: Any = None) -> None:
         await self.store.ainsert(tasks, connection)
 
+    def enqueue_unique(self, tasks: Sequence[NewTask], connection: Any = None) -> list[uuid.UUID]:
+        """Deliver tasks with unique keys; per row, its id or the id of its key's holder."""
+        return self.store.insert_unique(tasks, connection)
+
+    async def aenqueue_unique(
+        self, tasks: Sequence[NewTask], connection: Any = None
+    ) -> list[uuid.UUID]:
+        return await self.store.ainsert_unique(tasks, connection)
+
     # -- workers -----------------------------------------------------------------------
 
     async def open(
-        self, worker_id: str, queues: Sequence[str], cleanup: CleanupPolicy | None
+        self,
+        worker_id: str,
+        queues: Sequence[str],
+        cleanup: CleanupPolicy | None,
+        worker: WorkerInfo | None = None,
     ) -> None:
         self._worker_id = worker_id
         self._queues = list(queues)
@@ -77,7 +120,11 @@ class PostgresBroker(Broker):
             self.database.dsn,
             min_size=1,
             max_size=2,
-            kwargs={"autocommit": True, "connect_timeout": CONNECT_TIMEOUT_SECONDS},
+            kwargs={
+                "autocommit": True,
+                "connect_timeout": CONNECT_TIMEOUT_SECONDS,
+                "application_name": "pgqueue-completer",
+            },
             configure=_asynchronous_commit,
             open=False,
             name="pgqueue-completer",
@@ -87,6 +134,10 @@ class PostgresBroker(Broker):
         self._completer.start()
         self._maintenance = Maintenance(self.database, self.lease_seconds, cleanup)
         self._maintenance.start()
+        self._registry = WorkerRegistry(
+            self.database, worker_id, queues, worker or WorkerInfo(), self.lease_seconds
+        )
+        self._registry.start()
 
     async def claim(self, limit: int, wait_seconds: float) -> list[Task]:
         deadline = time.monotonic() + wait_seconds
@@ -135,6 +186,8 @@ class PostgresBroker(Broker):
         self._completer.add(outcome)
 
     async def heartbeat(self, tasks: Sequence[Task]) -> set[uuid.UUID]:
+        if self._registry is not None:
+            await self._registry.heartbeat(len(tasks))
         if not tasks:
             return set()
         async with self.database.async_connection() as conn:
@@ -149,11 +202,34 @@ class PostgresBroker(Broker):
             held = {row[0] for row in await cursor.fetchall()}
         return {task.id for task in tasks} - held
 
+    @contextlib.asynccontextmanager
+    async def completion_transaction(self, task: Task) -> AsyncIterator[TaskTransaction]:
+        """A transaction for a transactional task; rolled back if the body raises."""
+        if self._task_pool is None:
+            self._task_pool = AsyncConnectionPool(
+                self.database.dsn,
+                min_size=0,
+                max_size=TASK_POOL_MAX_SIZE,
+                kwargs={
+                    "autocommit": True,
+                    "connect_timeout": CONNECT_TIMEOUT_SECONDS,
+                    "application_name": "pgqueue-task",
+                },
+                open=False,
+                name="pgqueue-task",
+            )
+            await self._task_pool.open()
+        async with self._task_pool.connection() as conn, conn.transaction():
+            yield TaskTransaction(conn, task, self.database.queries["complete_tasks"])
+
     def wake(self) -> None:
         self._interrupted = True
         self._wake.set()
 
     async def close(self) -> None:
+        if self._registry is not None:
+            await self._registry.close()
+            self._registry = None
         if self._maintenance is not None:
             await self._maintenance.stop()
         if self._listener is not None:
@@ -162,6 +238,9 @@ class PostgresBroker(Broker):
             await self._completer.close(timeout=max(self.lease_seconds / 2, 1.0))
         if self._completion_pool is not None:
             await self._completion_pool.close()
+        if self._task_pool is not None:
+            await self._task_pool.close()
+            self._task_pool = None
         await self.database.aclose()
 
     async def _retrying(self, what: str, call: Callable[[], Awaitable[T]]) -> T:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import sys
@@ -14,7 +15,18 @@ from pgqueue.errors import PgQueueError
 
 
 class Main(click.Group):
-    """Turns pgqueue's and the database's errors into one line and exit status 1."""
+    """Loads commands on demand; turns pgqueue's and the database's errors into one line."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(COMMANDS)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        target = COMMANDS.get(cmd_name)
+        if target is None:
+            return None
+        module_name, attribute = target.split(":")
+        command: click.Command = getattr(importlib.import_module(module_name), attribute)
+        return command
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -46,14 +58,17 @@ def main(log_level: str) -> None:
         sys.path.insert(0, os.getcwd())
 
 
-def _register_commands() -> None:
-    from pgqueue.cli.db import db
-    from pgqueue.cli.migrate import migrate
-    from pgqueue.cli.worker import worker
-
-    main.add_command(db)
-    main.add_command(migrate)
-    main.add_command(worker)
-
-
-_register_commands()
+# Command modules import only when their command runs: a worker never loads alembic,
+# SQLAlchemy or rich, which keeps its memory small and its start quick.
+COMMANDS = {
+    "config": "pgqueue.cli.config:config",
+    "db": "pgqueue.cli.db:db",
+    "demo": "pgqueue.cli.demo:demo",
+    "enqueue": "pgqueue.cli.enqueue:enqueue",
+    "migrate": "pgqueue.cli.migrate:migrate",
+    "queue": "pgqueue.cli.queue:queue",
+    "status": "pgqueue.cli.status:status",
+    "tasks": "pgqueue.cli.tasks:tasks",
+    "worker": "pgqueue.cli.worker:worker",
+    "workers": "pgqueue.cli.workers:workers",
+}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+from typing import TYPE_CHECKING
 
 import click
 
@@ -11,9 +12,27 @@ from pgqueue.registry import import_task_modules
 from pgqueue.settings import get_settings
 from pgqueue.worker import WorkerManager
 
+if TYPE_CHECKING:
+    from pgqueue.metrics import WorkerMetrics
+
 
 def _split(value: str) -> list[str]:
     return [item.strip() for item in value.split(",") if item.strip()]
+
+
+def serve_metrics(manager: WorkerManager, port: int, host: str) -> WorkerMetrics:
+    """Start the /metrics server; a port in use is a one-line error, not a traceback."""
+    from pgqueue.metrics import WorkerMetrics
+
+    metrics = WorkerMetrics(manager)
+    try:
+        metrics.serve(port, host)
+    except OSError as error:
+        metrics.close()
+        raise click.ClickException(
+            f"cannot serve metrics on {host}:{port}: {error.strerror or error}"
+        ) from None
+    return metrics
 
 
 @click.command()
@@ -66,6 +85,18 @@ def _split(value: str) -> list[str]:
     type=click.FloatRange(min=0),
     help="Keep finished tasks this many days.",
 )
+@click.option(
+    "--metrics-port",
+    default=None,
+    type=click.IntRange(min=0, max=65535),
+    help="Serve Prometheus metrics on this port at /metrics (0: any free port, logged).",
+)
+@click.option(
+    "--metrics-host",
+    default="0.0.0.0",
+    show_default=True,
+    help="Address the metrics server listens on.",
+)
 def worker(
     action: str,
     queues: str | None,
@@ -75,6 +106,8 @@ def worker(
     grace: float | None,
     cleanup_hours: float,
     retain_days: float,
+    metrics_port: int | None,
+    metrics_host: str,
 ) -> None:
     """Start a worker: `pgqueue worker start` (or just `pgqueue worker`)."""
     settings = get_settings()
@@ -86,7 +119,12 @@ def worker(
     manager.set_cleanup_config(interval_hours=cleanup_hours, retain_days=retain_days)
     if grace is not None:
         manager.set_shutdown_grace(grace)
-    asyncio.run(manager.start())
+    metrics = None if metrics_port is None else serve_metrics(manager, metrics_port, metrics_host)
+    try:
+        asyncio.run(manager.start())
+    finally:
+        if metrics is not None:
+            metrics.close()
     if manager.stopped_at_once:
         # Sync tasks may still hold threads; a second signal means now.
         os._exit(1)

@@ -1,0 +1,229 @@
+"""Inspection and administration of a pgqueue database (Postgres only), for the CLI and metrics.
+
+Reads the views of `sql/operations.sql` and calls the functions of `sql/functions.sql`
+through the named queries of `sql/queries.sql`; it keeps no SQL of its own.
+
+>>> with Admin.connect(dsn) as admin:
+...     for queue in admin.queue_stats():
+...         print(queue["queue"], queue["due"], queue["oldest_pending_seconds"])
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import uuid
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import psycopg
+from psycopg.rows import dict_row
+
+from pgqueue.database import CONNECT_TIMEOUT_SECONDS, unavailable
+from pgqueue.errors import ConfigurationError, InvalidTaskOption, TaskNotFound
+from pgqueue.options import check_queue
+from pgqueue.queries import DEFAULT_SCHEMA, queries
+from pgqueue.records import Task, TaskStatus
+from pgqueue.store import parse_task_id
+
+PURGE_BATCH_SIZE = 1000
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*$", re.IGNORECASE)
+_UNIT_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_status(text: str | TaskStatus) -> TaskStatus:
+    """A status from its name in any case ("failed", "FAILED"); a clear error otherwise."""
+    if isinstance(text, TaskStatus):
+        return text
+    try:
+        return TaskStatus(str(text).strip().upper())
+    except ValueError:
+        names = ", ".join(status.value.lower() for status in TaskStatus)
+        raise InvalidTaskOption(f"unknown status {text!r}: use one of {names}") from None
+
+
+def parse_duration(text: str | float) -> float:
+    """Seconds of "90", "30s", "30m", "12h", "7d" or "2w"; a clear error otherwise."""
+    if isinstance(text, int | float) and not isinstance(text, bool):
+        seconds = float(text)
+    else:
+        match = _DURATION.match(str(text))
+        if not match:
+            raise InvalidTaskOption(
+                f"{text!r} is not a duration: write a number with a unit, such as 90s, 30m, "
+                "12h, 7d or 2w"
+            )
+        seconds = float(match.group(1)) * _UNIT_SECONDS[match.group(2).lower()]
+    if seconds < 0:
+        raise InvalidTaskOption(f"a duration cannot be negative, not {text!r}")
+    return seconds
+
+
+class Admin:
+    """Monitoring and admin calls on one database connection (autocommit).
+
+    Every read goes through a view (`queue_stats`, `live_workers`, `due_tasks`,
+    `recent_failures`) or the task table itself, with bound parameters only.
+    """
+
+    def __init__(self, connection: psycopg.Connection[Any], schema: str = DEFAULT_SCHEMA) -> None:
+        self.connection = connection
+        self.queries = queries(schema)
+        self._describe = f"schema {schema!r}"
+
+    @classmethod
+    @contextlib.contextmanager
+    def connect(cls, dsn: str, schema: str = DEFAULT_SCHEMA) -> Iterator[Admin]:
+        """One short-lived connection; an unreachable server fails at once, in one line."""
+        try:
+            connection = psycopg.connect(
+                dsn,
+                autocommit=True,
+                connect_timeout=CONNECT_TIMEOUT_SECONDS,
+                application_name="pgqueue-admin",
+            )
+        except psycopg.OperationalError as error:
+            raise unavailable(dsn, error) from error
+        try:
+            yield cls(connection, schema)
+        except psycopg.OperationalError as error:
+            raise unavailable(dsn, error) from error
+        finally:
+            connection.close()
+
+    def _rows(self, query: str, params: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+        try:
+            with self.connection.cursor(row_factory=dict_row) as cursor:
+                cursor.execute(self.queries[query], params or {})
+                return cursor.fetchall()
+        except (psycopg.errors.UndefinedTable, psycopg.errors.UndefinedFunction) as error:
+            raise ConfigurationError(
+                f"the pgqueue {self._describe} is missing or older than this pgqueue "
+                f"({str(error).strip().splitlines()[0]}); run `pgqueue migrate`"
+            ) from error
+
+    def _value(self, query: str, params: dict[str, Any] | None = None) -> Any:
+        rows = self._rows(query, params)
+        return next(iter(rows[0].values())) if rows else None
+
+    # -- the views -----------------------------------------------------------------------
+
+    def queue_stats(self, queues: Sequence[str] | None = None) -> list[dict[str, Any]]:
+        """`pgqueue.queue_stats`: one row per queue (all, or these), sorted by name."""
+        if queues is None:
+            return self._rows("queue_stats")
+        return self._rows("queue_stats_for", {"queues": list(queues)})
+
+    def live_workers(self) -> list[dict[str, Any]]:
+        """`pgqueue.live_workers`: the workers that heartbeated recently, oldest first."""
+        return self._rows("live_workers")
+
+    def due_tasks(self, limit: int = 100) -> list[dict[str, Any]]:
+        """`pgqueue.due_tasks`: due tasks no worker has started, the longest waiting first."""
+        return self._rows("due_tasks", {"limit": _check_limit(limit)})
+
+    def failures(self, queue: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
+        """`pgqueue.recent_failures`: the latest failures with their last error."""
+        return self._rows(
+            "recent_failures",
+            {"queue": _optional_queue(queue), "limit": _check_limit(limit)},
+        )
+
+    # -- tasks ---------------------------------------------------------------------------
+
+    def list_tasks(
+        self,
+        *,
+        queue: str | None = None,
+        status: str | TaskStatus | None = None,
+        name: str | None = None,
+        limit: int = 50,
+    ) -> list[Task]:
+        """The newest tasks matching every filter given."""
+        params = {
+            "queue": _optional_queue(queue),
+            "status": None if status is None else parse_status(status).value,
+            "name": name,
+            "limit": _check_limit(limit),
+        }
+        return [Task.from_row(row) for row in self._rows("list_tasks", params)]
+
+    def get_task(self, task_id: Any) -> Task:
+        """The task of that id; TaskNotFound names the id when there is none."""
+        parsed = parse_task_id(task_id)
+        rows = self._rows("get_task", {"id": parsed})
+        if not rows:
+            raise TaskNotFound(f"no task has id {parsed} (never queued, or cleaned up)")
+        return Task.from_row(rows[0])
+
+    def cancel(self, task_id: Any) -> bool:
+        """Cancel a task that has not finished; True if it is now CANCELLED."""
+        return bool(self._value("cancel_task", {"id": parse_task_id(task_id)}))
+
+    def retry(self, task_id: Any) -> bool:
+        """Run a FAILED or CANCELLED task once more; True if it was put back."""
+        return bool(self._value("retry_task", {"id": parse_task_id(task_id)}))
+
+    def retry_failed(self, queue: str | None = None) -> list[uuid.UUID]:
+        """Put every FAILED task (of one queue, or all) back to PENDING; their ids."""
+        rows = self._rows("retry_failed_tasks", {"queue": _optional_queue(queue)})
+        return [row["retry_failed_tasks"] for row in rows]
+
+    def count_purgeable(self, status: str | TaskStatus, older_than_seconds: float) -> int:
+        """How many tasks `purge` would delete now."""
+        chosen = _purgeable_status(status)
+        return int(
+            self._value("count_purgeable", {"status": chosen, "older_than": older_than_seconds})
+        )
+
+    def purge(self, status: str | TaskStatus, older_than_seconds: float) -> int:
+        """Delete the tasks of a status older than the age (finished_at, else created_at).
+
+        Deletes in batches of PURGE_BATCH_SIZE, each its own transaction, so a large purge
+        never holds many row locks for long. RUNNING tasks cannot be purged.
+        """
+        chosen = _purgeable_status(status)
+        deleted = 0
+        while True:
+            batch = int(
+                self._value(
+                    "purge_tasks",
+                    {
+                        "status": chosen,
+                        "older_than": older_than_seconds,
+                        "batch_size": PURGE_BATCH_SIZE,
+                    },
+                )
+            )
+            deleted += batch
+            if batch < PURGE_BATCH_SIZE:
+                return deleted
+
+    # -- queues --------------------------------------------------------------------------
+
+    def pause_queue(self, queue: str) -> bool:
+        """Workers stop claiming from `queue` (running tasks finish); False if already paused."""
+        return bool(self._value("pause_queue", {"queue": check_queue(queue)}))
+
+    def resume_queue(self, queue: str) -> bool:
+        """Workers claim from `queue` again, woken at once; False if it was not paused."""
+        return bool(self._value("resume_queue", {"queue": check_queue(queue)}))
+
+
+def _check_limit(limit: int) -> int:
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+        raise InvalidTaskOption(f"limit must be a whole number >= 1, not {limit!r}")
+    return limit
+
+
+def _optional_queue(queue: str | None) -> str | None:
+    return None if queue is None else check_queue(queue)
+
+
+def _purgeable_status(status: str | TaskStatus) -> str:
+    chosen = parse_status(status)
+    if chosen is TaskStatus.RUNNING:
+        raise InvalidTaskOption(
+            "RUNNING tasks cannot be purged: a worker holds them; cancel them first"
+        )
+    return chosen.value

@@ -1,0 +1,228 @@
+"""`pgqueue tasks list|show|retry|cancel|purge`: look at tasks and steer them."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from typing import Any
+
+import click
+from rich.console import Group
+from rich.panel import Panel
+from rich.table import Table
+from rich.text import Text
+
+from pgqueue.admin import Admin, parse_duration
+from pgqueue.brokers import get_broker
+from pgqueue.cli.output import (
+    STATUS,
+    admin_session,
+    cell,
+    console,
+    duration,
+    first_line,
+    json_option,
+    jsonable,
+    moment,
+    print_json,
+    status_text,
+    table,
+)
+from pgqueue.records import Task, TaskStatus
+from pgqueue.settings import get_settings
+from pgqueue.store import parse_task_id
+
+LIST_COLUMNS = ("ID", "Name", "Queue", "Status", "Priority", "Attempts", "Run at", "Error")
+
+
+@click.group(name="tasks")
+def tasks() -> None:
+    """Look at tasks and steer them: list, show, retry, cancel, purge."""
+
+
+@tasks.command(name="list")
+@click.option("--queue", "-q", default=None, help="Only this queue.")
+@click.option("--status", "-s", "status", default=None, type=STATUS, help="Only this status.")
+@click.option("--name", "-n", default=None, help="Only tasks of this name.")
+@click.option(
+    "--limit", "-l", default=50, show_default=True, type=click.IntRange(min=1), help="At most."
+)
+@json_option
+def list_tasks(
+    queue: str | None, status: TaskStatus | None, name: str | None, limit: int, as_json: bool
+) -> None:
+    """The newest tasks, filtered by queue, status and name."""
+    with admin_session() as admin:
+        found = admin.list_tasks(queue=queue, status=status, name=name, limit=limit)
+    if as_json:
+        print_json(found)
+        return
+    result = table(f"{len(found)} tasks", LIST_COLUMNS, right=("Priority", "Attempts"))
+    for task in found:
+        result.add_row(
+            str(task.id),
+            cell(task.name),
+            cell(task.queue),
+            status_text(task.status),
+            str(task.priority),
+            f"{task.attempts}/{task.max_retries + 1}",
+            moment(task.run_at),
+            cell(first_line(task.error, 60)),
+        )
+    console().print(result)
+
+
+def timings(task: Task) -> dict[str, float | None]:
+    """Seconds it waited once due (to its last start) and its last run took."""
+    waited = ran = None
+    if task.started_at is not None:
+        waited = max((task.started_at - task.run_at).total_seconds(), 0.0)
+        if task.finished_at is not None:
+            ran = (task.finished_at - task.started_at).total_seconds()
+    return {"waited_seconds": waited, "ran_seconds": ran}
+
+
+@tasks.command()
+@click.argument("task_id")
+@json_option
+def show(task_id: str, as_json: bool) -> None:
+    """One task: arguments, attempts, result, error with its traceback, timings."""
+    with admin_session() as admin:
+        task = admin.get_task(task_id)
+    if as_json:
+        print_json({**jsonable(task), **timings(task)})
+        return
+    facts = Table.grid(padding=(0, 2))
+    facts.add_column(style="bold")
+    facts.add_column()
+    spans = timings(task)
+    for label, value in (
+        ("ID", str(task.id)),
+        ("Name", cell(task.name)),
+        ("Queue", cell(task.queue)),
+        ("Status", status_text(task.status)),
+        ("Priority", str(task.priority)),
+        ("Attempts", f"{task.attempts} of {task.max_retries + 1}"),
+        ("Arguments", cell(_json_text(task.kwargs))),
+        ("Created", moment(task.created_at)),
+        ("Run at", moment(task.run_at)),
+        ("Started", moment(task.started_at)),
+        ("Finished", moment(task.finished_at)),
+        ("Waited", duration(spans["waited_seconds"])),
+        ("Ran", duration(spans["ran_seconds"])),
+        ("Worker", cell(task.worker_id or "-")),
+        ("Result", cell(_json_text(task.result))),
+    ):
+        facts.add_row(label, value)
+    parts: list[Any] = [facts]
+    if task.error:
+        parts.append(Panel(Text(task.error), title="Error", title_align="left", style="red"))
+    console().print(Group(*parts))
+
+
+def _json_text(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, default=str)
+
+
+def _task_ids(values: tuple[str, ...]) -> list[uuid.UUID]:
+    # All ids are checked before any is touched: a typo changes nothing.
+    return [parse_task_id(value) for value in values]
+
+
+def _report(done: list[uuid.UUID], refused: list[dict[str, Any]], verb: str, as_json: bool) -> None:
+    if as_json:
+        print_json({verb: done, "refused": refused})
+    else:
+        for task_id in done:
+            click.echo(f"{verb} {task_id}")
+        for item in refused:
+            click.echo(f"not {verb}: {item['id']}: {item['reason']}", err=True)
+        if not done and not refused:
+            click.echo(f"no task {verb}")
+    if refused:
+        click.get_current_context().exit(1)
+
+
+def _refusal(admin: Admin, task_id: uuid.UUID, allowed: str) -> dict[str, Any]:
+    try:
+        current = admin.get_task(task_id).status.value
+    except LookupError as missing:
+        return {"id": task_id, "status": None, "reason": str(missing)}
+    return {"id": task_id, "status": current, "reason": f"it is {current}; {allowed}"}
+
+
+@tasks.command()
+@click.argument("task_ids", nargs=-1)
+@click.option("--failed", is_flag=True, help="Retry every FAILED task (of --queue, or all).")
+@click.option("--queue", "-q", default=None, help="With --failed: only this queue.")
+@json_option
+def retry(task_ids: tuple[str, ...], failed: bool, queue: str | None, as_json: bool) -> None:
+    """Run FAILED or CANCELLED tasks once more: `retry ID...` or `retry --failed`."""
+    if bool(task_ids) == failed:
+        raise click.UsageError("give task ids or --failed (not both)")
+    if queue is not None and not failed:
+        raise click.UsageError("--queue goes with --failed")
+    settings = get_settings()
+    ids = _task_ids(task_ids)
+    done: list[uuid.UUID] = []
+    refused: list[dict[str, Any]] = []
+    with admin_session(settings) as admin:
+        if failed:
+            done = admin.retry_failed(queue)
+        else:
+            for task_id in ids:
+                if admin.retry(task_id):
+                    done.append(task_id)
+                else:
+                    allowed = "only FAILED or CANCELLED tasks can be retried"
+                    refused.append(_refusal(admin, task_id, allowed))
+    if done and settings.broker != "database":
+        broker = get_broker(settings)  # RabbitMQ: the retried tasks travel again
+        for task_id in done:
+            broker.resubmit(task_id)
+    _report(done, refused, "retried", as_json)
+
+
+@tasks.command()
+@click.argument("task_ids", nargs=-1, required=True)
+@json_option
+def cancel(task_ids: tuple[str, ...], as_json: bool) -> None:
+    """Cancel tasks that have not finished (a RUNNING one stops at its next heartbeat)."""
+    ids = _task_ids(task_ids)
+    done: list[uuid.UUID] = []
+    refused: list[dict[str, Any]] = []
+    with admin_session() as admin:
+        for task_id in ids:
+            if admin.cancel(task_id):
+                done.append(task_id)
+            else:
+                allowed = "only PENDING, RETRYING or RUNNING tasks can be cancelled"
+                refused.append(_refusal(admin, task_id, allowed))
+    _report(done, refused, "cancelled", as_json)
+
+
+@tasks.command()
+@click.option("--status", "-s", "status", required=True, type=STATUS, help="Tasks of this status.")
+@click.option(
+    "--older-than",
+    required=True,
+    help="Age: finished (or, unfinished, created) longer ago than this: 30m, 12h, 7d, 2w.",
+)
+@click.option("--yes", "-y", is_flag=True, help="Do not ask before deleting.")
+@json_option
+def purge(status: TaskStatus, older_than: str, yes: bool, as_json: bool) -> None:
+    """Delete the tasks of a status older than an age, in batches; asks first unless --yes."""
+    seconds = parse_duration(older_than)
+    with admin_session() as admin:
+        count = admin.count_purgeable(status, seconds)
+        if count and not yes:
+            click.confirm(
+                f"Delete {count} {status.value} tasks older than {older_than}?",
+                abort=True,
+                err=True,
+            )
+        deleted = admin.purge(status, seconds) if count else 0
+    if as_json:
+        print_json({"deleted": deleted, "status": status, "older_than_seconds": seconds})
+    else:
+        click.echo(f"deleted {deleted} {status.value} tasks older than {older_than}")

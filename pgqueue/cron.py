@@ -1,0 +1,236 @@
+"""Recurring tasks: a task's cron schedule, and the scheduler loop each worker runs.
+
+Every worker that imports a task declared `@AsyncTask(cron="0 9 * * *", timezone=...)`
+queues its occurrences; the primary key (name, scheduled_at) of `pgqueue.cron_runs` lets
+exactly one of them queue each occurrence, however many run. Occurrences missed while no
+worker ran are caught up if they fall within the task's catch-up window (`cron_catchup`,
+one hour by default); older ones are skipped, not replayed. Each occurrence's run_at is
+its scheduled time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import datetime
+import inspect
+import logging
+import math
+import uuid
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import psycopg
+from croniter import croniter
+from psycopg_pool import PoolTimeout
+
+from pgqueue.errors import DatabaseUnavailable, TaskDefinitionError
+from pgqueue.records import new_task_id
+
+if TYPE_CHECKING:
+    from pgqueue.async_task import TaskFunction
+    from pgqueue.database import Database
+    from pgqueue.settings import TaskDefaults
+
+log = logging.getLogger("pgqueue.cron")
+
+DEFAULT_CATCHUP_SECONDS = 3600.0
+#: The scheduler looks again at least this often (a clock step, a database that was away).
+MAX_SLEEP_SECONDS = 60.0
+#: Occurrences of cron_runs kept beyond the catch-up window (the latest is always kept).
+RUNS_RETAINED_BEYOND_WINDOW = datetime.timedelta(days=1)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class CronSchedule:
+    """A five-field cron expression in a time zone, with its catch-up window."""
+
+    expression: str
+    timezone: str = "UTC"
+    catchup_seconds: float = DEFAULT_CATCHUP_SECONDS
+
+    @classmethod
+    def checked(
+        cls,
+        task_name: str,
+        signature: inspect.Signature,
+        cron: Any,
+        timezone: Any,
+        catchup: Any,
+    ) -> CronSchedule | None:
+        """The schedule of a task's decorator options; a clear error at definition time."""
+        if cron is None:
+            if timezone is not None or catchup is not None:
+                raise TaskDefinitionError(
+                    f"task {task_name}: timezone and cron_catchup go with cron=..."
+                )
+            return None
+        if not isinstance(cron, str) or len(cron.split()) != 5 or not croniter.is_valid(cron):
+            raise TaskDefinitionError(
+                f"task {task_name}: cron {cron!r} is not a five-field cron expression "
+                "(minute hour day-of-month month day-of-week), such as '0 9 * * *'"
+            )
+        zone = "UTC" if timezone is None else timezone
+        try:
+            ZoneInfo(zone)
+        except (ZoneInfoNotFoundError, ValueError, TypeError):
+            raise TaskDefinitionError(
+                f"task {task_name}: timezone {timezone!r} is not an IANA time zone name, "
+                "such as 'Europe/Paris' or 'UTC'"
+            ) from None
+        required = [
+            name
+            for name, parameter in signature.parameters.items()
+            if parameter.default is inspect.Parameter.empty
+            and parameter.kind not in (parameter.VAR_KEYWORD, parameter.VAR_POSITIONAL)
+        ]
+        if required:
+            raise TaskDefinitionError(
+                f"task {task_name}: a cron task is queued without arguments, but it requires "
+                f"{', '.join(required)}; give them defaults"
+            )
+        return cls(" ".join(cron.split()), zone, _catchup_seconds(task_name, catchup))
+
+    def occurrences(
+        self, after: datetime.datetime, until: datetime.datetime
+    ) -> list[datetime.datetime]:
+        """The occurrences in (after, until], oldest first."""
+        found = []
+        moment = self.next_after(after)
+        while moment <= until:
+            found.append(moment)
+            moment = self.next_after(moment)
+        return found
+
+    def next_after(self, moment: datetime.datetime) -> datetime.datetime:
+        """The first occurrence strictly after `moment` (aware, in the schedule's zone)."""
+        start = moment.astimezone(ZoneInfo(self.timezone))
+        following: datetime.datetime = croniter(self.expression, start).get_next(
+            datetime.datetime
+        )
+        return following
+
+
+def _catchup_seconds(task_name: str, catchup: Any) -> float:
+    if catchup is None:
+        return DEFAULT_CATCHUP_SECONDS
+    if isinstance(catchup, datetime.timedelta):
+        seconds = catchup.total_seconds()
+    elif isinstance(catchup, int | float) and not isinstance(catchup, bool):
+        seconds = float(catchup)
+    else:
+        raise TaskDefinitionError(
+            f"task {task_name}: cron_catchup must be seconds or a timedelta, not {catchup!r}"
+        )
+    if not math.isfinite(seconds) or seconds < 0:
+        raise TaskDefinitionError(f"task {task_name}: cron_catchup must be >= 0, not {catchup!r}")
+    return seconds
+
+
+def cron_tasks(tasks: Sequence[TaskFunction[Any]]) -> list[TaskFunction[Any]]:
+    return [task for task in tasks if task.schedule is not None]
+
+
+async def queue_due_occurrences(
+    database: Database,
+    task: TaskFunction[Any],
+    defaults: TaskDefaults,
+    now: datetime.datetime | None = None,
+) -> list[uuid.UUID]:
+    """Record the task's schedule and queue its occurrences due by `now` (default: the
+    database clock) that no worker queued yet, within the catch-up window; their ids."""
+    schedule = task.schedule
+    assert schedule is not None, f"{task.name} has no cron schedule"
+    queries = database.queries
+    queue = task.queue or defaults.queue
+    queued = []
+    async with database.async_connection() as conn:
+        cursor = await conn.execute(
+            queries["cron_record_schedule"],
+            {
+                "name": task.name,
+                "cron": schedule.expression,
+                "timezone": schedule.timezone,
+                "queue": queue,
+                "catchup_seconds": schedule.catchup_seconds,
+            },
+        )
+        row = await cursor.fetchone()
+        assert row is not None
+        first_seen_at, db_now, last_scheduled_at = row
+        now = db_now if now is None else now
+        window_start = now - datetime.timedelta(seconds=schedule.catchup_seconds)
+        after = max(last_scheduled_at or first_seen_at, window_start)
+        for moment in schedule.occurrences(after, now):
+            cursor = await conn.execute(
+                queries["cron_queue_occurrence"],
+                {
+                    "name": task.name,
+                    "scheduled_at": moment,
+                    "id": new_task_id(),
+                    "queue": queue,
+                    "priority": task.priority if task.priority is not None else defaults.priority,
+                    "max_retries": (
+                        task.max_retries if task.max_retries is not None else defaults.max_retries
+                    ),
+                },
+            )
+            inserted = await cursor.fetchone()
+            if inserted is not None:
+                queued.append(inserted[0])
+                log.info("cron: queued %s for %s (task %s)", task.name, moment, inserted[0])
+        await conn.execute(
+            queries["cron_prune_runs"],
+            {"name": task.name, "before": window_start - RUNS_RETAINED_BEYOND_WINDOW},
+        )
+    return queued
+
+
+class CronScheduler:
+    """The loop a worker runs for the cron tasks it imported: sleep until the next
+    occurrence, queue it (unless another worker did), repeat."""
+
+    def __init__(
+        self, database: Database, tasks: Sequence[TaskFunction[Any]], defaults: TaskDefaults
+    ) -> None:
+        self._database = database
+        self._tasks = cron_tasks(tasks)
+        self._defaults = defaults
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        if self._tasks:
+            self._task = asyncio.create_task(self._run(), name="pgqueue-cron")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+
+    async def _run(self) -> None:
+        backoff = 0.5
+        while True:
+            try:
+                for task in self._tasks:
+                    await queue_due_occurrences(self._database, task, self._defaults)
+                backoff = 0.5
+            except (psycopg.OperationalError, PoolTimeout, DatabaseUnavailable) as error:
+                log.warning("cron: database unavailable (%s); retrying in %.1fs", error, backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, MAX_SLEEP_SECONDS)
+                continue
+            except Exception:  # a bug must not end the schedules of a running worker
+                log.exception("cron: scheduling failed; trying again in %.0fs", MAX_SLEEP_SECONDS)
+                await asyncio.sleep(MAX_SLEEP_SECONDS)
+                continue
+            await asyncio.sleep(self._seconds_until_next())
+
+    def _seconds_until_next(self) -> float:
+        now = datetime.datetime.now(datetime.UTC)
+        following = min(
+            task.schedule.next_after(now) for task in self._tasks if task.schedule is not None
+        )
+        # A little past the occurrence, so that the database clock has reached it too.
+        return min(max((following - now).total_seconds() + 0.05, 0.05), MAX_SLEEP_SECONDS)

@@ -1,0 +1,166 @@
+"""Waiting for a task's result: `tm.wait(id)` and `await tm.await_result(id)`.
+
+A waiter LISTENs on the results channel and registers in `pgqueue.result_waiters`; the
+statement-level trigger of sql/features.sql then notifies the ids of waited-for tasks
+that finished. With nobody waiting, completions send nothing (one probe of an empty
+table per statement). The waiter re-reads its task every RECHECK_SECONDS as a safety net
+(a notification lost with a dropped connection, a task deleted by cleanup).
+
+>>> task_id = send_email.delay(to="a@example.com")
+>>> tm.wait(task_id, timeout=10)
+{'status': 'sent', 'recipient': 'a@example.com'}
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import uuid
+from typing import Any
+
+import psycopg
+from psycopg.rows import dict_row
+
+from pgqueue.database import Database, unavailable
+from pgqueue.errors import InvalidTaskOption, PgQueueError, TaskNotFound
+from pgqueue.records import Task, TaskStatus
+from pgqueue.store import parse_task_id
+
+RECHECK_SECONDS = 5.0
+
+
+class TaskFailed(PgQueueError, RuntimeError):
+    """The awaited task ended FAILED: `.task` is its record, `.error` its last error."""
+
+    def __init__(self, task: Task, message: str | None = None) -> None:
+        self.task = task
+        self.error = task.error
+        first_line = (task.error or "").strip().splitlines()[0] if task.error else "no error text"
+        super().__init__(message or f"task {task.id} {task.name} failed: {first_line}")
+
+
+class TaskCancelled(TaskFailed):
+    """The awaited task was cancelled before it completed."""
+
+    def __init__(self, task: Task) -> None:
+        super().__init__(task, f"task {task.id} {task.name} was cancelled")
+
+
+class WaitTimeout(PgQueueError, TimeoutError):
+    """The awaited task did not finish in time; `.task` is its record as last read."""
+
+    def __init__(self, task: Task, timeout: float) -> None:
+        self.task = task
+        super().__init__(
+            f"task {task.id} {task.name} did not finish within {timeout:g} s "
+            f"(it is {task.status.value}); it keeps running: wait again or cancel it"
+        )
+
+
+def results_channel(schema: str) -> str:
+    """The channel on which the ids of finished, waited-for tasks are announced."""
+    return f"{schema}.results"
+
+
+def outcome(task: Task) -> Any:
+    """The result of a finished task, or its failure raised."""
+    if task.status is TaskStatus.COMPLETED:
+        return task.result
+    if task.status is TaskStatus.CANCELLED:
+        raise TaskCancelled(task)
+    raise TaskFailed(task)
+
+
+def _check_timeout(timeout: float | None) -> float:
+    if timeout is None:
+        return math.inf
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not timeout >= 0:
+        raise InvalidTaskOption(f"timeout must be seconds >= 0 or None, not {timeout!r}")
+    return float(timeout)
+
+
+class _Wait:
+    """The state of one wait: which task, until when, and this waiter's registration."""
+
+    def __init__(self, database: Database, task_id: Any, timeout: float | None) -> None:
+        self.database = database
+        self.task_id = parse_task_id(task_id)
+        self.timeout = _check_timeout(timeout)
+        self.deadline = time.monotonic() + self.timeout
+        self.waiter_id = uuid.uuid4()
+        self.queries = database.queries
+        self.payload = str(self.task_id)
+
+    def registration(self) -> dict[str, Any]:
+        # The row outlives a recheck interval only if the waiter dies: it then expires.
+        return {"id": self.waiter_id, "task_id": self.task_id, "timeout": 3 * RECHECK_SECONDS}
+
+    def decide(self, row: dict[str, Any] | None) -> tuple[bool, Any, float]:
+        """(done, task, seconds to wait for a notification)."""
+        if row is None:
+            raise TaskNotFound(f"no task has id {self.task_id} (never queued, or cleaned up)")
+        task = Task.from_row(row)
+        if task.status.is_finished:
+            return True, task, 0.0
+        remaining = self.deadline - time.monotonic()
+        if remaining <= 0:
+            raise WaitTimeout(task, self.timeout)
+        return False, task, min(remaining, RECHECK_SECONDS)
+
+
+def wait(database: Database, task_id: Any, timeout: float | None = None) -> Any:
+    """Block until the task finishes; its result, or TaskFailed / TaskCancelled /
+    WaitTimeout / TaskNotFound."""
+    state = _Wait(database, task_id, timeout)
+    queries = state.queries
+    try:
+        conn = psycopg.connect(database.dsn, **database.connect_kwargs())
+    except psycopg.OperationalError as error:
+        raise unavailable(database.dsn, error) from error
+    with conn:
+        conn.execute(queries["listen_results"])
+        try:
+            while True:
+                conn.execute(queries["register_result_waiter"], state.registration())
+                row = conn.cursor(row_factory=dict_row).execute(
+                    queries["get_task"], {"id": state.task_id}
+                )
+                done, task, seconds = state.decide(row.fetchone())
+                if done:
+                    return outcome(task)
+                for note in conn.notifies(timeout=seconds):
+                    if note.payload == state.payload:
+                        break
+        except psycopg.OperationalError as error:
+            raise unavailable(database.dsn, error) from error
+        finally:
+            if not conn.closed and not conn.broken:
+                conn.execute(queries["unregister_result_waiter"], {"id": state.waiter_id})
+
+
+async def await_result(database: Database, task_id: Any, timeout: float | None = None) -> Any:
+    """The async twin of `wait`."""
+    state = _Wait(database, task_id, timeout)
+    queries = state.queries
+    try:
+        conn = await psycopg.AsyncConnection.connect(database.dsn, **database.connect_kwargs())
+    except psycopg.OperationalError as error:
+        raise unavailable(database.dsn, error) from error
+    async with conn:
+        await conn.execute(queries["listen_results"])
+        try:
+            while True:
+                await conn.execute(queries["register_result_waiter"], state.registration())
+                cursor = conn.cursor(row_factory=dict_row)
+                await cursor.execute(queries["get_task"], {"id": state.task_id})
+                done, task, seconds = state.decide(await cursor.fetchone())
+                if done:
+                    return outcome(task)
+                async for note in conn.notifies(timeout=seconds):
+                    if note.payload == state.payload:
+                        break
+        except psycopg.OperationalError as error:
+            raise unavailable(database.dsn, error) from error
+        finally:
+            if not conn.closed and not conn.broken:
+                await conn.execute(queries["unregister_result_waiter"], {"id": state.waiter_id})

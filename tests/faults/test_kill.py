@@ -1,0 +1,95 @@
+"""SIGKILL of workers: at random under load, at the worst instants, and by a poison task."""
+
+from __future__ import annotations
+
+import random
+import time
+from typing import Any
+
+import fault_tasks
+import psycopg
+import pytest
+from conftest import wait_until
+
+from pgqueue.task_manager import TaskManager
+
+from .conftest import (
+    WorkerPool,
+    all_finished,
+    assert_exactly_once,
+    execution_count,
+    task_row,
+    wait_for_worker_ready,
+)
+
+STORM_TASKS = 3000  # scaled down from "thousands" to fit CI's two cores
+
+
+def test_sigkill_storm_every_effect_exactly_once(
+    fault_db: psycopg.Connection[Any], faults_tm: TaskManager, pool: WorkerPool
+) -> None:
+    """Random workers SIGKILLed every ~0.7 s while 3,000 tasks run: each effect once."""
+    ids = faults_tm.queue_tasks(
+        fault_tasks.effect,
+        [{"n": i, "sleep": 0.02} for i in range(STORM_TASKS)],
+        max_retries=20,
+    )
+    for _ in range(4):
+        pool.spawn(concurrency=8, lease=2.0)
+    pool.supervise()
+    rng = random.Random(20240601)
+    kills = 0
+    deadline = time.monotonic() + 120
+    while not all_finished(fault_db, ids) and time.monotonic() < deadline:
+        time.sleep(rng.uniform(0.4, 1.0))
+        if execution_count(fault_db) < STORM_TASKS * 0.9 and pool.kill_random(rng):
+            kills += 1
+    pool.stop_supervising()
+    assert kills >= 5, f"only {kills} kills happened; the storm proved little"
+    wait_until(lambda: all_finished(fault_db, ids), timeout=60)
+    assert_exactly_once(fault_db, ids)
+    # The kills interrupted runs: some tasks ran more than once, yet took effect once.
+    rerun = fault_db.execute(
+        "SELECT count(*) FROM (SELECT task_id FROM executions GROUP BY 1 HAVING count(*) > 1) r"
+    ).fetchone()
+    assert rerun is not None and rerun[0] > 0
+
+
+@pytest.mark.parametrize("instant", ["before_effect", "after_effect", "after_commit"])
+def test_sigkill_at_the_worst_instants(
+    fault_db: psycopg.Connection[Any], faults_tm: TaskManager, pool: WorkerPool, instant: str
+) -> None:
+    """The worker dies before the effect, after it but before the commit, or after the
+    commit: the effect exists exactly once, and after the commit the task is not rerun."""
+    task_id = faults_tm.queue_task(fault_tasks.effect, n=7, kill=instant)
+    pool.spawn(concurrency=2, lease=1.0)
+    pool.supervise()
+    wait_until(lambda: pool.respawned >= 1, timeout=30)  # the first worker really died
+    wait_until(lambda: all_finished(fault_db, [task_id]), timeout=30)
+    pool.stop_supervising()
+    assert_exactly_once(fault_db, [task_id])
+    row = task_row(fault_db, task_id)
+    if instant == "after_commit":
+        assert row["attempts"] == 1 and execution_count(fault_db) == 1
+    else:
+        # The lost run counted as an attempt; the rescue ran it once more.
+        assert row["attempts"] == 2 and execution_count(fault_db) == 2
+
+
+def test_poison_task_ends_failed_worker_lost(
+    fault_db: psycopg.Connection[Any], faults_tm: TaskManager, pool: WorkerPool
+) -> None:
+    """A task that os._exit()s its worker: each rescue counts an attempt; after the last
+    it is FAILED with "worker lost", and the workers carry on with other tasks."""
+    poison = faults_tm.queue_task(fault_tasks.exit_now, max_retries=1)
+    pool.spawn(concurrency=2, lease=1.0)
+    pool.supervise()
+    wait_until(lambda: all_finished(fault_db, [poison]), timeout=40)
+    row = task_row(fault_db, poison)
+    assert row["status"] == "FAILED"
+    assert row["error"].startswith("worker lost")
+    assert row["attempts"] == 2 and execution_count(fault_db) == 2
+    healthy = faults_tm.queue_task(fault_tasks.effect, n=1)
+    wait_until(lambda: all_finished(fault_db, [healthy]), timeout=20)
+    assert_exactly_once(fault_db, [healthy])
+    wait_for_worker_ready(fault_db)

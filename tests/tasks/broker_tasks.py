@@ -1,0 +1,36 @@
+"""Tasks of the broker contract suite (tests/test_brokers.py, tests/test_rabbitmq.py).
+
+In-process workers share `calls` with the test; subprocess workers import this module
+with `--import broker_tasks` and leave their traces in the task table only.
+"""
+
+from __future__ import annotations
+
+import time
+
+from pgqueue import AsyncTask
+
+calls: list[tuple[str, float]] = []  # (label, time.time()) per run, in-process workers only
+failures_left: dict[str, int] = {}
+
+
+@AsyncTask(queue="default")
+async def record(label: str) -> str:
+    calls.append((label, time.time()))
+    return label
+
+
+@AsyncTask(queue="default", max_retries=3)
+async def flaky(key: str) -> str:
+    """Fails while failures_left[key] > 0, then succeeds."""
+    calls.append((key, time.time()))
+    if failures_left.get(key, 0) > 0:
+        failures_left[key] -= 1
+        raise RuntimeError(f"planned failure of {key}")
+    return key
+
+
+@AsyncTask(queue="default")
+def nap(seconds: float) -> float:
+    time.sleep(seconds)
+    return seconds

@@ -1,0 +1,337 @@
+"""The RabbitMQ broker beyond the shared contract: redelivery, delays, outbox, dead letters,
+faults. Runs against the real RabbitMQ (127.0.0.1:5672, or PGQUEUE_TEST_RABBITMQ_URL)."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import aio_pika
+import psycopg
+import pytest
+from broker_tasks import calls, failures_left, flaky, nap, record
+from conftest import statuses, wait_until
+
+from pgqueue.brokers.rabbitmq import (
+    ERROR_HEADER,
+    MAX_QUEUE_NAME_BYTES,
+    Topology,
+    broker_priority,
+    retry_backoff,
+)
+from pgqueue.errors import BrokerUnavailable
+from pgqueue.records import TaskStatus
+from pgqueue.settings import Settings, load_settings
+from pgqueue.task_manager import TaskManager, set_default_task_manager
+
+pytestmark = pytest.mark.rabbitmq
+
+
+@pytest.fixture
+def rtm(rabbitmq_settings: Settings) -> Iterator[TaskManager]:
+    manager = TaskManager(settings=rabbitmq_settings)
+    set_default_task_manager(manager)
+    calls.clear()
+    failures_left.clear()
+    yield manager
+    set_default_task_manager(None)
+    manager.close()
+
+
+@pytest.fixture
+def rworker(start_worker: Callable[..., Any], rabbitmq_settings: Settings) -> Callable[..., Any]:
+    def start(**kwargs: Any) -> Any:
+        return start_worker(worker_settings=rabbitmq_settings, **kwargs)
+
+    return start
+
+
+def worker_env(settings: Settings) -> dict[str, str]:
+    return {
+        "PGQUEUE_BROKER": "rabbitmq",
+        "PGQUEUE_RABBITMQ_URL": settings.rabbitmq_url or "",
+        "PGQUEUE_RABBITMQ_PREFIX": settings.rabbitmq_prefix,
+    }
+
+
+def message_counts(settings: Settings, *names: str) -> dict[str, int]:
+    async def count() -> dict[str, int]:
+        connection = await aio_pika.connect(settings.rabbitmq_connection_url())
+        async with connection:
+            channel = await connection.channel()
+            result = {}
+            for name in names:
+                queue = await channel.declare_queue(name, passive=True)
+                result[name] = queue.declaration_result.message_count or 0
+            return result
+
+    return asyncio.run(count())
+
+
+def dead_letters(settings: Settings, queue: str) -> list[aio_pika.abc.AbstractIncomingMessage]:
+    """The messages of a dead-letter queue (looked at, then put back)."""
+
+    async def peek() -> list[aio_pika.abc.AbstractIncomingMessage]:
+        connection = await aio_pika.connect(settings.rabbitmq_connection_url())
+        async with connection:
+            channel = await connection.channel()
+            dlq = await channel.declare_queue(
+                Topology(settings.rabbitmq_prefix).dead(queue), passive=True
+            )
+            seen = []
+            while (message := await dlq.get(no_ack=False, fail=False)) is not None:
+                seen.append(message)
+            for message in seen:
+                await message.nack(requeue=True)
+            return seen
+
+    return asyncio.run(peek())
+
+
+# -- names and mappings ----------------------------------------------------------------
+
+
+def test_priorities_keep_their_order_from_0_to_10() -> None:
+    mapped = [broker_priority(p) for p in range(0, 11)]
+    assert mapped == sorted(set(mapped)) and len(mapped) == 11
+    assert broker_priority(-32768) == broker_priority(-1) == 0 < broker_priority(0)
+    assert broker_priority(11) == broker_priority(32767) == 12 > broker_priority(10)
+
+
+def test_long_queue_names_are_hashed_never_truncated() -> None:
+    topology = Topology("pgqueue")
+    assert topology.main("emails") == "pgqueue.q.emails"
+    long_a, long_b = "😀" * 127 + "a", "😀" * 127 + "b"  # 510 bytes each in UTF-8
+    names = {topology.main(long_a), topology.main(long_b), topology.dead(long_a)}
+    assert len(names) == 3
+    assert all(len(name.encode()) <= MAX_QUEUE_NAME_BYTES for name in names)
+
+
+def test_python_backoff_matches_the_sql_function(db: psycopg.Connection[Any]) -> None:
+    for attempts in (1, 2, 3, 5):
+        base = 2 ** (attempts - 1)
+        python = [retry_backoff(attempts) for _ in range(200)]
+        sql = [
+            row[0]
+            for row in db.execute(
+                "SELECT EXTRACT(epoch FROM pgqueue.retry_backoff(%s))::float8 "
+                "FROM generate_series(1, 200)",
+                (attempts,),
+            )
+        ]
+        for sample in (python, sql):
+            assert 0.75 * base <= min(sample) and max(sample) <= 1.25 * base
+            assert max(sample) - min(sample) > 0.25 * base  # the jitter is there
+
+
+# -- delivery --------------------------------------------------------------------------
+
+
+def test_long_queue_name_round_trip(rtm: TaskManager, rworker: Callable[..., Any]) -> None:
+    queue = "ü" * 128  # 256 bytes: its RabbitMQ names are hashed
+    task_id = rtm.queue_task(record, label="long", queue=queue)
+    rworker(queues=[queue])
+    wait_until(lambda: rtm.get_task(task_id).status is TaskStatus.COMPLETED)
+
+
+def test_short_delay_is_not_blocked_by_a_long_one(
+    rtm: TaskManager, rworker: Callable[..., Any]
+) -> None:
+    hour = record.delay(label="hour", delay=3600)
+    queued = time.time()
+    second = record.delay(label="second", delay=1)
+    rworker()
+    wait_until(lambda: rtm.get_task(second).status is TaskStatus.COMPLETED, timeout=10)
+    ran = dict(calls)
+    assert 1.0 <= ran["second"] - queued < 2.0
+    assert rtm.get_task(hour).status is TaskStatus.PENDING
+    assert "hour" not in ran
+
+
+def test_killed_worker_messages_are_redelivered(
+    rtm: TaskManager,
+    rabbitmq_settings: Settings,
+    spawn_worker: Callable[..., Any],
+    rworker: Callable[..., Any],
+) -> None:
+    task_id = nap.delay(seconds=1.0)
+    doomed = spawn_worker("--import", "broker_tasks", env=worker_env(rabbitmq_settings))
+    wait_until(lambda: rtm.get_task(task_id).status is TaskStatus.RUNNING, timeout=20)
+    doomed.kill()  # SIGKILL mid-task: the message was never acked
+    rworker()
+    wait_until(lambda: rtm.get_task(task_id).status is TaskStatus.COMPLETED, timeout=20)
+    task = rtm.get_task(task_id)
+    assert task.attempts == 2  # the lost run counts, as with the database broker
+    assert task.result == 1.0
+
+
+def test_cancelled_task_is_not_run(rtm: TaskManager, rworker: Callable[..., Any]) -> None:
+    cancelled = record.delay(label="cancelled")
+    assert rtm.cancel(cancelled)
+    kept = record.delay(label="kept")
+    rworker(concurrency=1)
+    wait_until(lambda: rtm.get_task(kept).status is TaskStatus.COMPLETED)
+    assert [label for label, _ in calls] == ["kept"]
+    assert rtm.get_task(cancelled).status is TaskStatus.CANCELLED
+
+
+def test_without_status_tracking_tasks_run_without_records(
+    rabbitmq_settings: Settings, start_worker: Callable[..., Any], db: Any
+) -> None:
+    untracked = load_settings(**{**rabbitmq_settings.model_dump(), "status_tracking": False})
+    manager = TaskManager(settings=untracked)
+    calls.clear()
+    failures_left["u"] = 1
+    try:
+        ids = manager.queue_tasks(record, [{"label": f"u{i}"} for i in range(20)])
+        flaky_id = manager.queue_task(flaky, key="u")
+        start_worker(worker_settings=untracked)
+        wait_until(lambda: len(calls) == 22)  # 20 + flaky twice (failed once, retried)
+    finally:
+        manager.close()
+    assert sorted(label for label, _ in calls if label != "u") == sorted(f"u{i}" for i in range(20))
+    assert statuses(db) == {}  # no record written anywhere
+    assert len(ids) == 20 and flaky_id
+
+
+# -- the outbox ------------------------------------------------------------------------
+
+
+def test_outbox_publishes_after_commit_and_nothing_on_rollback(
+    rtm: TaskManager, rworker: Callable[..., Any], dsn: str, db: Any
+) -> None:
+    with psycopg.connect(dsn) as conn:
+        rolled_back = rtm.queue_task(record, label="rolled back", connection=conn)
+        conn.rollback()
+        committed = rtm.queue_task(record, label="committed", connection=conn)
+        assert db.execute("SELECT count(*) FROM pgqueue.outbox").fetchone()[0] == 0  # not yet
+        conn.commit()
+    assert db.execute("SELECT task_id FROM pgqueue.outbox").fetchall() == [(committed,)]
+    rworker(concurrency=1)
+    wait_until(lambda: rtm.get_task(committed).status is TaskStatus.COMPLETED)
+    wait_until(lambda: db.execute("SELECT count(*) FROM pgqueue.outbox").fetchone()[0] == 0)
+    assert rtm.get_task(rolled_back) is None
+    assert [label for label, _ in calls] == ["committed"]
+
+
+def test_outbox_bulk_with_delay_inside_a_transaction(
+    rtm: TaskManager, rworker: Callable[..., Any], dsn: str, db: Any
+) -> None:
+    rworker(concurrency=4)
+    with psycopg.connect(dsn) as conn:
+        queued = time.time()
+        ids = rtm.queue_tasks(
+            record, [{"label": f"b{i}"} for i in range(50)], connection=conn, delay=1
+        )
+    wait_until(lambda: statuses(db) == {"COMPLETED": 50})
+    assert min(at for _, at in calls) - queued >= 1.0
+    assert len(ids) == 50
+    assert db.execute("SELECT count(*) FROM pgqueue.outbox").fetchone()[0] == 0
+
+
+# -- dead letters ----------------------------------------------------------------------
+
+
+def test_dead_letter_then_retry_from_the_dead_letter_queue(
+    rtm: TaskManager, rworker: Callable[..., Any], rabbitmq_settings: Settings
+) -> None:
+    failures_left["dl"] = 1
+    task_id = flaky.delay(key="dl", max_retries=0)
+    rworker()
+    wait_until(lambda: rtm.get_task(task_id).status is TaskStatus.FAILED)
+    dead = wait_until(lambda: dead_letters(rabbitmq_settings, "default"))
+    assert [m.message_id for m in dead] == [str(task_id)]
+    assert "planned failure of dl" in str(dead[0].headers[ERROR_HEADER])
+
+    assert rtm.retry(task_id)
+    wait_until(lambda: rtm.get_task(task_id).status is TaskStatus.COMPLETED)
+    assert rtm.get_task(task_id).attempts == 2
+    assert dead_letters(rabbitmq_settings, "default") == []
+
+
+# -- faults ----------------------------------------------------------------------------
+
+
+def test_unreachable_broker_is_a_clear_error_and_writes_nothing(
+    rabbitmq_settings: Settings, db: Any
+) -> None:
+    broken = load_settings(
+        **{**rabbitmq_settings.model_dump(), "rabbitmq_url": "amqp://guest:guest@127.0.0.1:1/"}
+    )
+    manager = TaskManager(settings=broken)
+    try:
+        started = time.monotonic()
+        with pytest.raises(BrokerUnavailable, match=r"cannot use RabbitMQ at amqp://guest@127"):
+            manager.queue_task(record, label="lost?")
+        assert time.monotonic() - started < 10
+    finally:
+        manager.close()
+    assert statuses(db) == {}
+
+
+def rabbitmqctl(*args: str) -> None:
+    subprocess.run(["rabbitmqctl", *args], check=True, capture_output=True, timeout=60)
+
+
+@pytest.fixture
+def restartable_rabbitmq() -> Iterator[Callable[..., None]]:
+    """rabbitmqctl stop_app/start_app; the server is started again whatever happens."""
+    try:
+        rabbitmqctl("status")
+    except (OSError, subprocess.SubprocessError) as error:
+        pytest.skip(f"rabbitmqctl cannot control the local RabbitMQ: {error}")
+    yield rabbitmqctl
+    rabbitmqctl("start_app")
+    rabbitmqctl("await_startup")
+
+
+@pytest.mark.slow
+def test_broker_restart_mid_run_loses_no_task(
+    rtm: TaskManager,
+    rworker: Callable[..., Any],
+    restartable_rabbitmq: Callable[..., None],
+    db: Any,
+) -> None:
+    ids = rtm.queue_tasks(nap, [{"seconds": 0.05} for _ in range(300)])
+    rworker(concurrency=4)
+    wait_until(lambda: statuses(db).get("COMPLETED", 0) >= 30)
+    restartable_rabbitmq("stop_app")
+    assert statuses(db).get("COMPLETED", 0) < 300  # stopped mid-run
+    with pytest.raises(BrokerUnavailable):
+        rtm.queue_task(record, label="while down")
+    restartable_rabbitmq("start_app")
+    restartable_rabbitmq("await_startup")
+    after = wait_until(lambda: _queue_when_up(rtm), timeout=30)
+    wait_until(lambda: statuses(db) == {"COMPLETED": 301}, timeout=60)
+    assert rtm.get_task(after).status is TaskStatus.COMPLETED
+    assert len(ids) == 300
+
+
+def _queue_when_up(manager: TaskManager) -> Any:
+    try:
+        return manager.queue_task(record, label="after restart")
+    except BrokerUnavailable:
+        return None
+
+
+def test_sigterm_releases_unfinished_task_to_the_queue(
+    rtm: TaskManager,
+    rabbitmq_settings: Settings,
+    spawn_worker: Callable[..., Any],
+    rworker: Callable[..., Any],
+) -> None:
+    task_id = nap.delay(seconds=3)
+    worker = spawn_worker(
+        "--import", "broker_tasks", "--grace", "0.2", env=worker_env(rabbitmq_settings)
+    )
+    wait_until(lambda: rtm.get_task(task_id).status is TaskStatus.RUNNING, timeout=20)
+    worker.signal(signal.SIGTERM)
+    assert worker.wait(30) == 0, worker.output
+    assert rtm.get_task(task_id).status is TaskStatus.PENDING
+    rworker()
+    wait_until(lambda: rtm.get_task(task_id).status is TaskStatus.COMPLETED, timeout=20)
+    assert rtm.get_task(task_id).attempts == 1  # the released run was not counted

@@ -1,0 +1,200 @@
+"""Settings: PGQUEUE_* environment over the config file (seed layout, `task:` section) over
+defaults; PGQUEUE_CONFIG; unknown keys and bad values refused naming key, value and rule."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from pgqueue.errors import ConfigurationError, PgQueueError
+from pgqueue.settings import get_settings, load_settings
+
+SEED_CONFIG = """\
+# config/services.yaml, as the seed documents it
+task:
+  broker: database
+  defaults:
+    queue: mail
+    priority: 4
+    max_retries: 6
+  rabbitmq:
+    host: rabbit.local
+    port: 5673
+    username: app
+    password: "p@ss/word"
+    vhost: /prod
+other_service:
+  anything: goes
+"""
+
+
+@pytest.fixture(autouse=True)
+def clean_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Path]:
+    """No PGQUEUE_* variable from the outside, and a working folder without config/."""
+    for name in list(os.environ):
+        if name.startswith("PGQUEUE_"):
+            monkeypatch.delenv(name)
+    monkeypatch.chdir(tmp_path)
+    get_settings.cache_clear()
+    yield tmp_path
+    get_settings.cache_clear()
+
+
+def write_config(folder: Path, text: str, name: str = "config/services.yaml") -> Path:
+    path = folder / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_defaults_without_config_or_environment() -> None:
+    settings = load_settings()
+    assert settings.dsn is None and settings.broker == "database"
+    assert (settings.defaults.queue, settings.defaults.priority) == ("default", 0)
+    assert settings.defaults.max_retries == 3
+    assert settings.lease_seconds == 30.0 and settings.shutdown_grace_seconds == 30.0
+    assert settings.max_payload_bytes == 1_048_576 and settings.imports == []
+    assert settings.schema_name == "pgqueue"
+
+
+def test_seed_config_file_in_the_working_folder(tmp_path: Path) -> None:
+    write_config(tmp_path, SEED_CONFIG)
+    settings = load_settings()
+    assert (settings.defaults.queue, settings.defaults.priority) == ("mail", 4)
+    assert settings.defaults.max_retries == 6
+    assert settings.rabbitmq.host == "rabbit.local" and settings.rabbitmq.port == 5673
+    assert (
+        settings.rabbitmq_connection_url() == "amqp://app:p%40ss%2Fword@rabbit.local:5673/%2Fprod"
+    )
+    assert "p@ss" not in repr(settings)
+
+
+def test_environment_over_config_over_defaults(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    write_config(
+        tmp_path,
+        "task:\n  dsn: postgresql://file@db/app\n  lease_seconds: 20\n"
+        "  defaults: {queue: from-file, priority: 2}\n",
+    )
+    monkeypatch.setenv("PGQUEUE_LEASE_SECONDS", "10")
+    monkeypatch.setenv("PGQUEUE_DEFAULTS__QUEUE", "from-env")
+    monkeypatch.setenv("PGQUEUE_IMPORTS", "myapp.tasks, other.tasks,,")
+    monkeypatch.setenv("PGQUEUE_MAX_PAYLOAD_BYTES", "2048")
+    monkeypatch.setenv("PGQUEUE_RABBITMQ_URL", "amqp://u:p@h:1/v")
+    settings = load_settings()
+    assert settings.lease_seconds == 10.0  # environment
+    assert settings.dsn == "postgresql://file@db/app"  # file
+    assert settings.defaults.queue == "from-env"  # environment, nested
+    assert settings.defaults.priority == 2  # file, nested, kept beside the env value
+    assert settings.defaults.max_retries == 3  # default
+    assert settings.imports == ["myapp.tasks", "other.tasks"]
+    assert settings.max_payload_bytes == 2048
+    assert settings.rabbitmq_connection_url() == "amqp://u:p@h:1/v"
+    # Arguments given in code win over everything.
+    assert load_settings(lease_seconds=5).lease_seconds == 5.0
+
+
+def test_pgqueue_config_names_the_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    write_config(tmp_path, "task:\n  defaults: {queue: ignored}\n")
+    named = write_config(tmp_path, "task:\n  broker: rabbitmq\n", name="elsewhere/pgq.yaml")
+    monkeypatch.setenv("PGQUEUE_CONFIG", str(named))
+    settings = load_settings()
+    assert settings.broker == "rabbitmq" and settings.defaults.queue == "default"
+
+    monkeypatch.setenv("PGQUEUE_CONFIG", str(tmp_path / "missing.yaml"))
+    with pytest.raises(
+        ConfigurationError, match=r"PGQUEUE_CONFIG names '.*missing\.yaml'.*not a file"
+    ):
+        load_settings()
+
+
+def test_get_settings_reads_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PGQUEUE_DSN", "postgresql://one@h/db")
+    assert get_settings().dsn == "postgresql://one@h/db"
+    monkeypatch.setenv("PGQUEUE_DSN", "postgresql://two@h/db")
+    assert get_settings().dsn == "postgresql://one@h/db"
+
+
+@pytest.mark.parametrize(
+    ("config", "words"),
+    [
+        ("task:\n  bogus: 1\n", r"bogus=1: Extra inputs are not permitted"),
+        ("task:\n  defaults: {queue: q, colour: red}\n", r"defaults\.colour='red': Extra inputs"),
+        ("task:\n  rabbitmq: {hots: x}\n", r"rabbitmq\.hots='x': Extra inputs"),
+        ("task:\n  broker: redis\n", r"broker='redis': Input should be 'database' or 'rabbitmq'"),
+        ("task:\n  lease_seconds: 0\n", r"lease_seconds=0: Input should be greater than 0"),
+        (
+            "task:\n  defaults: {priority: 99999}\n",
+            r"defaults\.priority=99999: .*less than or equal to 32767",
+        ),
+        (
+            "task:\n  defaults: {max_retries: -1}\n",
+            r"defaults\.max_retries=-1: .*greater than or equal to 0",
+        ),
+        (
+            "task:\n  rabbitmq: {port: 70000}\n",
+            r"rabbitmq\.port=70000: .*less than or equal to 65535",
+        ),
+        (
+            "task:\n  schema_name: 'Bad-Name'\n",
+            r"schema_name='Bad-Name': String should match pattern",
+        ),
+        (
+            "task:\n  max_payload_bytes: lots\n",
+            r"max_payload_bytes='lots': Input should be a valid integer",
+        ),
+    ],
+)
+def test_config_file_mistakes_name_key_value_and_rule(
+    tmp_path: Path, config: str, words: str
+) -> None:
+    write_config(tmp_path, config)
+    with pytest.raises(ConfigurationError, match=words) as caught:
+        load_settings()
+    assert isinstance(caught.value, ValueError) and isinstance(caught.value, PgQueueError)
+    assert str(caught.value).startswith("invalid settings: ")
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "words"),
+    [
+        ("PGQUEUE_LEASE_SECONDS", "-1", r"lease_seconds='-1': Input should be greater than 0"),
+        ("PGQUEUE_BROKER", "kafka", r"broker='kafka': Input should be 'database' or 'rabbitmq'"),
+        ("PGQUEUE_SHUTDOWN_GRACE_SECONDS", "soon", r"shutdown_grace_seconds='soon': .*number"),
+        ("PGQUEUE_MAX_PAYLOAD_BYTES", "0", r"max_payload_bytes='0': .*greater than 0"),
+    ],
+)
+def test_environment_mistakes_name_key_value_and_rule(
+    monkeypatch: pytest.MonkeyPatch, name: str, value: str, words: str
+) -> None:
+    monkeypatch.setenv(name, value)
+    with pytest.raises(ConfigurationError, match=words):
+        load_settings()
+
+
+@pytest.mark.parametrize(
+    ("config", "words"),
+    [
+        ("task: [1, 2]\n", r"'task' must be a mapping"),
+        ("- a list\n", r"must hold a mapping with a 'task:' section"),
+        ("task:\n  dsn: [unclosed\n", r"is not valid YAML"),
+    ],
+)
+def test_config_file_shape_mistakes(tmp_path: Path, config: str, words: str) -> None:
+    path = write_config(tmp_path, config)
+    with pytest.raises(ConfigurationError, match=words) as caught:
+        load_settings()
+    if "mapping" in words:
+        assert "services.yaml" in str(caught.value) and str(path.name) in str(caught.value)
+
+
+def test_config_without_task_section_means_defaults(tmp_path: Path) -> None:
+    write_config(tmp_path, "other: {a: 1}\n")
+    settings = load_settings()
+    assert settings.defaults.queue == "default" and settings.lease_seconds == 30.0
+    write_config(tmp_path, "")
+    assert load_settings().defaults.queue == "default"

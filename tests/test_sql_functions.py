@@ -1,0 +1,427 @@
+"""The lifecycle functions of sql/functions.sql, called directly in SQL: order, exclusivity,
+back-off, fencing, cancel/retry, cleanup, lease rescue, notifications and the claim's plan."""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+import psycopg
+import pytest
+
+CLAIM = "SELECT id, lease_token, attempts FROM pgqueue.claim_tasks(%s, %s, %s, %s)"
+
+
+def add(
+    db: psycopg.Connection[Any],
+    *,
+    queue: str = "default",
+    priority: int = 0,
+    run_at: str = "now()",
+    max_retries: int = 3,
+    task_id: uuid.UUID | None = None,
+) -> uuid.UUID:
+    """Insert one PENDING task; `run_at` is an SQL expression written by the test itself."""
+    row = db.execute(
+        f"INSERT INTO pgqueue.tasks (id, name, queue, priority, max_retries, run_at) "
+        f"VALUES (%s, 'tests.noop', %s, %s, %s, {run_at}) RETURNING id",
+        (task_id or uuid.uuid4(), queue, priority, max_retries),
+    ).fetchone()
+    assert row is not None
+    return row[0]
+
+
+def claim(
+    db: psycopg.Connection[Any], queues: Sequence[str] = ("default",), limit: int = 10
+) -> list[tuple[uuid.UUID, int, int]]:
+    return db.execute(CLAIM, (list(queues), limit, "worker-1", 30.0)).fetchall()
+
+
+def status_of(db: psycopg.Connection[Any], task_id: uuid.UUID) -> dict[str, Any]:
+    with db.cursor(row_factory=psycopg.rows.dict_row) as cursor:
+        row = cursor.execute(
+            "SELECT *, status::text AS status_text FROM pgqueue.tasks WHERE id = %s", (task_id,)
+        ).fetchone()
+    assert row is not None
+    return row
+
+
+# -- claim ---------------------------------------------------------------------------------
+
+
+def test_claim_order_is_priority_then_run_at_then_id(db: psycopg.Connection[Any]) -> None:
+    low_old = add(db, priority=0, run_at="now() - interval '10 minutes'")
+    high_new = add(db, priority=5, run_at="now() - interval '1 minute'")
+    high_old = add(db, priority=5, run_at="now() - interval '5 minutes'")
+    negative = add(db, priority=-3, run_at="now() - interval '1 hour'")
+    same_time = "'2020-01-01T00:00:00Z'::timestamptz"
+    tie_b = add(db, priority=1, run_at=same_time, task_id=uuid.UUID(int=2))
+    tie_a = add(db, priority=1, run_at=same_time, task_id=uuid.UUID(int=1))
+    other_queue = add(db, queue="urgent", priority=3, run_at="now() - interval '2 minutes'")
+    add(db, priority=9, run_at="now() + interval '1 hour'")  # not due: never claimed
+    add(db, queue="ignored", priority=9)  # a queue the claimer does not serve
+
+    claimed = [row[0] for row in claim(db, ["default", "urgent"], limit=100)]
+
+    assert claimed == [high_old, high_new, other_queue, tie_a, tie_b, low_old, negative]
+
+
+def test_claim_respects_limit_and_marks_rows_running(db: psycopg.Connection[Any]) -> None:
+    ids = [add(db, run_at=f"now() - interval '{60 - i} seconds'") for i in range(5)]
+    first = claim(db, limit=2)
+    assert [row[0] for row in first] == ids[:2]
+    row = status_of(db, ids[0])
+    assert row["status_text"] == "RUNNING"
+    assert row["attempts"] == 1 and row["lease_token"] == 1 and row["worker_id"] == "worker-1"
+    lease = db.execute(
+        "SELECT extract(epoch FROM lease_expires_at - started_at) FROM pgqueue.tasks WHERE id = %s",
+        (ids[0],),
+    ).fetchone()
+    assert lease is not None and float(lease[0]) == pytest.approx(30.0)
+    assert [row[0] for row in claim(db, limit=10)] == ids[2:]
+    assert claim(db) == []
+
+
+def test_two_concurrent_claimers_never_get_the_same_task(
+    db: psycopg.Connection[Any], dsn: str
+) -> None:
+    with db.cursor() as cursor:
+        cursor.execute(
+            "INSERT INTO pgqueue.tasks (name, priority) "
+            "SELECT 'tests.noop', (i % 7)::smallint FROM generate_series(1, 2000) AS i"
+        )
+    results: dict[str, list[uuid.UUID]] = {}
+    errors: list[BaseException] = []
+    start = threading.Barrier(2)
+
+    def claimer(name: str) -> None:
+        mine: list[uuid.UUID] = []
+        try:
+            with psycopg.connect(dsn, autocommit=True) as conn:
+                start.wait()
+                while batch := conn.execute(CLAIM, (["default"], 7, name, 30.0)).fetchall():
+                    mine.extend(row[0] for row in batch)
+        except BaseException as error:
+            errors.append(error)
+        results[name] = mine
+
+    threads = [threading.Thread(target=claimer, args=(f"w{i}",)) for i in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert not errors
+    first, second = results["w0"], results["w1"]
+    assert len(first) == len(set(first)) and len(second) == len(set(second))
+    assert not set(first) & set(second)
+    assert len(first) + len(second) == 2000
+    assert first and second, "both claimers should have won some rows"
+    counts = db.execute(
+        "SELECT count(*) FILTER (WHERE status = 'RUNNING' AND attempts = 1 AND lease_token = 1), "
+        "count(DISTINCT worker_id) FROM pgqueue.tasks"
+    ).fetchone()
+    assert counts == (2000, 2)
+
+
+# -- complete, fail, back-off --------------------------------------------------------------
+
+
+def test_complete_records_result(db: psycopg.Connection[Any]) -> None:
+    task_id = add(db)
+    [(claimed_id, token, _)] = claim(db)
+    accepted = db.execute(
+        "SELECT pgqueue.complete_tasks(%s, %s, %s::jsonb[])",
+        ([claimed_id], [token], ['{"ok": true}']),
+    ).fetchall()
+    assert accepted == [(task_id,)]
+    row = status_of(db, task_id)
+    assert row["status_text"] == "COMPLETED"
+    assert row["result"] == {"ok": True}
+    assert row["finished_at"] is not None and row["lease_expires_at"] is None
+
+
+def test_fail_backs_off_1_2_4_seconds_then_fails(db: psycopg.Connection[Any]) -> None:
+    task_id = add(db, max_retries=3)
+    for attempt in (1, 2, 3):
+        [(_, token, attempts)] = claim(db)
+        assert attempts == attempt
+        status, wait = db.execute(
+            "SELECT new_status::text, extract(epoch FROM new_run_at - now())::float "
+            "FROM pgqueue.fail_task(%s, %s, %s)",
+            (task_id, token, f"boom {attempt}"),
+        ).fetchone()  # type: ignore[misc]
+        base = 2 ** (attempt - 1)
+        assert status == "RETRYING"
+        assert 0.75 * base <= wait <= 1.25 * base, (attempt, wait)
+        row = status_of(db, task_id)
+        assert row["error"] == f"boom {attempt}" and row["finished_at"] is None
+        assert claim(db) == [], "a retrying task must not run before its back-off"
+        db.execute("UPDATE pgqueue.tasks SET run_at = now() WHERE id = %s", (task_id,))
+    [(_, token, attempts)] = claim(db)
+    assert attempts == 4
+    final = db.execute(
+        "SELECT new_status::text FROM pgqueue.fail_task(%s, %s, 'last')", (task_id, token)
+    ).fetchone()
+    assert final == ("FAILED",)
+    row = status_of(db, task_id)
+    assert row["status_text"] == "FAILED" and row["error"] == "last"
+    assert row["finished_at"] is not None and row["attempts"] == 4
+    assert claim(db) == []
+
+
+def test_fail_not_retryable_fails_at_once(db: psycopg.Connection[Any]) -> None:
+    task_id = add(db, max_retries=5)
+    [(_, token, _)] = claim(db)
+    row = db.execute(
+        "SELECT new_status::text FROM pgqueue.fail_task(%s, %s, 'unknown task', false)",
+        (task_id, token),
+    ).fetchone()
+    assert row == ("FAILED",)
+
+
+def test_backoff_is_capped_at_one_hour(db: psycopg.Connection[Any]) -> None:
+    seconds = [
+        db.execute("SELECT extract(epoch FROM pgqueue.retry_backoff(40))::float").fetchone()[0]  # type: ignore[index]
+        for _ in range(20)
+    ]
+    assert all(0.75 * 3600 <= value <= 1.25 * 3600 for value in seconds)
+
+
+# -- fencing -------------------------------------------------------------------------------
+
+
+def test_stale_lease_token_is_refused_everywhere(db: psycopg.Connection[Any]) -> None:
+    task_id = add(db)
+    [(_, old_token, _)] = claim(db)
+    # The lease expires and another worker takes the task over: a new fencing token.
+    db.execute(
+        "UPDATE pgqueue.tasks SET lease_expires_at = now() - interval '1 second' WHERE id = %s",
+        (task_id,),
+    )
+    assert db.execute("SELECT pgqueue.rescue_expired_leases()").fetchone() == (1,)
+    [(_, new_token, _)] = claim(db)
+    assert new_token == old_token + 1
+
+    assert (
+        db.execute(
+            "SELECT pgqueue.complete_tasks(%s, %s, %s::jsonb[])",
+            ([task_id], [old_token], ["1"]),
+        ).fetchall()
+        == []
+    )
+    assert (
+        db.execute(
+            "SELECT * FROM pgqueue.fail_task(%s, %s, 'late')", (task_id, old_token)
+        ).fetchall()
+        == []
+    )
+    assert (
+        db.execute("SELECT pgqueue.extend_leases(%s, %s, 30)", ([task_id], [old_token])).fetchall()
+        == []
+    )
+    assert db.execute(
+        "SELECT pgqueue.reschedule_task(%s, %s, 5, false)", (task_id, old_token)
+    ).fetchone() == (None,)
+    row = status_of(db, task_id)
+    assert row["status_text"] == "RUNNING" and row["error"] != "late"
+
+    # The current holder's writes are accepted, and a finished task never changes again.
+    assert db.execute(
+        "SELECT pgqueue.extend_leases(%s, %s, 30)", ([task_id], [new_token])
+    ).fetchall() == [(task_id,)]
+    assert db.execute(
+        "SELECT pgqueue.complete_tasks(%s, %s, %s::jsonb[])", ([task_id], [new_token], ["2"])
+    ).fetchall() == [(task_id,)]
+    assert (
+        db.execute(
+            "SELECT * FROM pgqueue.fail_task(%s, %s, 'after')", (task_id, new_token)
+        ).fetchall()
+        == []
+    )
+    row = status_of(db, task_id)
+    assert row["status_text"] == "COMPLETED" and row["result"] == 2
+
+
+# -- cancel and retry ----------------------------------------------------------------------
+
+
+def test_cancel(db: psycopg.Connection[Any]) -> None:
+    pending = add(db, run_at="now() + interval '1 hour'")
+    running = add(db)
+    [(_, token, _)] = claim(db)
+    assert db.execute("SELECT pgqueue.cancel_task(%s)", (pending,)).fetchone() == (True,)
+    assert db.execute("SELECT pgqueue.cancel_task(%s)", (running,)).fetchone() == (True,)
+    assert status_of(db, pending)["status_text"] == "CANCELLED"
+    assert status_of(db, running)["finished_at"] is not None
+    # The worker of the cancelled run is refused; cancelling again reports False.
+    assert (
+        db.execute(
+            "SELECT pgqueue.complete_tasks(%s, %s, %s::jsonb[])", ([running], [token], ["1"])
+        ).fetchall()
+        == []
+    )
+    assert db.execute("SELECT pgqueue.cancel_task(%s)", (running,)).fetchone() == (False,)
+    assert db.execute("SELECT pgqueue.cancel_task(%s)", (uuid.uuid4(),)).fetchone() == (False,)
+    assert status_of(db, running)["status_text"] == "CANCELLED"
+
+
+def test_retry_puts_failed_task_back_now_keeping_attempts(db: psycopg.Connection[Any]) -> None:
+    task_id = add(db, max_retries=0)
+    [(_, token, _)] = claim(db)
+    db.execute("SELECT * FROM pgqueue.fail_task(%s, %s, 'boom')", (task_id, token))
+    assert db.execute("SELECT pgqueue.retry_task(%s)", (task_id,)).fetchone() == (True,)
+    row = status_of(db, task_id)
+    assert row["status_text"] == "PENDING" and row["finished_at"] is None
+    assert row["attempts"] == 1
+    assert db.execute("SELECT pgqueue.retry_task(%s)", (task_id,)).fetchone() == (False,)
+    [(_, _, attempts)] = claim(db)
+    assert attempts == 2
+
+
+# -- cleanup and rescue --------------------------------------------------------------------
+
+
+def test_cleanup_deletes_only_old_finished_rows_in_batches(db: psycopg.Connection[Any]) -> None:
+    kept, doomed = [], []
+    for status in ("COMPLETED", "FAILED", "CANCELLED"):
+        doomed.append(add(db))
+        db.execute(
+            "UPDATE pgqueue.tasks SET status = %s::pgqueue.task_status, "
+            "finished_at = now() - interval '8 days' WHERE id = %s",
+            (status, doomed[-1]),
+        )
+        kept.append(add(db))
+        db.execute(
+            "UPDATE pgqueue.tasks SET status = %s::pgqueue.task_status, "
+            "finished_at = now() - interval '6 days' WHERE id = %s",
+            (status, kept[-1]),
+        )
+    for status in ("PENDING", "RETRYING", "RUNNING"):
+        kept.append(add(db, run_at="now() - interval '30 days'"))
+        db.execute(
+            "UPDATE pgqueue.tasks SET status = %s::pgqueue.task_status, "
+            "created_at = now() - interval '30 days' WHERE id = %s",
+            (status, kept[-1]),
+        )
+    batches = [
+        db.execute("SELECT pgqueue.cleanup_tasks(interval '7 days', 2)").fetchone()[0]  # type: ignore[index]
+        for _ in range(3)
+    ]
+    assert batches == [2, 1, 0]
+    remaining = {row[0] for row in db.execute("SELECT id FROM pgqueue.tasks").fetchall()}
+    assert remaining == set(kept)
+
+
+def test_rescue_counts_the_attempt_and_fails_when_retries_are_spent(
+    db: psycopg.Connection[Any],
+) -> None:
+    retried = add(db, max_retries=1)
+    lost = add(db, max_retries=0)
+    alive = add(db, max_retries=0)
+    claim(db)
+    db.execute(
+        "UPDATE pgqueue.tasks SET lease_expires_at = now() - interval '1 second' "
+        "WHERE id = ANY(%s)",
+        ([retried, lost],),
+    )
+    assert db.execute("SELECT pgqueue.rescue_expired_leases()").fetchone() == (2,)
+
+    row = status_of(db, retried)
+    assert row["status_text"] == "RETRYING" and row["attempts"] == 1
+    assert row["error"].startswith("worker lost")
+    row = status_of(db, lost)
+    assert row["status_text"] == "FAILED" and row["finished_at"] is not None
+    assert "worker lost" in row["error"] and "worker-1" in row["error"]
+    assert status_of(db, alive)["status_text"] == "RUNNING"
+
+    # The rescued task runs again as its second attempt; losing it once more spends it.
+    [(task_id, _, attempts)] = claim(db)
+    assert (task_id, attempts) == (retried, 2)
+    db.execute(
+        "UPDATE pgqueue.tasks SET lease_expires_at = now() - interval '1 second' WHERE id = %s",
+        (retried,),
+    )
+    assert db.execute("SELECT pgqueue.rescue_expired_leases()").fetchone() == (1,)
+    assert status_of(db, retried)["status_text"] == "FAILED"
+
+
+# -- notifications -------------------------------------------------------------------------
+
+
+def collect_notifications(
+    listener: psycopg.Connection[Any], producer: psycopg.Connection[Any]
+) -> list[str]:
+    """Payloads received until a marker sent after everything the test did."""
+    producer.execute("SELECT pg_notify('pgqueue.tasks', 'end-of-test')")
+    payloads = []
+    for notify in listener.notifies(timeout=10):
+        if notify.payload == "end-of-test":
+            return payloads
+        payloads.append(notify.payload)
+    raise AssertionError(f"marker notification not received; got {payloads}")
+
+
+def test_one_notification_per_statement_and_queue_for_copy(
+    db: psycopg.Connection[Any], dsn: str
+) -> None:
+    with psycopg.connect(dsn, autocommit=True) as listener:
+        listener.execute('LISTEN "pgqueue.tasks"')
+        with (
+            db.transaction(),
+            db.cursor() as cursor,
+            cursor.copy("COPY pgqueue.tasks (name, queue) FROM STDIN") as copy,
+        ):
+            for i in range(1000):
+                copy.write_row(("tests.noop", "alpha" if i % 2 else "beta"))
+        assert sorted(collect_notifications(listener, db)) == ["alpha", "beta"]
+
+        # Statements in separate transactions notify once each.
+        add(db, queue="alpha")
+        add(db, queue="alpha")
+        assert collect_notifications(listener, db) == ["alpha", "alpha"]
+    assert db.execute("SELECT count(*) FROM pgqueue.tasks").fetchone() == (1002,)
+
+
+def test_status_updates_do_not_notify(db: psycopg.Connection[Any], dsn: str) -> None:
+    task_id = add(db)
+    with psycopg.connect(dsn, autocommit=True) as listener:
+        listener.execute('LISTEN "pgqueue.tasks"')
+        [(_, token, _)] = claim(db)
+        db.execute(
+            "SELECT pgqueue.complete_tasks(%s, %s, %s::jsonb[])", ([task_id], [token], ["1"])
+        )
+        assert collect_notifications(listener, db) == []
+
+
+# -- plan ----------------------------------------------------------------------------------
+
+
+def test_claim_inner_scan_uses_the_runnable_index(db: psycopg.Connection[Any]) -> None:
+    with db.cursor() as cursor:
+        cursor.execute(
+            "INSERT INTO pgqueue.tasks (name, status, finished_at) "
+            "SELECT 'tests.noop', 'COMPLETED', now() FROM generate_series(1, 20000)"
+        )
+        cursor.execute(
+            "INSERT INTO pgqueue.tasks (name, queue, priority) "
+            "SELECT 'tests.noop', 'q' || (i % 5), (i % 3)::smallint "
+            "FROM generate_series(1, 200) AS i"
+        )
+        cursor.execute("ANALYZE pgqueue.tasks")
+    # The function's own body, planned as the function would run it (EXPLAIN does not run it).
+    body = db.execute(
+        "SELECT prosrc FROM pg_proc WHERE oid = 'pgqueue.claim_tasks'::regproc"
+    ).fetchone()[0]  # type: ignore[index]
+    for number, name in enumerate(("p_queues", "p_limit", "p_worker_id", "p_lease_seconds"), 1):
+        body = body.replace(name, f"${number}")
+    db.execute(f"PREPARE claim_body(text[], integer, text, double precision) AS {body}")
+    plan = "\n".join(
+        row[0]
+        for row in db.execute(
+            "EXPLAIN EXECUTE claim_body(ARRAY['q1', 'q2'], 10, 'w', 30)"
+        ).fetchall()
+    )
+    assert "tasks_runnable_idx" in plan, plan
+    assert "Seq Scan on tasks" not in plan, plan
