@@ -62,13 +62,22 @@ def _ratio(series: dict[str, list[float]], peer: str) -> str:
     return f"{statistics.median(a) / mb:.2f}\u00d7"
 
 
+def _scale_ratio(data: dict) -> dict[str, list[float]]:
+    """Per system: median drain with finished rows / median drain on an empty table."""
+    empty = data["results"].get("scale_p1_c50", {})
+    full = data["results"].get("scale_full_p1_c50", {})
+    return {n: [statistics.median(full[n]) / statistics.median(empty[n])]
+            for n in full if empty.get(n)}
+
+
 def table(data: dict) -> str:
     cols = [c for c in COLUMNS if c in data["systems"] or c in data["skipped"]]
     head = ["workload", "unit"] + [LABELS[c] for c in cols]
     head += [f"pgqueue / {LABELS[p]}" for p in RATIO_PEERS]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for key, label, unit, better_high in ROWS:
-        series = _series(data, key)
+    rows = [*ROWS, ("scale_ratio", "scale: finished-rows / empty (goal >= 0.90)", "x", True)]
+    for key, label, unit, better_high in rows:
+        series = _scale_ratio(data) if key == "scale_ratio" else _series(data, key)
         if not series:
             continue
         row = [label, unit + (" ↑" if better_high else " ↓")]
@@ -193,3 +202,14 @@ def plot(data: dict, path: Path) -> Path | None:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+if __name__ == "__main__":
+    # Re-render a run's Markdown and plot: python benchmarks/report.py results/X.json
+    import json
+    import sys
+
+    src = Path(sys.argv[1])
+    run = json.loads(src.read_text())
+    src.with_suffix(".md").write_text(markdown(run))
+    print(plot(run, src.parent / "throughput.png"))

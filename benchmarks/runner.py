@@ -12,7 +12,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from systems import get_system_class  # noqa: E402
+from systems import get_system_class
 
 
 def main() -> None:

@@ -199,6 +199,31 @@ class Admin:
             if batch < PURGE_BATCH_SIZE:
                 return deleted
 
+    def explain(self, task_id: Any) -> dict[str, Any]:
+        """Why a task is not running: {"task": Task, "reasons": [{"code", "message"}]}.
+
+        Codes: finished, running, scheduled, retrying, paused, no_worker, not_registered,
+        behind, ready (nothing holds it back).
+        """
+        parsed = parse_task_id(task_id)
+        rows = self._rows("explain_task", {"id": parsed})
+        if not rows:
+            raise TaskNotFound(f"no task has id {parsed} (never queued, or cleaned up)")
+        facts = rows[0]
+        task = Task.from_row(facts)
+        return {"task": task, "reasons": explain_reasons(task, facts)}
+
+    def cron_schedules(self) -> list[dict[str, Any]]:
+        """The cron schedules workers recorded, each with its latest and next occurrence."""
+        from pgqueue.cron import CronSchedule
+
+        rows = self._rows("cron_schedules")
+        for row in rows:
+            schedule = CronSchedule(row["cron"], row["timezone"], row["catchup_seconds"])
+            row["next_run_at"] = schedule.next_after(row["db_now"])
+            del row["db_now"]
+        return rows
+
     # -- queues --------------------------------------------------------------------------
 
     def pause_queue(self, queue: str) -> bool:
@@ -227,3 +252,71 @@ def _purgeable_status(status: str | TaskStatus) -> str:
             "RUNNING tasks cannot be purged: a worker holds them; cancel them first"
         )
     return chosen.value
+
+
+def _ago(moment: Any, now: Any) -> str:
+    seconds = (moment - now).total_seconds()
+    return f"in {seconds:.0f} s" if seconds >= 0 else f"{-seconds:.0f} s ago"
+
+
+def explain_reasons(task: Task, facts: dict[str, Any]) -> list[dict[str, str]]:
+    """What holds a task back, each as a code and a sentence (see Admin.explain)."""
+    now, queue = facts["db_now"], task.queue
+    attempts = f"attempt {task.attempts} of {task.max_retries + 1}"
+    last_error = (task.error or "").strip().splitlines()[0] if task.error else None
+    if task.status.is_finished:
+        detail = f": {last_error}" if task.status is TaskStatus.FAILED and last_error else ""
+        return [_reason("finished", f"it is {task.status.value} ({attempts}){detail}")]
+    if task.status is TaskStatus.RUNNING:
+        return [
+            _reason(
+                "running",
+                f"it is running on worker {task.worker_id} since {task.started_at} ({attempts})",
+            )
+        ]
+    reasons = []
+    due = task.run_at <= now
+    if task.status is TaskStatus.RETRYING and last_error:
+        reasons.append(
+            _reason(
+                "retrying",
+                f"retrying at {task.run_at} ({_ago(task.run_at, now)}) after error: "
+                f"{last_error} ({attempts} done)",
+            )
+        )
+    elif not due:
+        reasons.append(
+            _reason("scheduled", f"scheduled for {task.run_at} ({_ago(task.run_at, now)})")
+        )
+    if facts["queue_paused"]:
+        reasons.append(
+            _reason("paused", f"queue {queue!r} is paused (`pgqueue queue resume {queue}`)")
+        )
+    if not facts["workers_on_queue"]:
+        reasons.append(_reason("no_worker", f"no live worker listens on queue {queue!r}"))
+    elif facts["workers_reporting_names"] and not facts["workers_with_task"]:
+        reasons.append(
+            _reason(
+                "not_registered",
+                f"no live worker on queue {queue!r} has registered task {task.name!r}; "
+                "start one that imports its module (--import)",
+            )
+        )
+    if due and facts["tasks_ahead"]:
+        reasons.append(
+            _reason(
+                "behind",
+                f"waiting behind {facts['tasks_ahead']} due tasks in queue {queue!r} "
+                f"({facts['tasks_ahead_higher_priority']} of higher priority); "
+                f"{facts['running_in_queue']} running, capacity {facts['capacity']}",
+            )
+        )
+    if not reasons:
+        reasons.append(
+            _reason("ready", "nothing holds it back: a worker should start it at its next claim")
+        )
+    return reasons
+
+
+def _reason(code: str, message: str) -> dict[str, str]:
+    return {"code": code, "message": message}

@@ -67,7 +67,9 @@ class TaskFunction(Generic[R]):
         _refuse_reserved_parameters(self.name, self.signature)
         self.unique_key = _check_unique_key_spec(self.name, unique_key)
         #: The cron schedule a worker queues this task on, or None.
-        self.schedule = CronSchedule.checked(self.name, self.signature, cron, timezone, cron_catchup)
+        self.schedule = CronSchedule.checked(
+            self.name, self.signature, cron, timezone, cron_catchup
+        )
         #: Parameters annotated with pydantic models or dataclasses, or None.
         self.typed_arguments = TypedArguments.of(self.name, fn, self.signature)
         functools.update_wrapper(self, fn)
@@ -216,7 +218,7 @@ def derive_unique_key(task_name: str, spec: UniqueKey, kwargs: dict[str, Any]) -
 
 def _check_unique_key_spec(task_name: str, spec: Any) -> UniqueKey | None:
     if spec is None or callable(spec):
-        return spec  # type: ignore[no-any-return]
+        return spec
     return derive_unique_key(task_name, spec, {})
 
 

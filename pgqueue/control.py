@@ -49,6 +49,16 @@ class TaskContext:
     max_retries: int
     connection: Any = None
 
+    @property
+    def cancelled(self) -> bool:
+        """True once `tm.cancel(id)` asked this run to stop. An async task is cancelled
+        outright; a sync task (a thread cannot be stopped) should check this and return."""
+        return self.id in _cancelled
+
+    def is_cancelled(self) -> bool:
+        """The same as `cancelled`, as a call: `if current_task().is_cancelled(): return`."""
+        return self.id in _cancelled
+
 
 _current: contextvars.ContextVar[TaskContext] = contextvars.ContextVar("pgqueue_task")
 
@@ -64,6 +74,24 @@ def current_task() -> TaskContext:
         return _current.get()
     except LookupError:
         raise PgQueueError("current_task() is only available inside a running task") from None
+
+
+#: Ids of runs asked to stop (few: cancels of running tasks are rare). Kept after the run
+#: ends, since a sync thread may still be checking; the oldest are forgotten past the limit.
+_cancelled: dict[uuid.UUID, None] = {}
+MAX_REMEMBERED_CANCELS = 10_000
+
+
+def request_cancel(task_id: uuid.UUID) -> None:
+    """Mark a run as cancelled, for `TaskContext.cancelled` (the worker calls this)."""
+    _cancelled[task_id] = None
+    while len(_cancelled) > MAX_REMEMBERED_CANCELS:
+        del _cancelled[next(iter(_cancelled))]
+
+
+def control_channel(schema: str) -> str:
+    """The LISTEN/NOTIFY channel of worker control messages ("cancel <task id>")."""
+    return f"{schema}.control"
 
 
 def set_current_task(context: TaskContext) -> contextvars.Token[TaskContext]:

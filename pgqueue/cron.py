@@ -22,7 +22,6 @@ from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import psycopg
-from croniter import croniter
 from psycopg_pool import PoolTimeout
 
 from pgqueue.errors import DatabaseUnavailable, TaskDefinitionError
@@ -66,6 +65,8 @@ class CronSchedule:
                     f"task {task_name}: timezone and cron_catchup go with cron=..."
                 )
             return None
+        from croniter import croniter  # imported by cron tasks only: workers stay small
+
         if not isinstance(cron, str) or len(cron.split()) != 5 or not croniter.is_valid(cron):
             raise TaskDefinitionError(
                 f"task {task_name}: cron {cron!r} is not a five-field cron expression "
@@ -105,10 +106,10 @@ class CronSchedule:
 
     def next_after(self, moment: datetime.datetime) -> datetime.datetime:
         """The first occurrence strictly after `moment` (aware, in the schedule's zone)."""
+        from croniter import croniter
+
         start = moment.astimezone(ZoneInfo(self.timezone))
-        following: datetime.datetime = croniter(self.expression, start).get_next(
-            datetime.datetime
-        )
+        following: datetime.datetime = croniter(self.expression, start).get_next(datetime.datetime)
         return following
 
 
@@ -133,57 +134,57 @@ def cron_tasks(tasks: Sequence[TaskFunction[Any]]) -> list[TaskFunction[Any]]:
 
 
 async def queue_due_occurrences(
-    database: Database,
+    conn: psycopg.AsyncConnection[Any],
+    queries: dict[str, str],
     task: TaskFunction[Any],
     defaults: TaskDefaults,
     now: datetime.datetime | None = None,
 ) -> list[uuid.UUID]:
     """Record the task's schedule and queue its occurrences due by `now` (default: the
-    database clock) that no worker queued yet, within the catch-up window; their ids."""
+    database clock) that no worker queued yet, within the catch-up window; their ids.
+    `conn` is in autocommit mode: each occurrence commits on its own."""
     schedule = task.schedule
     assert schedule is not None, f"{task.name} has no cron schedule"
-    queries = database.queries
     queue = task.queue or defaults.queue
     queued = []
-    async with database.async_connection() as conn:
+    cursor = await conn.execute(
+        queries["cron_record_schedule"],
+        {
+            "name": task.name,
+            "cron": schedule.expression,
+            "timezone": schedule.timezone,
+            "queue": queue,
+            "catchup_seconds": schedule.catchup_seconds,
+        },
+    )
+    row = await cursor.fetchone()
+    assert row is not None
+    first_seen_at, db_now, last_scheduled_at = row
+    now = db_now if now is None else now
+    window_start = now - datetime.timedelta(seconds=schedule.catchup_seconds)
+    after = max(last_scheduled_at or first_seen_at, window_start)
+    for moment in schedule.occurrences(after, now):
         cursor = await conn.execute(
-            queries["cron_record_schedule"],
+            queries["cron_queue_occurrence"],
             {
                 "name": task.name,
-                "cron": schedule.expression,
-                "timezone": schedule.timezone,
+                "scheduled_at": moment,
+                "id": new_task_id(),
                 "queue": queue,
-                "catchup_seconds": schedule.catchup_seconds,
+                "priority": task.priority if task.priority is not None else defaults.priority,
+                "max_retries": (
+                    task.max_retries if task.max_retries is not None else defaults.max_retries
+                ),
             },
         )
-        row = await cursor.fetchone()
-        assert row is not None
-        first_seen_at, db_now, last_scheduled_at = row
-        now = db_now if now is None else now
-        window_start = now - datetime.timedelta(seconds=schedule.catchup_seconds)
-        after = max(last_scheduled_at or first_seen_at, window_start)
-        for moment in schedule.occurrences(after, now):
-            cursor = await conn.execute(
-                queries["cron_queue_occurrence"],
-                {
-                    "name": task.name,
-                    "scheduled_at": moment,
-                    "id": new_task_id(),
-                    "queue": queue,
-                    "priority": task.priority if task.priority is not None else defaults.priority,
-                    "max_retries": (
-                        task.max_retries if task.max_retries is not None else defaults.max_retries
-                    ),
-                },
-            )
-            inserted = await cursor.fetchone()
-            if inserted is not None:
-                queued.append(inserted[0])
-                log.info("cron: queued %s for %s (task %s)", task.name, moment, inserted[0])
-        await conn.execute(
-            queries["cron_prune_runs"],
-            {"name": task.name, "before": window_start - RUNS_RETAINED_BEYOND_WINDOW},
-        )
+        inserted = await cursor.fetchone()
+        if inserted is not None:
+            queued.append(inserted[0])
+            log.info("cron: queued %s for %s (task %s)", task.name, moment, inserted[0])
+    await conn.execute(
+        queries["cron_prune_runs"],
+        {"name": task.name, "before": window_start - RUNS_RETAINED_BEYOND_WINDOW},
+    )
     return queued
 
 
@@ -213,8 +214,11 @@ class CronScheduler:
         backoff = 0.5
         while True:
             try:
-                for task in self._tasks:
-                    await queue_due_occurrences(self._database, task, self._defaults)
+                async with self._database.async_connection() as conn:
+                    for task in self._tasks:
+                        await queue_due_occurrences(
+                            conn, self._database.queries, task, self._defaults
+                        )
                 backoff = 0.5
             except (psycopg.OperationalError, PoolTimeout, DatabaseUnavailable) as error:
                 log.warning("cron: database unavailable (%s); retrying in %.1fs", error, backoff)

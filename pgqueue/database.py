@@ -209,5 +209,14 @@ def resolve_dsn(settings: Settings) -> str:
     return dsn
 
 
+def check_reachable(dsn: str) -> None:
+    """Connect once; DatabaseUnavailable (one line naming the server) if that fails."""
+    try:
+        with psycopg.connect(dsn, connect_timeout=CONNECT_TIMEOUT_SECONDS):
+            pass
+    except psycopg.OperationalError as error:
+        raise unavailable(dsn, error) from error
+
+
 def database_from_settings(settings: Settings) -> Database:
     return Database(resolve_dsn(settings), schema=settings.schema_name)

@@ -126,13 +126,16 @@ class Executor:
         # The worker runs each task in an asyncio Task of its own, so the context variable
         # set here is private to this run; the token restores it for direct callers.
         token = set_current_task(context)
+        kwargs = task.kwargs
+        if function.typed_arguments is not None:  # pydantic models, dataclasses: rebuilt
+            kwargs = function.typed_arguments.decode(kwargs)
         try:
             if function.is_async:
-                running = function.fn(**task.kwargs)
+                running = function.fn(**kwargs)
             else:
                 in_thread = contextvars.copy_context()
                 running = asyncio.get_running_loop().run_in_executor(
-                    self._threads, functools.partial(in_thread.run, function.fn, **task.kwargs)
+                    self._threads, functools.partial(in_thread.run, function.fn, **kwargs)
                 )
             if function.timeout is None:
                 return await running
@@ -191,6 +194,8 @@ def _undecodable(function: TaskFunction[Any], task: Task) -> Outcome | None:
     kwargs = task.kwargs
     if isinstance(kwargs, dict):
         problem = function.kwargs_problem(kwargs)
+        if problem is None and function.typed_arguments is not None:
+            problem = function.typed_arguments.problem(kwargs)
         if problem is None:
             return None
     else:

@@ -8,8 +8,9 @@ from collections.abc import Callable, Iterable
 
 import psycopg
 
+from pgqueue.control import control_channel
 from pgqueue.database import CONNECT_TIMEOUT_SECONDS, describe_dsn
-from pgqueue.queries import control_channel, notify_channel
+from pgqueue.queries import notify_channel
 
 log = logging.getLogger("pgqueue.worker")
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import uuid
 from collections.abc import Sequence
@@ -153,6 +154,15 @@ async def async_driver_connection(connection: Any) -> psycopg.AsyncConnection[An
     )
 
 
+def _atomic(conn: psycopg.Connection[Any], tasks: Sequence[NewTask]) -> Any:
+    """A transaction for many rows; one row in autocommit saves the BEGIN and COMMIT trips."""
+    return conn.transaction() if len(tasks) > 1 else contextlib.nullcontext()
+
+
+def _async_atomic(conn: psycopg.AsyncConnection[Any], tasks: Sequence[NewTask]) -> Any:
+    return conn.transaction() if len(tasks) > 1 else contextlib.AsyncExitStack()
+
+
 class TaskStore:
     """Rows of the task table, read and written by producers and operators."""
 
@@ -169,7 +179,7 @@ class TaskStore:
             return
         for attempt in (1, 2):
             try:
-                with self.database.connection() as conn, conn.transaction():
+                with self.database.connection() as conn, _atomic(conn, tasks):
                     self._write(conn, tasks)
                 return
             except psycopg.errors.UniqueViolation:
@@ -195,7 +205,7 @@ class TaskStore:
             return
         for attempt in (1, 2):
             try:
-                async with self.database.async_connection() as conn, conn.transaction():
+                async with self.database.async_connection() as conn, _async_atomic(conn, tasks):
                     await self._awrite(conn, tasks)
                 return
             except psycopg.errors.UniqueViolation:
@@ -272,7 +282,9 @@ class TaskStore:
             keys = state.skipped_keys(inserted)
             holders: dict[str, uuid.UUID] = {}
             if keys:
-                cursor = await conn.execute(self.queries["unique_key_holders"], {"unique_keys": keys})
+                cursor = await conn.execute(
+                    self.queries["unique_key_holders"], {"unique_keys": keys}
+                )
                 holders = {row[0]: row[1] for row in await cursor.fetchall()}
             if state.settle(inserted, holders):
                 break

@@ -260,9 +260,7 @@ class TaskManager:
                     "give a dict of arguments"
                 )
             try:
-                new_tasks.append(
-                    self._new_task(function, name, options, (), dict(row), unique_key)
-                )
+                new_tasks.append(self._new_task(function, name, options, (), dict(row), unique_key))
             except (InvalidTaskArguments, InvalidTaskOption) as error:
                 raise type(error)(f"row {index}: {error}") from error
         return new_tasks

@@ -100,6 +100,16 @@ class TypedArguments:
             checked[name] = adapter.dump_python(value, mode="json")
         return checked
 
+    def problem(self, kwargs: Mapping[str, Any]) -> str | None:
+        """Why stored arguments cannot be rebuilt as the annotated types, or None."""
+        for name, adapter in self.adapters.items():
+            if name in kwargs:
+                try:
+                    adapter.validate_python(kwargs[name])
+                except pydantic.ValidationError as error:
+                    return f"argument {name!r}: {describe(error)}"
+        return None
+
     def decode(self, kwargs: Mapping[str, Any]) -> dict[str, Any]:
         """The stored arguments rebuilt as the annotated types (in the worker)."""
         decoded = dict(kwargs)

@@ -11,8 +11,11 @@ import socket
 import uuid
 from collections.abc import Sequence
 
-from pgqueue import events
+from pgqueue import events, registry
 from pgqueue.brokers import Broker, CleanupPolicy, get_broker
+from pgqueue.control import request_cancel
+from pgqueue.cron import CronScheduler, cron_tasks
+from pgqueue.database import Database
 from pgqueue.executor import Executor
 from pgqueue.options import check_queue
 from pgqueue.records import Outcome, OutcomeKind, Task
@@ -101,9 +104,12 @@ class WorkerManager:
         self._stopping = self._forced = False
         handled = self._install_signal_handlers()
         broker = self.broker
+        if hasattr(broker, "on_cancel"):  # the database broker hears of cancels at once
+            broker.on_cancel = self._cancel_run
         await broker.open(
             self.worker_id, self.queues, self.cleanup, WorkerInfo(concurrency=self.concurrency)
         )
+        cron = self._cron_scheduler(broker)
         # Transactional tasks complete in their own transaction (database broker only).
         self._executor.transactions = getattr(broker, "completion_transaction", None)
         log.info(
@@ -122,6 +128,8 @@ class WorkerManager:
         finally:
             heartbeat.cancel()
             await asyncio.gather(heartbeat, return_exceptions=True)
+            if cron is not None:
+                await cron.stop()
             await broker.close()
             self._remove_signal_handlers(handled)
             log.info("worker %s stopped", self.worker_id)
@@ -151,6 +159,9 @@ class WorkerManager:
             if free <= 0:
                 self._slot_freed.clear()
                 await self._slot_freed.wait()
+                # Runs that are ready finish in this turn of the loop: claim for all the
+                # slots they free in one batch, not one round trip per slot.
+                await asyncio.sleep(0)
                 continue
             try:
                 tasks = await self.broker.claim(free, self.polling_interval)
@@ -180,6 +191,33 @@ class WorkerManager:
             await self.broker.finish(outcome)
         return outcome
 
+    def _cancel_run(self, task_id: uuid.UUID) -> None:
+        """`tm.cancel` of a task this worker runs: stop the run now; the task is CANCELLED
+        already and the run reports nothing. A sync thread sees current_task().cancelled."""
+        run = self._runs.get(task_id)
+        if run is None or run.abandoned:
+            return
+        log.warning("task %s %s was cancelled; stopping its run", task_id, run.task.name)
+        request_cancel(task_id)
+        run.abandoned = True
+        run.future.cancel()
+
+    def _cron_scheduler(self, broker: Broker) -> CronScheduler | None:
+        """Queue the occurrences of the cron tasks this worker imported whose queue it serves
+        (database broker): a worker schedules what it could run, nothing else."""
+        default_queue = self.settings.defaults.queue
+        tasks = [
+            task
+            for name in registry.registered_names()
+            if (task := registry.lookup(name)) and (task.queue or default_queue) in self.queues
+        ]
+        database = getattr(broker, "database", None)
+        if not cron_tasks(tasks) or not isinstance(database, Database):
+            return None
+        scheduler = CronScheduler(database, tasks, self.settings.defaults)
+        scheduler.start()
+        return scheduler
+
     async def _heartbeat_loop(self) -> None:
         interval = self.broker_lease_seconds() / 3
         while True:
@@ -207,6 +245,11 @@ class WorkerManager:
     def tasks_running(self) -> int:
         """How many tasks this worker runs now (its metrics' concurrency in use)."""
         return len(self._runs)
+
+    @property
+    def stopping(self) -> bool:
+        """True once stop() or a signal took effect: no claim starts after it."""
+        return self._stopping
 
     @property
     def stopped_at_once(self) -> bool:

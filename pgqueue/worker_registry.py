@@ -17,6 +17,7 @@ from collections.abc import Sequence
 import psycopg
 from psycopg_pool import PoolTimeout
 
+from pgqueue import registry
 from pgqueue.database import Database
 from pgqueue.errors import DatabaseUnavailable
 
@@ -86,6 +87,11 @@ class WorkerRegistry:
                         "version": self._info.version,
                         "lease_seconds": self._lease_seconds,
                     },
+                )
+                # What it can run, for `pgqueue tasks explain` (sql/features.sql).
+                await conn.execute(
+                    self._database.queries["set_worker_task_names"],
+                    {"id": self._worker_id, "task_names": registry.registered_names()},
                 )
         except _UNAVAILABLE as error:
             log.warning("could not register worker %s: %s", self._worker_id, error)

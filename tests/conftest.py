@@ -101,6 +101,15 @@ def server_dsn() -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
+def local_cluster(server_dsn: str) -> str:
+    """The test server is this machine's cluster on 127.0.0.1:5432, which tests may cut
+    (TCP proxy) and restart (pg_ctlcluster); the embedded or a named server cannot be."""
+    if server_dsn != LOCAL_DSN:
+        pytest.skip("needs the local PostgreSQL cluster on 127.0.0.1:5432 to cut or restart")
+    return server_dsn
+
+
+@pytest.fixture(scope="session")
 def template_db(server_dsn: str) -> Iterator[str]:
     """A database migrated once; each test clones it (CREATE DATABASE ... TEMPLATE)."""
     name = f"pgqueue_template_{os.getpid()}"

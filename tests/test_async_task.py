@@ -76,7 +76,8 @@ def test_direct_call_runs_inline() -> None:
 
 
 @pytest.mark.parametrize(
-    "reserved", ["delay", "schedule_at", "priority", "queue", "max_retries", "connection"]
+    "reserved",
+    ["delay", "schedule_at", "priority", "queue", "max_retries", "connection", "unique_key"],
 )
 def test_reserved_option_as_parameter_is_refused_at_definition(reserved: str) -> None:
     namespace: dict[str, Any] = {}

@@ -104,11 +104,6 @@ def test_worker_unknown_import(tmp_path: Path, dsn: str) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    reason="pgqueue worker keeps retrying an unreachable DSN at startup instead of exiting "
-    "with one line (cli/worker.py and worker.py belong to the worker engineer)",
-)
 def test_worker_unreachable_database_at_startup(tmp_path: Path) -> None:
     environment = {k: v for k, v in os.environ.items() if not k.startswith("PGQUEUE_")}
     process = subprocess.Popen(

@@ -6,8 +6,8 @@ import collections
 from typing import Any
 
 import pytest
-
 from conftest import wait_until
+
 from pgqueue import AsyncTask, PgQueueError, Retry, Snooze, TaskManager, current_task
 
 runs: dict[str, list[dict[str, Any]]] = collections.defaultdict(list)

@@ -9,8 +9,8 @@ from typing import Any
 
 import psycopg
 import pytest
-
 from conftest import wait_until
+
 from pgqueue import AsyncTask, PgQueueError, TaskManager
 from pgqueue.errors import TaskNotFound
 from pgqueue.results import RECHECK_SECONDS, TaskCancelled, TaskFailed, WaitTimeout
@@ -83,7 +83,7 @@ def test_failure_raises_with_the_tasks_error(tm: TaskManager, start_worker):
 def test_timeout_raises_a_timeout_error(tm: TaskManager, db):
     task_id = add.delay(a=1, b=1)  # no worker: it never runs
     started = time.monotonic()
-    with pytest.raises(WaitTimeout, match="did not finish within 0.3 s") as raised:
+    with pytest.raises(WaitTimeout, match=r"did not finish within 0\.3 s") as raised:
         tm.wait(task_id, timeout=0.3)
     assert 0.3 <= time.monotonic() - started < 2
     assert isinstance(raised.value, TimeoutError) and isinstance(raised.value, PgQueueError)

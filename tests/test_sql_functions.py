@@ -382,6 +382,13 @@ def test_one_notification_per_statement_and_queue_for_copy(
         add(db, queue="alpha")
         assert collect_notifications(listener, db) == ["alpha", "alpha"]
     assert db.execute("SELECT count(*) FROM pgqueue.tasks").fetchone() == (1002,)
+    # PostgreSQL folds identical notifications of one transaction, which would hide a
+    # per-row trigger's cost: the trigger itself must fire once per statement.
+    row_level = db.execute(
+        "SELECT tgtype & 1 FROM pg_trigger WHERE tgrelid = 'pgqueue.tasks'::regclass "
+        "AND tgname = 'tasks_notify_insert'"
+    ).fetchone()
+    assert row_level == (0,)
 
 
 def test_status_updates_do_not_notify(db: psycopg.Connection[Any], dsn: str) -> None:

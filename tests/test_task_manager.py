@@ -88,12 +88,12 @@ def test_queue_task_writes_every_option(tm: TaskManager, db: psycopg.Connection[
 
 def test_queue_task_by_name_needs_no_import(tm: TaskManager, db: psycopg.Connection[Any]) -> None:
     when = datetime.datetime(2031, 3, 1, 9, tzinfo=datetime.UTC)
-    task_id = tm.queue_task(task="myapp.tasks.send_reminder", schedule_at=when, user_id=123)
+    task_id = tm.queue_task(task="billing.remind", schedule_at=when, user_id=123)
     [row] = rows(db)
-    assert (row["id"], row["name"], row["run_at"]) == (task_id, "myapp.tasks.send_reminder", when)
+    assert (row["id"], row["name"], row["run_at"]) == (task_id, "billing.remind", when)
     assert (row["queue"], row["priority"], row["max_retries"]) == ("default", 0, 3)
     with pytest.raises(TypeError, match=r"queued by name.*keyword arguments"):
-        tm.queue_task("myapp.tasks.send_reminder", 123)
+        tm.queue_task("billing.remind", 123)
     # A registered name uses the decorator's options and checks the arguments.
     tm.queue_task("test_task_manager.send_email", to="b@x")
     assert rows(db, "kwargs->>'to' = 'b@x'")[0]["queue"] == "emails"
@@ -470,9 +470,7 @@ print("done")
 """
 
 
-def test_asyncio_run_returns_while_the_async_pool_reconnects(
-    dsn: str, db: psycopg.Connection[Any]
-) -> None:
+def test_asyncio_run_returns_while_the_async_pool_reconnects(dsn: str) -> None:
     environment = {k: v for k, v in os.environ.items() if not k.startswith("PGQUEUE_")}
     result = subprocess.run(
         [sys.executable, "-c", ASYNCIO_RUN_SCRIPT, dsn],
@@ -483,4 +481,5 @@ def test_asyncio_run_returns_while_the_async_pool_reconnects(
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "done"
-    assert count(db) == 3
+    with psycopg.connect(dsn) as conn:
+        assert count(conn) == 3

@@ -340,6 +340,7 @@ def test_stop_drains_a_running_task(
     task_id = worker_tasks.wait_for_file.delay(path=str(release))
     wait_until(lambda: task_row(db, task_id)["status"] == TaskStatus.RUNNING)
     worker.manager.stop()
+    wait_until(lambda: worker.manager.stopping)  # stop() is handed to the worker's loop
     queued_after_stop = worker_tasks.record.delay(label="not claimed")
     release.touch()
     worker.stop()

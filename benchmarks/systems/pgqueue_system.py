@@ -61,6 +61,7 @@ class PgQueueSystem(BaseSystem):
     async def open(self, dsn: str) -> None:
         os.environ["PGQUEUE_DSN"] = dsn
         import tasks_pgqueue
+
         from pgqueue import TaskManager
 
         self.dsn = dsn
@@ -105,8 +106,9 @@ class PgQueueSystem(BaseSystem):
 
     @classmethod
     def prepare_worker(cls) -> None:
-        import pgqueue.cli  # noqa: F401
         import tasks_pgqueue  # noqa: F401
+
+        import pgqueue.cli  # noqa: F401
 
     @classmethod
     def run_worker(cls, dsn: str, concurrency: int) -> None:

@@ -13,6 +13,7 @@ wait on it (with a 1 s poll as a safety net).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 
@@ -126,10 +127,8 @@ class _Plain(BaseSystem):
     @staticmethod
     async def _idle(cond: asyncio.Condition, state: dict, seen: int) -> None:
         async with cond:
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(cond.wait_for(lambda: state["gen"] != seen), 1.0)
-            except asyncio.TimeoutError:
-                pass
 
     @classmethod
     async def _single_loop(cls, dsn: str, cond: asyncio.Condition, state: dict) -> None:
@@ -185,8 +184,7 @@ class PlainBatch(_Plain):
     async def enqueue_bulk(self, n: int, batch: int) -> None:
         for start in range(0, n, batch):
             k = min(batch, n - start)
-            async with self.conn.cursor() as cur:
-                async with cur.copy("COPY jobs (args) FROM STDIN") as copy:
-                    for _ in range(k):
-                        await copy.write_row(["{}"])
+            async with self.conn.cursor() as cur, cur.copy("COPY jobs (args) FROM STDIN") as copy:
+                for _ in range(k):
+                    await copy.write_row(["{}"])
             await self.conn.commit()

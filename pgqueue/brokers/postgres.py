@@ -78,6 +78,8 @@ class PostgresBroker(Broker):
         self._maintenance: Maintenance | None = None
         self._registry: WorkerRegistry | None = None
         self._task_pool: AsyncConnectionPool | None = None
+        #: Called with the id of a running task that `cancel` stopped (set by the worker).
+        self.on_cancel: Callable[[uuid.UUID], None] | None = None
 
     @classmethod
     def from_settings(cls, settings: Settings) -> PostgresBroker:
@@ -114,7 +116,9 @@ class PostgresBroker(Broker):
         self._wake = asyncio.Event()
         self._wake.set()  # the first claim looks at once
         self._interrupted = False
-        self._listener = Listener(self.database.dsn, self.database.schema, queues, self._wake.set)
+        self._listener = Listener(
+            self.database.dsn, self.database.schema, queues, self._wake.set, self._on_control
+        )
         self._listener.start()
         self._completion_pool = AsyncConnectionPool(
             self.database.dsn,
@@ -221,6 +225,16 @@ class PostgresBroker(Broker):
             await self._task_pool.open()
         async with self._task_pool.connection() as conn, conn.transaction():
             yield TaskTransaction(conn, task, self.database.queries["complete_tasks"])
+
+    def _on_control(self, payload: str) -> None:
+        command, _, argument = payload.partition(" ")
+        if command == "cancel" and self.on_cancel is not None:
+            try:
+                task_id = uuid.UUID(argument)
+            except ValueError:
+                log.warning("ignoring a malformed control message %r", payload)
+                return
+            self.on_cancel(task_id)
 
     def wake(self) -> None:
         self._interrupted = True

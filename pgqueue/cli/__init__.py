@@ -62,6 +62,7 @@ def main(log_level: str) -> None:
 # SQLAlchemy or rich, which keeps its memory small and its start quick.
 COMMANDS = {
     "config": "pgqueue.cli.config:config",
+    "cron": "pgqueue.cli.cron:cron",
     "db": "pgqueue.cli.db:db",
     "demo": "pgqueue.cli.demo:demo",
     "enqueue": "pgqueue.cli.enqueue:enqueue",

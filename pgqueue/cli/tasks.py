@@ -1,4 +1,4 @@
-"""`pgqueue tasks list|show|retry|cancel|purge`: look at tasks and steer them."""
+"""`pgqueue tasks list|show|explain|retry|cancel|purge`: look at tasks and steer them."""
 
 from __future__ import annotations
 
@@ -37,7 +37,7 @@ LIST_COLUMNS = ("ID", "Name", "Queue", "Status", "Priority", "Attempts", "Run at
 
 @click.group(name="tasks")
 def tasks() -> None:
-    """Look at tasks and steer them: list, show, retry, cancel, purge."""
+    """Look at tasks and steer them: list, show, explain, retry, cancel, purge."""
 
 
 @tasks.command(name="list")
@@ -120,6 +120,22 @@ def show(task_id: str, as_json: bool) -> None:
     console().print(Group(*parts))
 
 
+@tasks.command()
+@click.argument("task_id")
+@json_option
+def explain(task_id: str, as_json: bool) -> None:
+    """Why a task is not running: scheduled later, paused queue, no worker, backlog, ..."""
+    with admin_session() as admin:
+        found = admin.explain(task_id)
+    task = found["task"]
+    if as_json:
+        print_json({"id": task.id, "status": task.status, "reasons": found["reasons"]})
+        return
+    click.echo(f"task {task.id} {task.name} ({task.status.value}, queue {task.queue}):")
+    for reason in found["reasons"]:
+        click.echo(f"  - {reason['message']}")
+
+
 def _json_text(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False, default=str)
 
@@ -187,7 +203,7 @@ def retry(task_ids: tuple[str, ...], failed: bool, queue: str | None, as_json: b
 @click.argument("task_ids", nargs=-1, required=True)
 @json_option
 def cancel(task_ids: tuple[str, ...], as_json: bool) -> None:
-    """Cancel tasks that have not finished (a RUNNING one stops at its next heartbeat)."""
+    """Cancel tasks that have not finished (a RUNNING one's worker stops it at once)."""
     ids = _task_ids(task_ids)
     done: list[uuid.UUID] = []
     refused: list[dict[str, Any]] = []

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 import click
 
+from pgqueue.database import check_reachable, resolve_dsn
 from pgqueue.registry import import_task_modules
 from pgqueue.settings import get_settings
 from pgqueue.worker import WorkerManager
@@ -112,6 +113,9 @@ def worker(
     """Start a worker: `pgqueue worker start` (or just `pgqueue worker`)."""
     settings = get_settings()
     import_task_modules([*settings.imports, *(m for item in imports for m in _split(item))])
+    if settings.broker == "database":
+        # A worker rides out outages once running; at start, a wrong DSN is a user mistake.
+        check_reachable(resolve_dsn(settings))
     manager = WorkerManager(settings=settings)
     manager.set_queues(_split(queues) if queues else [settings.defaults.queue])
     manager.set_concurrent_tasks(concurrent)

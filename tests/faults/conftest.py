@@ -8,6 +8,7 @@ from a separate autocommit connection (tests/tasks/fault_tasks.py).
 
 from __future__ import annotations
 
+import os
 import random
 import subprocess
 import threading
@@ -200,7 +201,7 @@ def pool(spawn_worker: Callable[..., WorkerProcess], dsn: str) -> Iterator[Worke
 
 
 @pytest.fixture
-def proxy() -> Iterator[Proxy]:
+def proxy(local_cluster: str) -> Iterator[Proxy]:
     tcp = Proxy("127.0.0.1", 5432).start()
     yield tcp
     tcp.close()
@@ -231,7 +232,13 @@ def wait_for_worker_ready(db: psycopg.Connection[Any], count: int = 1) -> None:
 
 # -- the PostgreSQL server, for the restart scenarios ----------------------------------
 
-PG_CTL = ["pg_ctlcluster", "--skip-systemctl-redirect", "15", "main"]
+
+def _cluster_version() -> str:
+    versions = sorted(os.listdir("/etc/postgresql")) if os.path.isdir("/etc/postgresql") else []
+    return versions[0] if versions else "15"
+
+
+PG_CTL = ["pg_ctlcluster", "--skip-systemctl-redirect", _cluster_version(), "main"]
 
 
 def server_ready() -> bool:
@@ -256,7 +263,7 @@ def ensure_server_running() -> None:
 
 
 @pytest.fixture
-def server_guard() -> Iterator[None]:
+def server_guard(local_cluster: str) -> Iterator[None]:
     """Whatever happens in the test, PostgreSQL is running when it ends."""
     try:
         yield

@@ -1,0 +1,211 @@
+"""A test mode for your own tests: run queued tasks in-process, against the real database,
+with a clock you set, so that delays, retries and cron need no sleeping.
+
+`drain(tm, now=...)` claims every task due by `now` and runs it in this process (the same
+executor a worker uses: events, Retry, Snooze, current_task(), typed arguments), records
+the outcome through the same SQL functions, and goes on until nothing is due by `now`.
+`now` is a time you choose: `timedelta(hours=1)` means "as if an hour had passed".
+Nothing is rewritten in the database: `now` only decides which run_at count as due,
+while the rows keep the times the real functions gave them (a retry's run_at is the
+real clock plus its back-off, so a later `now` reaches it).
+
+>>> from datetime import timedelta
+>>> from pgqueue import testing
+>>> task_id = send_email.delay(delay=3600, to="a@example.com")
+>>> testing.drain(tm)                                  # nothing due yet
+[]
+>>> [t.status for t in testing.drain(tm, now=timedelta(hours=1))]
+[<TaskStatus.COMPLETED: 'COMPLETED'>]
+
+`queue_cron(tm, now=...)` queues the occurrences of cron tasks due by `now` (within their
+catch-up window), as a worker's scheduler would; drain then runs them.
+
+Transactional tasks (`transactional=True`) need a real worker; drain fails them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import os
+import uuid
+from collections.abc import Coroutine, Sequence
+from typing import Any
+
+import psycopg
+from psycopg.rows import dict_row
+
+from pgqueue import events, registry
+from pgqueue.async_task import TaskFunction
+from pgqueue.cron import cron_tasks, queue_due_occurrences
+from pgqueue.errors import InvalidTaskOption, PgQueueError
+from pgqueue.executor import Executor
+from pgqueue.records import Outcome, OutcomeKind, Task
+from pgqueue.task_manager import TaskManager
+from pgqueue.threads import DaemonThreadPool
+
+#: The clock: an absolute time (naive means UTC), or how far past the database's now().
+Clock = datetime.datetime | datetime.timedelta | float | int | None
+DEFAULT_MAX_RUNS = 10_000
+
+_threads = DaemonThreadPool("pgqueue-testing")
+
+
+def drain(
+    tm: TaskManager,
+    queues: Sequence[str] | None = None,
+    *,
+    now: Clock = None,
+    max_runs: int = DEFAULT_MAX_RUNS,
+) -> list[Task]:
+    """Run the tasks due by `now` (of `queues`, default all) until none is due; the tasks
+    that ran, as they are afterwards, in the order of their first run."""
+    return _run(adrain(tm, queues, now=now, max_runs=max_runs))
+
+
+async def adrain(
+    tm: TaskManager,
+    queues: Sequence[str] | None = None,
+    *,
+    now: Clock = None,
+    max_runs: int = DEFAULT_MAX_RUNS,
+) -> list[Task]:
+    """The async twin of `drain`, for async tests."""
+    database = tm.store.database
+    queries = database.queries
+    executor = Executor(_threads, events.dispatcher)
+    worker_id = f"pgqueue-testing:{os.getpid()}"
+    order: dict[uuid.UUID, None] = {}
+    async with await psycopg.AsyncConnection.connect(
+        database.dsn, **database.connect_kwargs()
+    ) as conn:
+        clock = await _clock(conn, queries, now)
+        chosen = list(queues) if queues is not None else await _waiting_queues(conn, queries)
+        runs = 0
+        while task := await _claim_one(conn, queries, chosen, clock, worker_id):
+            runs += 1
+            if runs > max_runs:
+                raise PgQueueError(
+                    f"drain ran {max_runs} tasks and more are due by {clock}; does a task "
+                    "keep rescheduling itself (Retry/Snooze with a short delay)?"
+                )
+            order.setdefault(task.id)
+            outcome = await executor.run(task)
+            if outcome is not None:
+                await _record(conn, queries, outcome)
+        cursor = conn.cursor(row_factory=dict_row)
+        finished = []
+        for task_id in order:
+            await cursor.execute(queries["get_task"], {"id": task_id})
+            row = await cursor.fetchone()
+            if row is not None:
+                finished.append(Task.from_row(row))
+    return finished
+
+
+def queue_cron(
+    tm: TaskManager, *, now: Clock = None, tasks: Sequence[TaskFunction[Any]] | None = None
+) -> list[uuid.UUID]:
+    """Queue the occurrences due by `now` of cron tasks (default: every one this process
+    registered), as a worker's scheduler does; their ids."""
+    return _run(aqueue_cron(tm, now=now, tasks=tasks))
+
+
+async def aqueue_cron(
+    tm: TaskManager, *, now: Clock = None, tasks: Sequence[TaskFunction[Any]] | None = None
+) -> list[uuid.UUID]:
+    """The async twin of `queue_cron`."""
+    if tasks is None:
+        tasks = [task for name in registry.registered_names() if (task := registry.lookup(name))]
+    database = tm.store.database
+    queued: list[uuid.UUID] = []
+    async with await psycopg.AsyncConnection.connect(
+        database.dsn, **database.connect_kwargs()
+    ) as conn:
+        clock = await _clock(conn, database.queries, now)
+        for task in cron_tasks(tasks):
+            queued += await queue_due_occurrences(
+                conn, database.queries, task, tm.settings.defaults, now=clock
+            )
+    return queued
+
+
+def _run(coroutine: Coroutine[Any, Any, Any]) -> Any:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coroutine)
+    coroutine.close()
+    raise PgQueueError("an event loop is running here: use `await testing.adrain(...)`")
+
+
+async def _clock(
+    conn: psycopg.AsyncConnection[Any], queries: dict[str, str], now: Clock
+) -> datetime.datetime:
+    if isinstance(now, datetime.datetime):
+        return now if now.tzinfo is not None else now.replace(tzinfo=datetime.UTC)
+    cursor = await conn.execute(queries["database_now"])
+    row = await cursor.fetchone()
+    assert row is not None
+    database_now: datetime.datetime = row[0]
+    if now is None:
+        return database_now
+    if isinstance(now, datetime.timedelta):
+        return database_now + now
+    if isinstance(now, int | float) and not isinstance(now, bool):
+        return database_now + datetime.timedelta(seconds=now)
+    raise InvalidTaskOption(
+        f"now must be a datetime, a timedelta or seconds past the database's now, not {now!r}"
+    )
+
+
+async def _waiting_queues(conn: psycopg.AsyncConnection[Any], queries: dict[str, str]) -> list[str]:
+    cursor = await conn.execute(queries["testing_all_queues"])
+    return [row[0] for row in await cursor.fetchall()]
+
+
+async def _claim_one(
+    conn: psycopg.AsyncConnection[Any],
+    queries: dict[str, str],
+    queues: list[str],
+    clock: datetime.datetime,
+    worker_id: str,
+) -> Task | None:
+    cursor = conn.cursor(row_factory=dict_row)
+    await cursor.execute(
+        queries["testing_claim_tasks"],
+        {"queues": queues, "now": clock, "limit": 1, "worker_id": worker_id},
+    )
+    row = await cursor.fetchone()
+    return Task.from_row(row) if row is not None else None
+
+
+async def _record(
+    conn: psycopg.AsyncConnection[Any], queries: dict[str, str], outcome: Outcome
+) -> None:
+    task = outcome.task
+    if outcome.kind is OutcomeKind.COMPLETED:
+        await conn.execute(
+            queries["complete_tasks"],
+            {"ids": [task.id], "tokens": [task.lease_token], "results": [outcome.result_json]},
+        )
+    elif outcome.kind is OutcomeKind.FAILED:
+        await conn.execute(
+            queries["fail_task"],
+            {
+                "id": task.id,
+                "token": task.lease_token,
+                "error": outcome.error,
+                "retryable": outcome.retryable,
+            },
+        )
+    elif outcome.kind is OutcomeKind.RESCHEDULED:
+        await conn.execute(
+            queries["reschedule_task"],
+            {
+                "id": task.id,
+                "token": task.lease_token,
+                "delay": outcome.delay,
+                "refund_attempt": outcome.refund_attempt,
+            },
+        )
