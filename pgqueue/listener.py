@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterable
 import psycopg
 
 from pgqueue.control import control_channel
-from pgqueue.database import CONNECT_TIMEOUT_SECONDS, describe_dsn
+from pgqueue.database import CONNECT_TIMEOUT_SECONDS, KEEPALIVES, describe_dsn
 from pgqueue.queries import notify_channel
 
 log = logging.getLogger("pgqueue.worker")
@@ -61,6 +61,7 @@ class Listener:
                     autocommit=True,
                     connect_timeout=CONNECT_TIMEOUT_SECONDS,
                     application_name="pgqueue-listener",
+                    **KEEPALIVES,
                 ) as conn:
                     await conn.execute(f'LISTEN "{self._channel}"')
                     if self._on_control is not None:
@@ -91,4 +92,7 @@ class Listener:
                         self._on_control(note.payload)
                 elif note.payload in self._queues:
                     self._on_wake()
-            await conn.execute("SELECT 1")
+            try:  # a dead network may never answer: the check has a deadline of its own
+                await asyncio.wait_for(conn.execute("SELECT 1"), HEALTH_CHECK_SECONDS)
+            except TimeoutError:
+                raise psycopg.OperationalError("health check got no answer in time") from None

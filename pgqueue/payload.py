@@ -90,6 +90,8 @@ def _argument_error(
 
 def encode_result(value: Any) -> str:
     """JSON of a task's return value; a value JSON cannot hold is stored as its repr."""
+    if value is None:  # most tasks return nothing: skip the encoder on the hot path
+        return "null"
     try:
         return dumps(value)
     except (TypeError, ValueError):

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import dataclasses
 import logging
 import os
 import signal
 import socket
+import time
 import uuid
 from collections.abc import Sequence
 
@@ -25,6 +27,20 @@ from pgqueue.threads import DaemonThreadPool
 from pgqueue.worker_registry import WorkerInfo
 
 log = logging.getLogger("pgqueue.worker")
+
+#: Claim-ahead (brokers with `claims_ahead`): besides its free slots, a worker claims up to
+#: max(CLAIM_AHEAD_FACTOR * concurrency, MIN_CLAIM_AHEAD) more tasks and holds them in a local
+#: buffer, so that the next claim's round trip overlaps the runs instead of following them.
+#: A claim costs mostly its round trip and durable commit (~3 ms for 25 rows, ~4 ms for 100):
+#: claims of twice the concurrency keep the runs fed while one claim is in flight.
+CLAIM_AHEAD_FACTOR = 2
+MIN_CLAIM_AHEAD = 8
+#: ... but only while runs are short (moving average of run time below this), so a buffered
+#: task waits behind at most a few short runs, never behind a long one.
+CLAIM_AHEAD_MAX_RUN_SECONDS = 0.05
+#: A buffered task not started within this time goes back to the queue (PENDING, its attempt
+#: not counted) for other workers, and claiming ahead stops until runs are short again.
+BUFFER_HOLD_SECONDS = 1.0
 
 
 @dataclasses.dataclass(slots=True)
@@ -55,6 +71,13 @@ class WorkerManager:
         self.shutdown_grace_seconds = self.settings.shutdown_grace_seconds
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._runs: dict[uuid.UUID, Run] = {}
+        #: Claimed ahead (RUNNING under this worker's lease, heartbeated), not started yet.
+        self._buffer: collections.deque[Task] = collections.deque()
+        self._buffered_at = 0.0
+        #: Moving average of run times: claiming ahead only pays off for short runs.
+        self._run_seconds = 0.0
+        #: Tasks claimed ahead of the free slots; None: the broker's default.
+        self.prefetch: int | None = None
         self._slot_freed = asyncio.Event()
         self._stopping = False
         self._forced = False
@@ -78,6 +101,12 @@ class WorkerManager:
         if isinstance(count, bool) or not isinstance(count, int) or count < 1:
             raise ValueError(f"concurrent tasks must be a whole number >= 1, not {count!r}")
         self.concurrency = count
+
+    def set_prefetch(self, count: int) -> None:
+        """Claim up to `count` tasks ahead of the free slots (0: only for free slots)."""
+        if isinstance(count, bool) or not isinstance(count, int) or count < 0:
+            raise ValueError(f"prefetch must be a whole number >= 0, not {count!r}")
+        self.prefetch = count
 
     def set_cleanup_config(self, interval_hours: float = 1, retain_days: float = 7) -> None:
         if not interval_hours > 0 or retain_days < 0:
@@ -153,31 +182,80 @@ class WorkerManager:
         self.broker.wake()
         self._slot_freed.set()
 
+    def _claim_ahead(self) -> int:
+        """How many tasks to claim beyond the free slots now (0 while runs are long)."""
+        ahead = self.prefetch
+        if ahead is None:
+            claims_ahead = getattr(self.broker, "claims_ahead", False)
+            ahead = max(CLAIM_AHEAD_FACTOR * self.concurrency, MIN_CLAIM_AHEAD)
+            ahead = ahead if claims_ahead else 0
+        return ahead if self._run_seconds < CLAIM_AHEAD_MAX_RUN_SECONDS else 0
+
     async def _claim_loop(self) -> None:
         while not self._stopping:
-            free = self.concurrency - len(self._runs)
-            if free <= 0:
-                self._slot_freed.clear()
-                await self._slot_freed.wait()
-                # Runs that are ready finish in this turn of the loop: claim for all the
-                # slots they free in one batch, not one round trip per slot.
-                await asyncio.sleep(0)
+            uncovered = self.concurrency - len(self._runs) - len(self._buffer)
+            ahead = self._claim_ahead()
+            # One claim in flight at a time: for free slots the buffer cannot fill, or, with
+            # every slot busy and the buffer used up, for the runs that will end next.
+            if uncovered <= 0 and (self._buffer or not ahead):
+                await self._wait_for_a_slot()
                 continue
             try:
-                tasks = await self.broker.claim(free, self.polling_interval)
+                tasks = await self.broker.claim(uncovered + ahead, self.polling_interval)
             except Exception:
                 if self._stopping:
                     break
                 raise
-            for task in tasks:
-                self._start_run(task)
+            if tasks:
+                if not self._buffer:
+                    self._buffered_at = time.monotonic()
+                self._buffer.extend(tasks)
+                self._start_buffered()
+
+    async def _wait_for_a_slot(self) -> None:
+        self._slot_freed.clear()
+        if not self._buffer:
+            await self._slot_freed.wait()
+            # Runs that are ready finish in this turn of the loop: claim for all the slots
+            # they free in one batch, not one round trip per slot.
+            await asyncio.sleep(0)
+            return
+        # A timer, not wait_for(): wait_for wraps the wait in a task of its own, whose extra
+        # turns of the loop would let the buffered runs finish before the next claim is sent.
+        deadline = self._buffered_at + BUFFER_HOLD_SECONDS
+        timer = asyncio.get_running_loop().call_at(
+            asyncio.get_running_loop().time() + max(deadline - time.monotonic(), 0.0),
+            self._slot_freed.set,
+        )
+        try:
+            await self._slot_freed.wait()
+        finally:
+            timer.cancel()
+        if self._buffer and time.monotonic() >= deadline:
+            await self._release_buffer(f"not started within {BUFFER_HOLD_SECONDS:g}s")
+            # Runs are long: stop claiming ahead until short runs bring the average down.
+            self._run_seconds = max(self._run_seconds, BUFFER_HOLD_SECONDS)
+
+    async def _release_buffer(self, why: str) -> None:
+        """Give the buffered tasks back (PENDING, attempt not counted) for other workers."""
+        if self._buffer:
+            log.debug("giving back %d tasks claimed ahead: %s", len(self._buffer), why)
+        while self._buffer:
+            await self.broker.finish(Outcome(self._buffer.popleft(), OutcomeKind.RELEASED))
+
+    def _start_buffered(self) -> None:
+        buffer, runs = self._buffer, self._runs
+        while buffer and len(runs) < self.concurrency and not self._stopping:
+            self._start_run(buffer.popleft())
 
     def _start_run(self, task: Task) -> None:
-        run = Run(task, asyncio.create_task(self._run(task), name=f"pgqueue-task-{task.id}"))
+        # No task name: formatting one (UUID to text) costs as much as a no-op run's outcome.
+        run = Run(task, asyncio.create_task(self._run(task)))
         self._runs[task.id] = run
 
     async def _run(self, task: Task) -> Outcome | None:
         outcome = None
+        started = time.perf_counter()
         try:
             outcome = await self._executor.run(task)
         except asyncio.CancelledError:
@@ -186,7 +264,12 @@ class WorkerManager:
             log.exception("task %s crashed the executor", task.id)
         finally:
             run = self._runs.pop(task.id, None)
+            self._run_seconds += (time.perf_counter() - started - self._run_seconds) * 0.2
+            # Wake the claim loop before starting buffered runs: it resumes first and sends
+            # the next claim, whose round trip then overlaps these runs.
             self._slot_freed.set()
+            if self._buffer:
+                self._start_buffered()
         if outcome is not None and run is not None and not run.abandoned:
             await self.broker.finish(outcome)
         return outcome
@@ -195,7 +278,13 @@ class WorkerManager:
         """`tm.cancel` of a task this worker runs: stop the run now; the task is CANCELLED
         already and the run reports nothing. A sync thread sees current_task().cancelled."""
         run = self._runs.get(task_id)
-        if run is None or run.abandoned:
+        if run is None:
+            for buffered in self._buffer:
+                if buffered.id == task_id:  # claimed ahead, not started: it never runs
+                    self._buffer.remove(buffered)
+                    break
+            return
+        if run.abandoned:
             return
         log.warning("task %s %s was cancelled; stopping its run", task_id, run.task.name)
         request_cancel(task_id)
@@ -223,11 +312,15 @@ class WorkerManager:
         while True:
             await asyncio.sleep(interval)
             runs = [run for run in self._runs.values() if not run.abandoned]
+            buffered = list(self._buffer)
             try:
-                lost = await self.broker.heartbeat([run.task for run in runs])
+                lost = await self.broker.heartbeat([run.task for run in runs] + buffered)
             except Exception as error:
                 log.warning("heartbeat failed (%s); will try again in %.1fs", error, interval)
                 continue
+            for task in buffered:
+                if task.id in lost and task in self._buffer:
+                    self._buffer.remove(task)
             for run in runs:
                 # A run that ended (or is committing its completion) while the heartbeat was
                 # on its way is finished by this worker, not lost.
@@ -261,6 +354,8 @@ class WorkerManager:
 
     async def _drain(self) -> None:
         """Let running tasks finish within the grace period, then give the rest back."""
+        # Tasks claimed ahead never started: back to the queue at once, for other workers.
+        await self._release_buffer("shutting down")
         if self._runs and not self._forced:
             log.info(
                 "draining %d running tasks (up to %.0fs)",

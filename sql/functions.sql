@@ -64,7 +64,11 @@ LANGUAGE sql AS $$
     UPDATE pgqueue.tasks AS t
     SET status = 'COMPLETED', result = done.result, finished_at = now(), lease_expires_at = NULL
     FROM unnest(p_ids, p_tokens, p_results) AS done(id, token, result)
-    WHERE t.id = done.id AND t.lease_token = done.token AND t.status = 'RUNNING'
+    -- status::text (not status): the planner then cannot drive the update from the partial
+    -- index of RUNNING rows, whose row count is always stale on a queue table (estimated 1),
+    -- which made a nested loop of every RUNNING row times every array element: O(n^2),
+    -- 850 ms for 2,000 completions. The array drives it, one primary-key lookup per element.
+    WHERE t.id = done.id AND t.lease_token = done.token AND t.status::text = 'RUNNING'
     RETURNING t.id;
 $$;
 
@@ -117,7 +121,8 @@ LANGUAGE sql AS $$
     UPDATE pgqueue.tasks AS t
     SET lease_expires_at = now() + make_interval(secs => p_lease_seconds)
     FROM unnest(p_ids, p_tokens) AS held(id, token)
-    WHERE t.id = held.id AND t.lease_token = held.token AND t.status = 'RUNNING'
+    -- status::text: a primary-key lookup per element (see complete_tasks).
+    WHERE t.id = held.id AND t.lease_token = held.token AND t.status::text = 'RUNNING'
     RETURNING t.id;
 $$;
 
@@ -135,7 +140,8 @@ BEGIN
         SET status = 'PENDING', attempts = greatest(t.attempts - 1, 0), started_at = NULL,
             worker_id = NULL, lease_expires_at = NULL
         FROM unnest(p_ids, p_tokens) AS held(id, token)
-        WHERE t.id = held.id AND t.lease_token = held.token AND t.status = 'RUNNING'
+        -- status::text: a primary-key lookup per element (see complete_tasks).
+        WHERE t.id = held.id AND t.lease_token = held.token AND t.status::text = 'RUNNING'
         RETURNING t.queue
     )
     SELECT count(*), array_agg(DISTINCT queue) INTO released, queues FROM freed;

@@ -20,8 +20,11 @@ COPY pgqueue.tasks (id, name, queue, priority, kwargs, max_retries, run_at) FROM
 SELECT * FROM pgqueue.tasks WHERE id = %(id)s;
 
 -- name: claim_tasks
--- Take up to %(limit)s due tasks for a worker (see the claim_tasks function).
-SELECT * FROM pgqueue.claim_tasks(%(queues)s, %(limit)s, %(worker_id)s, %(lease_seconds)s);
+-- Take up to %(limit)s due tasks for a worker (see the claim_tasks function); the columns
+-- a run needs, in the order brokers/postgres.py reads them, kwargs as text.
+SELECT id, name, queue, priority, kwargs::text, attempts, max_retries, run_at, created_at,
+       started_at, error, worker_id, lease_expires_at, lease_token, unique_key
+FROM pgqueue.claim_tasks(%(queues)s, %(limit)s, %(worker_id)s, %(lease_seconds)s);
 
 -- name: seconds_until_next_task
 -- How long until the earliest runnable task of these queues is due (negative: overdue).

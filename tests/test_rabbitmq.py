@@ -16,13 +16,9 @@ import pytest
 from broker_tasks import calls, failures_left, flaky, nap, record
 from conftest import statuses, wait_until
 
-from pgqueue.brokers.rabbitmq import (
-    ERROR_HEADER,
-    MAX_QUEUE_NAME_BYTES,
-    Topology,
-    broker_priority,
-    retry_backoff,
-)
+from pgqueue.brokers.amqp_messages import ERROR_HEADER
+from pgqueue.brokers.amqp_records import retry_backoff
+from pgqueue.brokers.amqp_topology import MAX_QUEUE_NAME_BYTES, Topology, broker_priority
 from pgqueue.errors import BrokerUnavailable
 from pgqueue.records import TaskStatus
 from pgqueue.settings import Settings, load_settings

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import time
 import uuid
@@ -11,7 +12,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 import psycopg
-from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from pgqueue.brokers import Broker, CleanupPolicy
@@ -21,7 +21,7 @@ from pgqueue.errors import DatabaseUnavailable
 from pgqueue.executor import LeaseLost
 from pgqueue.listener import Listener
 from pgqueue.maintenance import Maintenance
-from pgqueue.records import NewTask, Outcome, Task
+from pgqueue.records import NewTask, Outcome, Task, TaskStatus
 from pgqueue.settings import Settings
 from pgqueue.store import TaskStore
 from pgqueue.worker_registry import WorkerInfo, WorkerRegistry
@@ -61,8 +61,40 @@ async def _asynchronous_commit(conn: psycopg.AsyncConnection[Any]) -> None:
     await conn.execute("SET synchronous_commit = off")
 
 
+def _claimed_task(row: tuple[Any, ...]) -> Task:
+    """A Task from a row of the claim_tasks query (positional: no dict per row)."""
+    (id_, name, queue, priority, kwargs_text, attempts, max_retries, run_at, created_at) = row[:9]
+    started_at, error, worker_id, lease_expires_at, lease_token, unique_key = row[9:]
+    # Most tasks take no arguments: "{}" needs no JSON parser.
+    kwargs = {} if kwargs_text == "{}" else json.loads(kwargs_text)
+    return Task(
+        id_,
+        name,
+        queue,
+        priority,
+        TaskStatus.RUNNING,
+        kwargs,
+        attempts,
+        max_retries,
+        run_at,
+        created_at,
+        started_at,
+        None,
+        None,
+        error,
+        worker_id,
+        lease_expires_at,
+        lease_token,
+        unique_key,
+    )
+
+
 class PostgresBroker(Broker):
     """Tasks are rows of the task table; workers claim them with `claim_tasks()`."""
+
+    #: The worker may claim ahead of its free slots (worker.py): buffered tasks are RUNNING
+    #: under this worker's lease, heartbeated, and released (PENDING) if not started.
+    claims_ahead = True
 
     def __init__(self, database: Database, lease_seconds: float = 30.0) -> None:
         self.database = database
@@ -165,8 +197,7 @@ class PostgresBroker(Broker):
 
     async def _claim(self, limit: int) -> list[Task]:
         async with self.database.async_connection() as conn:
-            cursor = conn.cursor(row_factory=dict_row)
-            await cursor.execute(
+            cursor = await conn.execute(
                 self.database.queries["claim_tasks"],
                 {
                     "queues": self._queues,
@@ -175,7 +206,7 @@ class PostgresBroker(Broker):
                     "lease_seconds": self.lease_seconds,
                 },
             )
-            return [Task.from_row(row) for row in await cursor.fetchall()]
+            return [_claimed_task(row) for row in await cursor.fetchall()]
 
     async def _seconds_until_next_task(self) -> float | None:
         async with self.database.async_connection() as conn:

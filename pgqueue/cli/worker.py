@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 from typing import TYPE_CHECKING
 
@@ -87,6 +88,12 @@ def serve_metrics(manager: WorkerManager, port: int, host: str) -> WorkerMetrics
     help="Keep finished tasks this many days.",
 )
 @click.option(
+    "--log-level",
+    default=None,
+    type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
+    help="Logging level of this worker (overrides `pgqueue --log-level`).",
+)
+@click.option(
     "--metrics-port",
     default=None,
     type=click.IntRange(min=0, max=65535),
@@ -109,8 +116,11 @@ def worker(
     retain_days: float,
     metrics_port: int | None,
     metrics_host: str,
+    log_level: str | None,
 ) -> None:
     """Start a worker: `pgqueue worker start` (or just `pgqueue worker`)."""
+    if log_level is not None:
+        logging.getLogger().setLevel(log_level.upper())
     settings = get_settings()
     import_task_modules([*settings.imports, *(m for item in imports for m in _split(item))])
     if settings.broker == "database":
