@@ -171,6 +171,8 @@ def summarize(
         "  SELECT name, attempts, left(error, 60) FROM pgqueue.tasks WHERE status = 'FAILED';\n"
         "  SELECT name, attempts, result FROM pgqueue.tasks WHERE attempts > 1;"
     )
+    if not get_settings().dsn:
+        print("The embedded server keeps running for that; `pgqueue db stop` stops it.")
     for task_id, want, got in wrong:
         console.print(f"[red]task {task_id}: expected {want}, got {got}")
     return 1 if wrong else 0

