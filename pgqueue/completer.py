@@ -102,11 +102,13 @@ class Completer:
 
     async def _complete(self, conn: psycopg.AsyncConnection[Any], outcomes: list[Outcome]) -> None:
         cursor = await conn.execute(
-            self._queries["complete_tasks"],
+            self._queries["complete_started_tasks"],
             {
                 "ids": [o.task.id for o in outcomes],
                 "tokens": [o.task.lease_token for o in outcomes],
                 "results": [o.result_json for o in outcomes],
+                # A task claimed ahead started after its claim (worker.py moves it on).
+                "started": [o.task.started_at for o in outcomes],
             },
         )
         accepted = {row[0] for row in await cursor.fetchall()}

@@ -57,6 +57,8 @@ def dumps(value: Any) -> str:
 
 def encode_kwargs(task_name: str, kwargs: Mapping[str, Any], max_bytes: int) -> str:
     """The JSON of a task's arguments, or an error naming the argument that is wrong."""
+    if not kwargs:  # no arguments, the common bulk case: nothing to encode or measure
+        return "{}"
     try:
         text = dumps(dict(kwargs))
     except (TypeError, ValueError) as error:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import psycopg
@@ -105,20 +105,42 @@ class _UniqueInsert:
         return [self.ids[index] for index in range(len(self.tasks))]
 
 
-def copy_rows(tasks: Sequence[NewTask], now: datetime.datetime) -> list[tuple[Any, ...]]:
-    """Rows for COPY; delays are added to the database's now(), not the local clock."""
-    return [
-        (
-            task.id,
-            task.name,
-            task.queue,
-            task.priority,
-            task.kwargs_json,
-            task.max_retries,
-            task.schedule_at or now + datetime.timedelta(seconds=task.delay),
-        )
-        for task in tasks
-    ]
+#: COPY text format: these four characters are the only ones a field must escape here (JSON
+#: text and checked names hold no other control character, and no NUL).
+_COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\n": "\\n", "\r": "\\r", "\t": "\\t"})
+#: Rows per write to the COPY stream: small writes let the server parse one while the
+#: next is built (about 5% faster than one write per 5,000 rows).
+COPY_CHUNK_ROWS = 500
+
+
+def _copy_field(text: str) -> str:
+    if "\\" in text or not text.isprintable():
+        return text.translate(_COPY_ESCAPES)
+    return text
+
+
+def copy_text_chunks(tasks: Sequence[NewTask], run_at: bool, now: Any = None) -> Iterator[str]:
+    """The rows of `copy_tasks` (run_at: `copy_tasks_with_run_at`) as COPY text, built
+    here rather than by psycopg's per-value dumpers: at a few microseconds a row, bulk
+    queueing is bound by this loop. Ids are written as 32 hex digits (a valid uuid input)."""
+    names: dict[str, str] = {}
+    for start in range(0, len(tasks), COPY_CHUNK_ROWS):
+        lines = []
+        for task in tasks[start : start + COPY_CHUNK_ROWS]:
+            prefix = names.get(task.name + "\x00" + task.queue)
+            if prefix is None:
+                prefix = f"\t{_copy_field(task.name)}\t{_copy_field(task.queue)}\t"
+                names[task.name + "\x00" + task.queue] = prefix
+            kwargs = task.kwargs_json
+            if kwargs != "{}":
+                kwargs = _copy_field(kwargs)
+            line = f"{task.id.int:032x}{prefix}{task.priority}\t{kwargs}\t{task.max_retries}"
+            if run_at:
+                when = task.schedule_at or now + datetime.timedelta(seconds=task.delay)
+                line = f"{line}\t{when.isoformat()}"
+            lines.append(line)
+        lines.append("")
+        yield "\n".join(lines)
 
 
 def sync_driver_connection(connection: Any) -> psycopg.Connection[Any]:
@@ -152,6 +174,12 @@ async def async_driver_connection(connection: Any) -> psycopg.AsyncConnection[An
         f"with adelay/aqueue_task, connection must be a psycopg 3 AsyncConnection or a SQLAlchemy "
         f"AsyncSession/AsyncConnection using postgresql+psycopg, not {type(connection).__name__}"
     )
+
+
+def _needs_run_at(tasks: Sequence[NewTask]) -> bool:
+    """False when every row runs now: the column default, now(), is the same instant (the
+    transaction's start) that `SELECT now()` would give, without that round trip."""
+    return any(task.delay or task.schedule_at is not None for task in tasks)
 
 
 def _atomic(conn: psycopg.Connection[Any], tasks: Sequence[NewTask]) -> Any:
@@ -194,10 +222,14 @@ class TaskStore:
         if len(tasks) == 1:
             conn.execute(self.queries["insert_task"], insert_params(tasks[0]))
             return
-        now = conn.execute("SELECT now()").fetchone()[0]  # type: ignore[index]
-        with conn.cursor() as cursor, cursor.copy(self.queries["copy_tasks"]) as copy:
-            for row in copy_rows(tasks, now):
-                copy.write_row(row)
+        now = None
+        run_at = _needs_run_at(tasks)
+        if run_at:
+            now = conn.execute("SELECT now()").fetchone()[0]  # type: ignore[index]
+        query = self.queries["copy_tasks_with_run_at" if run_at else "copy_tasks"]
+        with conn.cursor() as cursor, cursor.copy(query) as copy:
+            for chunk in copy_text_chunks(tasks, run_at, now):
+                copy.write(chunk)
 
     async def ainsert(self, tasks: Sequence[NewTask], connection: Any = None) -> None:
         if connection is not None:
@@ -220,10 +252,14 @@ class TaskStore:
         if len(tasks) == 1:
             await conn.execute(self.queries["insert_task"], insert_params(tasks[0]))
             return
-        now = (await (await conn.execute("SELECT now()")).fetchone())[0]  # type: ignore[index]
-        async with conn.cursor() as cursor, cursor.copy(self.queries["copy_tasks"]) as copy:
-            for row in copy_rows(tasks, now):
-                await copy.write_row(row)
+        now = None
+        run_at = _needs_run_at(tasks)
+        if run_at:
+            now = (await (await conn.execute("SELECT now()")).fetchone())[0]  # type: ignore[index]
+        query = self.queries["copy_tasks_with_run_at" if run_at else "copy_tasks"]
+        async with conn.cursor() as cursor, cursor.copy(query) as copy:
+            for chunk in copy_text_chunks(tasks, run_at, now):
+                await copy.write(chunk)
 
     # -- unique tasks (sql/features.sql) ------------------------------------------------
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import dataclasses
+import datetime
 import logging
 import os
 import signal
@@ -28,13 +29,15 @@ from pgqueue.worker_registry import WorkerInfo
 
 log = logging.getLogger("pgqueue.worker")
 
-#: Claim-ahead (brokers with `claims_ahead`): besides its free slots, a worker claims up to
-#: max(CLAIM_AHEAD_FACTOR * concurrency, MIN_CLAIM_AHEAD) more tasks and holds them in a local
-#: buffer, so that the next claim's round trip overlaps the runs instead of following them.
-#: A claim costs mostly its round trip and durable commit (~3 ms for 25 rows, ~4 ms for 100):
-#: claims of twice the concurrency keep the runs fed while one claim is in flight.
-CLAIM_AHEAD_FACTOR = 2
+#: Claim-ahead (brokers with `claims_ahead`): besides its free slots, a worker claims more
+#: tasks and holds them in a local buffer, so that the next claim's round trip overlaps the
+#: runs instead of following them. A claim costs mostly its round trip and durable commit
+#: (~3 ms for 25 rows, ~4 ms for 100), so the buffer is sized to what the slots finish in
+#: CLAIM_AHEAD_ROUND_TRIPS claim round trips (both measured as moving averages): a buffered
+#: task waits about that long, and the runs never wait for a claim. Within these bounds:
 MIN_CLAIM_AHEAD = 8
+MAX_CLAIM_AHEAD = 200
+CLAIM_AHEAD_ROUND_TRIPS = 2.0
 #: ... but only while runs are short (moving average of run time below this), so a buffered
 #: task waits behind at most a few short runs, never behind a long one.
 CLAIM_AHEAD_MAX_RUN_SECONDS = 0.05
@@ -74,9 +77,13 @@ class WorkerManager:
         #: Claimed ahead (RUNNING under this worker's lease, heartbeated), not started yet.
         self._buffer: collections.deque[Task] = collections.deque()
         self._buffered_at = 0.0
-        #: Moving average of run times: claiming ahead only pays off for short runs.
-        self._run_seconds = 0.0
-        #: Tasks claimed ahead of the free slots; None: the broker's default.
+        #: Moving average of run times: claiming ahead only pays off for short runs. It
+        #: starts at the limit: a worker claims ahead only once a run proved short.
+        self._run_seconds = CLAIM_AHEAD_MAX_RUN_SECONDS
+        #: Moving average of a claim's round trip (claims that found tasks).
+        self._claim_seconds = 0.005
+        #: Most tasks claimed ahead of the free slots; None: MAX_CLAIM_AHEAD if the broker
+        #: claims ahead.
         self.prefetch: int | None = None
         self._slot_freed = asyncio.Event()
         self._stopping = False
@@ -130,6 +137,8 @@ class WorkerManager:
         # A programmatic worker (the seed's worker.py) gets the `imports` setting's tasks too.
         import_task_modules(list(self.settings.imports))
         self._slot_freed = asyncio.Event()
+        self._buffer.clear()
+        self._run_seconds = CLAIM_AHEAD_MAX_RUN_SECONDS
         self._stopping = self._forced = False
         handled = self._install_signal_handlers()
         broker = self.broker
@@ -184,12 +193,14 @@ class WorkerManager:
 
     def _claim_ahead(self) -> int:
         """How many tasks to claim beyond the free slots now (0 while runs are long)."""
-        ahead = self.prefetch
-        if ahead is None:
-            claims_ahead = getattr(self.broker, "claims_ahead", False)
-            ahead = max(CLAIM_AHEAD_FACTOR * self.concurrency, MIN_CLAIM_AHEAD)
-            ahead = ahead if claims_ahead else 0
-        return ahead if self._run_seconds < CLAIM_AHEAD_MAX_RUN_SECONDS else 0
+        most = self.prefetch
+        if most is None:
+            most = MAX_CLAIM_AHEAD if getattr(self.broker, "claims_ahead", False) else 0
+        if not most or self._run_seconds >= CLAIM_AHEAD_MAX_RUN_SECONDS:
+            return 0
+        # What the slots finish during a few claim round trips.
+        finishing = self.concurrency * self._claim_seconds / max(self._run_seconds, 1e-5)
+        return min(max(int(CLAIM_AHEAD_ROUND_TRIPS * finishing), MIN_CLAIM_AHEAD), most)
 
     async def _claim_loop(self) -> None:
         while not self._stopping:
@@ -200,6 +211,7 @@ class WorkerManager:
             if uncovered <= 0 and (self._buffer or not ahead):
                 await self._wait_for_a_slot()
                 continue
+            sent = time.perf_counter()
             try:
                 tasks = await self.broker.claim(uncovered + ahead, self.polling_interval)
             except Exception:
@@ -207,6 +219,8 @@ class WorkerManager:
                     break
                 raise
             if tasks:
+                took = min(time.perf_counter() - sent, 0.1)  # a claim that waited for work
+                self._claim_seconds += (took - self._claim_seconds) * 0.2
                 if not self._buffer:
                     self._buffered_at = time.monotonic()
                 self._buffer.extend(tasks)
@@ -245,8 +259,14 @@ class WorkerManager:
 
     def _start_buffered(self) -> None:
         buffer, runs = self._buffer, self._runs
+        # started_at (the claim's time, from the database clock) moves on by the time spent
+        # in the buffer, measured here: the completion records when the run really began.
+        waited = datetime.timedelta(seconds=time.monotonic() - self._buffered_at)
         while buffer and len(runs) < self.concurrency and not self._stopping:
-            self._start_run(buffer.popleft())
+            task = buffer.popleft()
+            if task.started_at is not None:
+                task.started_at += waited
+            self._start_run(task)
 
     def _start_run(self, task: Task) -> None:
         # No task name: formatting one (UUID to text) costs as much as a no-op run's outcome.

@@ -57,13 +57,15 @@ $$;
 
 -- name: complete_tasks
 -- Record the results of finished runs, many per call; returns the ids it accepted.
+-- p_started (optional, per task): when a run claimed ahead of a free slot really started.
 CREATE OR REPLACE FUNCTION pgqueue.complete_tasks(
-    p_ids uuid[], p_tokens integer[], p_results jsonb[]
+    p_ids uuid[], p_tokens integer[], p_results jsonb[], p_started timestamptz[] DEFAULT NULL
 ) RETURNS SETOF uuid
 LANGUAGE sql AS $$
     UPDATE pgqueue.tasks AS t
-    SET status = 'COMPLETED', result = done.result, finished_at = now(), lease_expires_at = NULL
-    FROM unnest(p_ids, p_tokens, p_results) AS done(id, token, result)
+    SET status = 'COMPLETED', result = done.result, finished_at = now(), lease_expires_at = NULL,
+        started_at = coalesce(done.started_at, t.started_at)
+    FROM unnest(p_ids, p_tokens, p_results, p_started) AS done(id, token, result, started_at)
     -- status::text (not status): the planner then cannot drive the update from the partial
     -- index of RUNNING rows, whose row count is always stale on a queue table (estimated 1),
     -- which made a nested loop of every RUNNING row times every array element: O(n^2),

@@ -2,7 +2,8 @@
 
 Tasks live in ``benchmarks/tasks_pgqueue.py``. Schema: ``pgqueue migrate`` (PGQUEUE_DSN).
 Enqueue: ``TaskManager(dsn=...).queue_task(task=noop)`` per task, ``queue_tasks`` in bulk.
-Worker: ``pgqueue worker start --queues bench --concurrent C --import tasks_pgqueue``,
+Worker: ``pgqueue worker start --queues bench --concurrent C --import tasks_pgqueue
+--log-level WARNING`` (no per-task INFO lines),
 run in-process by runner.py (same code as the console script, minus interpreter start-up).
 Finished tasks: ``status = 'COMPLETED'`` in ``pgqueue.tasks``.
 """
@@ -50,8 +51,14 @@ class PgQueueSystem(BaseSystem):
 
     def install_schema(self, dsn: str) -> None:
         env = dict(os.environ, PGQUEUE_DSN=dsn)
-        res = subprocess.run(_cli_argv("migrate"), env=env, capture_output=True, text=True,
-                             timeout=300, cwd=str(Path(__file__).resolve().parent.parent))
+        res = subprocess.run(
+            _cli_argv("migrate"),
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            cwd=str(Path(__file__).resolve().parent.parent),
+        )
         if res.returncode != 0:
             raise RuntimeError(f"pgqueue migrate failed: {res.stderr[-2000:]}")
 
@@ -92,6 +99,14 @@ class PgQueueSystem(BaseSystem):
     def finished_sql(self, n: int) -> str:
         return "SELECT count(*) FROM pgqueue.tasks WHERE status = 'COMPLETED'"
 
+    def remaining_sql(self) -> str:
+        # Unfinished rows only, from the partial indexes of runnable and running rows: cheap
+        # however many finished rows the table holds (a drain ends with none left).
+        return (
+            "SELECT (SELECT count(*) FROM pgqueue.tasks WHERE status IN ('PENDING', "
+            "'RETRYING')) + (SELECT count(*) FROM pgqueue.tasks WHERE status = 'RUNNING')"
+        )
+
     async def seed_finished(self, n: int) -> None:
         import psycopg
 
@@ -99,8 +114,10 @@ class PgQueueSystem(BaseSystem):
         for start in range(0, n, step):
             self.tm.queue_tasks(self.tasks.noop, [{}] * min(step, n - start))
         with psycopg.connect(self.dsn, autocommit=True) as conn:
-            conn.execute("UPDATE pgqueue.tasks SET status = 'COMPLETED', finished_at = now() "
-                         "WHERE status = 'PENDING'")
+            conn.execute(
+                "UPDATE pgqueue.tasks SET status = 'COMPLETED', finished_at = now() "
+                "WHERE status = 'PENDING'"
+            )
 
     # ------------------------------------------------------------ worker side
 
@@ -115,6 +132,19 @@ class PgQueueSystem(BaseSystem):
         from pgqueue.cli import main
 
         os.environ["PGQUEUE_DSN"] = dsn
-        sys.argv = ["pgqueue", "worker", "start", "--queues", QUEUE,
-                    "--concurrent", str(concurrency), "--import", "tasks_pgqueue"]
+        # WARNING: at the default INFO level the worker logs two lines per task ("started",
+        # "completed"), 25 us of CPU per task, which the peers do not do by default.
+        sys.argv = [
+            "pgqueue",
+            "worker",
+            "start",
+            "--queues",
+            QUEUE,
+            "--concurrent",
+            str(concurrency),
+            "--import",
+            "tasks_pgqueue",
+            "--log-level",
+            "WARNING",
+        ]
         main()

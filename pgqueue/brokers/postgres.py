@@ -205,6 +205,7 @@ class PostgresBroker(Broker):
                     "worker_id": self._worker_id,
                     "lease_seconds": self.lease_seconds,
                 },
+                prepare=True,  # planned once per connection, not at every claim
             )
             return [_claimed_task(row) for row in await cursor.fetchall()]
 

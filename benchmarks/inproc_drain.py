@@ -1,0 +1,89 @@
+"""In-process drain probe: ``python benchmarks/inproc_drain.py N CONCURRENCY``.
+
+Queues N no-op tasks (bulk) in a fresh database ``pgqueue_probe``, runs a WorkerManager in
+this process until all are COMPLETED, and prints throughput, this process's CPU per task,
+the claims (how many asked, got, mean round trip) and the completion flushes. The quickest
+way to see what a change to the worker's hot path does (docs/performance.md); the numbers
+of record come from bench.sh, which runs the worker as a subprocess.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+
+import psycopg
+
+import pgqueue.completer as completer
+from pgqueue import AsyncTask, TaskManager, WorkerManager, migrations
+from pgqueue.brokers.postgres import PostgresBroker
+from pgqueue.settings import load_settings
+
+ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
+DSN = "postgresql://postgres@127.0.0.1:5432/pgqueue_probe"
+
+
+@AsyncTask(queue="probe")
+async def noop() -> None:
+    return None
+
+
+def main() -> None:
+    n, concurrency = int(sys.argv[1]), int(sys.argv[2])
+    with psycopg.connect(ADMIN, autocommit=True) as conn:
+        conn.execute("DROP DATABASE IF EXISTS pgqueue_probe WITH (FORCE)")
+        conn.execute("CREATE DATABASE pgqueue_probe")
+    migrations.upgrade(DSN)
+    TaskManager(dsn=DSN).queue_tasks(noop, [{}] * n)
+    with psycopg.connect(DSN, autocommit=True) as conn:
+        conn.execute("VACUUM ANALYZE pgqueue.tasks")
+
+    claims: list[tuple[int, int, float]] = []
+    flushes: list[tuple[int, float]] = []
+    claim, write = PostgresBroker._claim, completer.Completer._write
+
+    async def timed_claim(self: PostgresBroker, limit: int) -> list:  # type: ignore[type-arg]
+        started = time.perf_counter()
+        tasks = await claim(self, limit)
+        claims.append((limit, len(tasks), time.perf_counter() - started))
+        return tasks
+
+    async def timed_write(self: completer.Completer, batch: list) -> None:  # type: ignore[type-arg]
+        started = time.perf_counter()
+        await write(self, batch)
+        flushes.append((len(batch), time.perf_counter() - started))
+
+    PostgresBroker._claim = timed_claim  # type: ignore[method-assign]
+    completer.Completer._write = timed_write  # type: ignore[method-assign]
+    worker = WorkerManager(settings=load_settings(dsn=DSN))
+    worker.set_queues(["probe"])
+    worker.set_concurrent_tasks(concurrency)
+    worker.set_polling_interval(30)
+
+    async def drain() -> None:
+        wall, cpu = time.perf_counter(), time.process_time()
+        running = asyncio.create_task(worker.start())
+        while sum(size for size, _ in flushes) < n:
+            await asyncio.sleep(0.005)
+        wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+        worker.stop()
+        await running
+        asked = sum(a for a, _, _ in claims) / len(claims)
+        got = sum(g for _, g, _ in claims) / len(claims)
+        claim_ms = 1000 * sum(s for _, _, s in claims) / len(claims)
+        flush_rows = sum(size for size, _ in flushes) / len(flushes)
+        flush_ms = 1000 * sum(s for _, s in flushes) / len(flushes)
+        print(
+            f"c={concurrency}: {n / wall:,.0f} tasks/s in {wall:.2f} s, CPU {cpu / n * 1e6:.0f} "
+            f"us/task; {len(claims)} claims asked {asked:.0f} got {got:.0f} in {claim_ms:.2f} "
+            f"ms; {len(flushes)} flushes of {flush_rows:.0f} in {flush_ms:.2f} ms"
+        )
+
+    asyncio.run(drain())
+    with psycopg.connect(ADMIN, autocommit=True) as conn:
+        conn.execute("DROP DATABASE IF EXISTS pgqueue_probe WITH (FORCE)")
+
+
+if __name__ == "__main__":
+    main()
