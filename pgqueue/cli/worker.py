@@ -88,6 +88,12 @@ def serve_metrics(manager: WorkerManager, port: int, host: str) -> WorkerMetrics
     help="Keep finished tasks this many days.",
 )
 @click.option(
+    "--prefetch",
+    default=None,
+    type=click.IntRange(min=0),
+    help="Most tasks claimed ahead of free slots while runs are short (0: off) [default: 200].",
+)
+@click.option(
     "--log-level",
     default=None,
     type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
@@ -116,6 +122,7 @@ def worker(
     retain_days: float,
     metrics_port: int | None,
     metrics_host: str,
+    prefetch: int | None,
     log_level: str | None,
 ) -> None:
     """Start a worker: `pgqueue worker start` (or just `pgqueue worker`)."""
@@ -133,6 +140,8 @@ def worker(
     manager.set_cleanup_config(interval_hours=cleanup_hours, retain_days=retain_days)
     if grace is not None:
         manager.set_shutdown_grace(grace)
+    if prefetch is not None:
+        manager.set_prefetch(prefetch)
     metrics = None if metrics_port is None else serve_metrics(manager, metrics_port, metrics_host)
     try:
         asyncio.run(manager.start())
