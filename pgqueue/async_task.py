@@ -6,7 +6,7 @@ import datetime
 import functools
 import inspect
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, Generic, TypeVar, overload
 
 from pgqueue import registry
@@ -101,7 +101,7 @@ class TaskFunction(Generic[R]):
                 required.add(name)  # cannot be given by keyword: never satisfiable
         return frozenset(accepted), frozenset(required), open_ended
 
-    def kwargs_problem(self, kwargs: dict[str, Any]) -> str | None:
+    def kwargs_problem(self, kwargs: Mapping[str, Any]) -> str | None:
         """Why stored arguments cannot be passed to the function, or None if they can.
 
         A set check on the worker's hot path; signature.bind only to word the refusal.

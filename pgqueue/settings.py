@@ -3,87 +3,309 @@
 from __future__ import annotations
 
 import functools
+import json
+import math
+import operator
 import os
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import Field, dataclass, field, fields
 from pathlib import Path
-from typing import Annotated, Any, Literal
-
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
-from pydantic_settings import (
-    BaseSettings,
-    NoDecode,
-    PydanticBaseSettingsSource,
-    SettingsConfigDict,
-)
+from typing import Any, ClassVar, Literal, NoReturn, TypeVar
 
 from pgqueue.errors import ConfigurationError
 
 DEFAULT_CONFIG_PATH = Path("config/services.yaml")
+ENV_PREFIX = "pgqueue_"  # matched without regard to case, as PGQUEUE_DSN or pgqueue_dsn
+NESTED_DELIMITER = "__"  # PGQUEUE_RABBITMQ__HOST: the `host` key of the `rabbitmq` section
+
+#: (key, value, rule): one problem; keys are dotted for nested sections, e.g. `rabbitmq.port`.
+Problem = tuple[str, Any, str]
+_S = TypeVar("_S", bound="_Section")
 
 
-class TaskDefaults(BaseModel):
+class Secret:
+    """A password: shown as '**********' by repr and str, read with get_secret_value()."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def get_secret_value(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('**********')"
+
+    def __str__(self) -> str:
+        return "**********"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+
+# -- parsing: each parser returns the value as its type or raises _Invalid -----------------
+# The rules and their wording are pydantic's lax mode, which read these settings before.
+
+
+class _Invalid(Exception):
+    def __init__(self, problems: list[Problem]) -> None:
+        self.problems = problems
+
+
+def _fail(value: Any, words: str) -> NoReturn:
+    raise _Invalid([("", value, words)])
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    _fail(value, "Input should be a valid string")
+
+
+def _optional_text(value: Any) -> str | None:
+    return None if value is None else _text(value)
+
+
+def _integer(value: Any) -> int:
+    if isinstance(value, int):  # True is 1
+        return int(value)
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            _fail(value, "Input should be a finite number")
+        if not value.is_integer():
+            _fail(value, "Input should be a valid integer, got a number with a fractional part")
+        return int(value)
+    if isinstance(value, str):
+        try:
+            return int(re.sub(r"\.0*$", "", value.strip()))  # " 7 ", "1_000", "10.0"
+        except ValueError:
+            pass
+        _fail(value, "Input should be a valid integer, unable to parse string as an integer")
+    _fail(value, "Input should be a valid integer")
+
+
+def _number(value: Any) -> float:
+    if isinstance(value, int | float):
+        return float(value)
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            pass
+        _fail(value, "Input should be a valid number, unable to parse string as a number")
+    _fail(value, "Input should be a valid number")
+
+
+_TRUE = {"1", "on", "t", "true", "y", "yes"}
+_FALSE = {"0", "off", "f", "false", "n", "no"}
+
+
+def _boolean(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int | float) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str) and value.lower() in _TRUE | _FALSE:
+        return value.lower() in _TRUE
+    if isinstance(value, str | int | float):
+        _fail(value, "Input should be a valid boolean, unable to interpret input")
+    _fail(value, "Input should be a valid boolean")
+
+
+def _one_of(*options: str) -> Callable[[Any], str]:
+    wording = ", ".join(repr(option) for option in options[:-1]) + f" or {options[-1]!r}"
+
+    def parse(value: Any) -> str:
+        if isinstance(value, str) and value in options:
+            return value
+        _fail(value, f"Input should be {wording}")
+
+    return parse
+
+
+def _names(value: Any) -> list[str]:
+    """A list of strings, or one string of comma-separated names."""
+    if isinstance(value, str):
+        return [name.strip() for name in value.split(",") if name.strip()]
+    if not isinstance(value, list | tuple):
+        _fail(value, "Input should be a valid list")
+    not_text = [(str(i), item) for i, item in enumerate(value) if not isinstance(item, str)]
+    if not_text:
+        raise _Invalid([(i, item, "Input should be a valid string") for i, item in not_text])
+    return list(value)
+
+
+def _secret(value: Any) -> Secret:
+    if isinstance(value, Secret):
+        return value
+    if hasattr(value, "get_secret_value"):  # pydantic's SecretStr, from a caller
+        value = value.get_secret_value()
+    return Secret(_text(value))
+
+
+def _section(cls: type[_S]) -> Callable[[Any], _S]:
+    def parse(value: Any) -> _S:
+        if isinstance(value, cls):
+            return value
+        if not isinstance(value, Mapping):
+            _fail(value, f"Input should be a valid dictionary or instance of {cls.__name__}")
+        values, problems = _parse(cls, value)
+        if problems:
+            raise _Invalid(problems)
+        return cls(**values)
+
+    return parse
+
+
+_BOUNDS = {
+    "gt": (operator.gt, "greater than"),
+    "ge": (operator.ge, "greater than or equal to"),
+    "le": (operator.le, "less than or equal to"),
+}
+
+
+def rule(parse: Callable[[Any], Any], **checks: Any) -> dict[str, Any]:
+    """A field's metadata: the parser of its type, and its checks: gt/ge/le bounds, a regex
+    `pattern`."""
+    return {"parse": parse, **checks}
+
+
+def _check(spec: Field[Any], raw: Any) -> Any:
+    value = spec.metadata["parse"](raw)
+    for bound, (holds, words) in _BOUNDS.items():
+        if bound in spec.metadata and not holds(value, spec.metadata[bound]):
+            _fail(raw, f"Input should be {words} {spec.metadata[bound]}")
+    pattern = spec.metadata.get("pattern")
+    if pattern and not re.search(pattern, value):
+        _fail(raw, f"String should match pattern '{pattern}'")
+    return value
+
+
+def _parse(cls: type[_Section], data: Mapping[str, Any]) -> tuple[dict[str, Any], list[Problem]]:
+    """The values of `data` as `cls`'s field types, and every problem: field order first,
+    then keys `cls` does not have."""
+    values: dict[str, Any] = {}
+    problems: list[Problem] = []
+    for spec in fields(cls):
+        if spec.name in data:
+            try:
+                values[spec.name] = _check(spec, data[spec.name])
+            except _Invalid as invalid:
+                problems += [
+                    (f"{spec.name}.{key}" if key else spec.name, value, words)
+                    for key, value, words in invalid.problems
+                ]
+    known = cls.field_names()
+    problems += [
+        (str(key), value, "Extra inputs are not permitted")
+        for key, value in data.items()
+        if key not in known
+    ]
+    return values, problems
+
+
+def _describe(problems: list[Problem]) -> str:
+    return "invalid settings: " + "; ".join(
+        f"{key}={value!r}: {words}" for key, value, words in problems
+    )
+
+
+class _Section:
+    """Validates on construction (also by dataclasses.replace): a bad value is a
+    ConfigurationError; strings of numbers, booleans, ... become their types."""
+
+    __slots__ = ()
+    __dataclass_fields__: ClassVar[dict[str, Field[Any]]]  # set by @dataclass
+
+    def __post_init__(self) -> None:
+        given = {name: getattr(self, name) for name in self.field_names()}
+        values, problems = _parse(type(self), given)
+        if problems:
+            raise ConfigurationError(_describe(problems))
+        for name, value in values.items():
+            object.__setattr__(self, name, value)  # frozen: only here
+
+    @classmethod
+    def field_names(cls) -> tuple[str, ...]:
+        return tuple(spec.name for spec in fields(cls))
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able values; sections as dicts and the password in clear (mask it to show)."""
+        return {name: _plain(getattr(self, name)) for name in self.field_names()}
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, _Section):
+        return value.to_dict()
+    if isinstance(value, Secret):
+        return value.get_secret_value()
+    return list(value) if isinstance(value, list) else value
+
+
+# -- the settings ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class TaskDefaults(_Section):
     """Options a task gets when neither its decorator nor its call sets them."""
 
-    model_config = ConfigDict(extra="forbid")
-    queue: str = "default"
-    priority: int = Field(default=0, ge=-32768, le=32767)
-    max_retries: int = Field(default=3, ge=0)
+    queue: str = field(default="default", metadata=rule(_text))
+    priority: int = field(default=0, metadata=rule(_integer, ge=-32768, le=32767))
+    max_retries: int = field(default=3, metadata=rule(_integer, ge=0))
 
 
-class RabbitMQSettings(BaseModel):
+@dataclass(frozen=True, slots=True)
+class RabbitMQSettings(_Section):
     """The seed's `task.rabbitmq` section."""
 
-    model_config = ConfigDict(extra="forbid")
-    host: str = "localhost"
-    port: int = Field(default=5672, ge=1, le=65535)
-    username: str = "guest"
-    password: SecretStr = SecretStr("guest")
-    vhost: str = "/"
+    host: str = field(default="localhost", metadata=rule(_text))
+    port: int = field(default=5672, metadata=rule(_integer, ge=1, le=65535))
+    username: str = field(default="guest", metadata=rule(_text))
+    password: Secret = field(default_factory=lambda: Secret("guest"), metadata=rule(_secret))
+    vhost: str = field(default="/", metadata=rule(_text))
 
 
-class Settings(BaseSettings):
-    """Every setting; `task:` of config/services.yaml uses the same names.
+@dataclass(frozen=True, slots=True)
+class Settings(_Section):
+    """Every setting; `task:` of config/services.yaml uses the same names. Built directly it
+    holds what it is given; load_settings() reads the environment and the file.
 
     >>> Settings(dsn="postgresql://app@db/app").lease_seconds
     30.0
     """
 
-    model_config = SettingsConfigDict(
-        env_prefix="PGQUEUE_", env_nested_delimiter="__", extra="forbid", frozen=True
+    #: Sections: PGQUEUE_<NAME>__<KEY> sets one key, PGQUEUE_<NAME> a JSON object.
+    SECTIONS: ClassVar[tuple[str, ...]] = ("rabbitmq", "defaults")
+
+    dsn: str | None = field(default=None, metadata=rule(_optional_text))
+    broker: Literal["database", "rabbitmq"] = field(
+        default="database", metadata=rule(_one_of("database", "rabbitmq"))
     )
-
-    dsn: str | None = None
-    broker: Literal["database", "rabbitmq"] = "database"
-    rabbitmq_url: str | None = None
-    rabbitmq: RabbitMQSettings = Field(default_factory=RabbitMQSettings)
+    rabbitmq_url: str | None = field(default=None, metadata=rule(_optional_text))
+    rabbitmq: RabbitMQSettings = field(
+        default_factory=RabbitMQSettings, metadata=rule(_section(RabbitMQSettings))
+    )
     # Names of everything pgqueue declares on RabbitMQ start with this (queues, exchanges).
-    rabbitmq_prefix: str = Field("pgqueue", pattern=r"^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,63}$")
-    defaults: TaskDefaults = Field(default_factory=TaskDefaults)
-    imports: Annotated[list[str], NoDecode] = []
-    lease_seconds: float = Field(30.0, gt=0)
-    shutdown_grace_seconds: float = Field(30.0, ge=0)
-    max_payload_bytes: int = Field(1_048_576, gt=0)
-    schema_name: str = Field("pgqueue", pattern=r"^[a-z_][a-z0-9_]{0,62}$")
-    data_dir: str = ".pgqueue"
-    status_tracking: bool = True
-
-    @field_validator("imports", mode="before")
-    @classmethod
-    def _split_imports(cls, value: Any) -> Any:
-        if isinstance(value, str):
-            return [name.strip() for name in value.split(",") if name.strip()]
-        return value
-
-    @classmethod
-    def settings_customise_sources(
-        cls,
-        settings_cls: type[BaseSettings],
-        init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource,
-        dotenv_settings: PydanticBaseSettingsSource,
-        file_secret_settings: PydanticBaseSettingsSource,
-    ) -> tuple[PydanticBaseSettingsSource, ...]:
-        return (init_settings, env_settings, ConfigFileSource(settings_cls))
+    rabbitmq_prefix: str = field(
+        default="pgqueue", metadata=rule(_text, pattern=r"^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,63}$")
+    )
+    defaults: TaskDefaults = field(
+        default_factory=TaskDefaults, metadata=rule(_section(TaskDefaults))
+    )
+    imports: list[str] = field(default_factory=list, metadata=rule(_names))
+    lease_seconds: float = field(default=30.0, metadata=rule(_number, gt=0))
+    shutdown_grace_seconds: float = field(default=30.0, metadata=rule(_number, ge=0))
+    max_payload_bytes: int = field(default=1_048_576, metadata=rule(_integer, gt=0))
+    schema_name: str = field(
+        default="pgqueue", metadata=rule(_text, pattern=r"^[a-z_][a-z0-9_]{0,62}$")
+    )
+    data_dir: str = field(default=".pgqueue", metadata=rule(_text))
+    status_tracking: bool = field(default=True, metadata=rule(_boolean))
 
     def rabbitmq_connection_url(self) -> str:
         """`PGQUEUE_RABBITMQ_URL`, else an amqp:// URL built from the `rabbitmq` section."""
@@ -99,6 +321,9 @@ class Settings(BaseSettings):
         )
 
 
+# -- the sources -------------------------------------------------------------------------
+
+
 def config_path() -> Path | None:
     """The YAML file in use: PGQUEUE_CONFIG, else config/services.yaml if it exists."""
     named = os.environ.get("PGQUEUE_CONFIG")
@@ -112,6 +337,8 @@ def config_path() -> Path | None:
 
 def read_config_file(path: Path) -> dict[str, Any]:
     """The `task:` section of a services.yaml file."""
+    import yaml  # only when a config file is used: the worker does without it
+
     try:
         document = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as error:
@@ -128,28 +355,55 @@ def read_config_file(path: Path) -> dict[str, Any]:
     return section
 
 
-class ConfigFileSource(PydanticBaseSettingsSource):
-    """Reads the `task:` section of the YAML config file."""
+def read_environment() -> dict[str, Any]:
+    """The PGQUEUE_<FIELD> variables, as strings; a section from PGQUEUE_<SECTION> (a JSON
+    object) and PGQUEUE_<SECTION>__<KEY> (one key each, over the JSON). Other PGQUEUE_*
+    variables (PGQUEUE_CONFIG, ...) are not settings and are left alone."""
+    names = Settings.field_names()
+    found: dict[str, Any] = {}
+    keys: dict[str, dict[str, str]] = {}
+    for variable, value in os.environ.items():
+        name = variable.lower()
+        if not name.startswith(ENV_PREFIX):
+            continue
+        name = name.removeprefix(ENV_PREFIX)
+        section, _, key = name.partition(NESTED_DELIMITER)
+        if key and section in Settings.SECTIONS:
+            keys.setdefault(section, {})[key] = value
+        elif name in Settings.SECTIONS:
+            try:
+                found[name] = json.loads(value)
+            except ValueError:
+                found[name] = value  # refused by the section's rule, naming the value
+        elif name in names:
+            found[name] = value
+    for section, values in keys.items():
+        whole = found.get(section, {})  # not a JSON object: kept, to be refused by its rule
+        found[section] = {**whole, **values} if isinstance(whole, dict) else whole
+    return found
 
-    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
-        return None, field_name, False
 
-    def __call__(self) -> dict[str, Any]:
-        path = config_path()
-        return read_config_file(path) if path else {}
+def _merge(*sources: Mapping[str, Any]) -> dict[str, Any]:
+    """Later sources win; a section given as a mapping by several is merged key by key."""
+    merged: dict[str, Any] = {}
+    for source in sources:
+        for key, value in source.items():
+            below = merged.get(key)
+            if isinstance(below, Mapping) and isinstance(value, Mapping):
+                value = _merge(below, value)
+            merged[key] = value
+    return merged
 
 
 def load_settings(**overrides: Any) -> Settings:
-    """Settings from all sources; a bad value is one error naming key, value and rule."""
-    try:
-        return Settings(**overrides)
-    except ValidationError as error:
-        problems = []
-        for item in error.errors():
-            key = ".".join(str(part) for part in item["loc"])
-            value = item.get("input")
-            problems.append(f"{key}={value!r}: {item['msg']}")
-        raise ConfigurationError("invalid settings: " + "; ".join(problems)) from None
+    """Settings from all sources, highest first: `overrides`, the environment, the config
+    file, the defaults. Bad values are one error naming each key, value and rule."""
+    path = config_path()
+    merged = _merge(read_config_file(path) if path else {}, read_environment(), overrides)
+    values, problems = _parse(Settings, merged)
+    if problems:
+        raise ConfigurationError(_describe(problems))
+    return Settings(**values)
 
 
 @functools.lru_cache(maxsize=1)

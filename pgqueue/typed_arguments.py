@@ -14,14 +14,16 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import sys
 import types
 import typing
 from collections.abc import Callable, Mapping
-from typing import Any
-
-import pydantic
+from typing import TYPE_CHECKING, Any
 
 from pgqueue.errors import InvalidTaskArguments
+
+if TYPE_CHECKING:  # imported when a task has a structured parameter, not before
+    import pydantic
 
 #: Errors listed in one message at most; the rest are counted.
 MAX_LISTED_ERRORS = 3
@@ -30,7 +32,11 @@ MAX_LISTED_ERRORS = 3
 def _is_structured(annotation: Any) -> bool:
     """A pydantic model or a dataclass, alone or inside Optional/Union/list/dict/..."""
     if isinstance(annotation, type):
-        return issubclass(annotation, pydantic.BaseModel) or dataclasses.is_dataclass(annotation)
+        # No pydantic imported yet means no class can be a pydantic model.
+        model = getattr(sys.modules.get("pydantic"), "BaseModel", None)
+        return dataclasses.is_dataclass(annotation) or (
+            model is not None and issubclass(annotation, model)
+        )
     origin = typing.get_origin(annotation)
     if origin is typing.Annotated:
         return _is_structured(typing.get_args(annotation)[0])
@@ -67,6 +73,8 @@ class TypedArguments:
     """The structured parameters of one task, each with the pydantic adapter of its type."""
 
     def __init__(self, task_name: str, annotations: dict[str, Any]) -> None:
+        import pydantic
+
         self.task_name = task_name
         self.annotations = annotations
         self.adapters = {name: pydantic.TypeAdapter(hint) for name, hint in annotations.items()}
@@ -86,6 +94,8 @@ class TypedArguments:
 
     def validate(self, arguments: dict[str, Any]) -> dict[str, Any]:
         """Check the typed arguments of a .delay() call; they are stored as their JSON form."""
+        import pydantic
+
         checked = dict(arguments)
         for name, adapter in self.adapters.items():
             if name not in checked:
@@ -102,6 +112,8 @@ class TypedArguments:
 
     def problem(self, kwargs: Mapping[str, Any]) -> str | None:
         """Why stored arguments cannot be rebuilt as the annotated types, or None."""
+        import pydantic
+
         for name, adapter in self.adapters.items():
             if name in kwargs:
                 try:

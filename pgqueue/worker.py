@@ -211,9 +211,9 @@ class WorkerManager:
             if uncovered <= 0 and (self._buffer or not ahead):
                 await self._wait_for_a_slot()
                 continue
-            sent = time.perf_counter()
+            sent, asked = time.perf_counter(), uncovered + ahead
             try:
-                tasks = await self.broker.claim(uncovered + ahead, self.polling_interval)
+                tasks = await self.broker.claim(asked, self.polling_interval)
             except Exception:
                 if self._stopping:
                     break
@@ -225,6 +225,10 @@ class WorkerManager:
                     self._buffered_at = time.monotonic()
                 self._buffer.extend(tasks)
                 self._start_buffered()
+                if len(tasks) < asked:
+                    # The queue ran dry, so the next claim most likely finds nothing: let the
+                    # runs just started begin before it is sent (a wake-up's latency).
+                    await asyncio.sleep(0)
 
     async def _wait_for_a_slot(self) -> None:
         self._slot_freed.clear()

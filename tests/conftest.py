@@ -187,7 +187,7 @@ def rabbitmq_settings(settings: Settings, rabbitmq_url: str, dsn: str) -> Iterat
     prefix = f"pgqt-{uuid.uuid4().hex[:10]}"
     chosen = load_settings(
         **{
-            **settings.model_dump(),
+            **settings.to_dict(),
             "broker": "rabbitmq",
             "rabbitmq_url": rabbitmq_url,
             "rabbitmq_prefix": prefix,
@@ -290,7 +290,7 @@ def start_worker(settings: Settings) -> Iterator[Callable[..., InProcessWorker]]
         **setting_overrides: Any,
     ) -> InProcessWorker:
         chosen = worker_settings or (
-            load_settings(**{**settings.model_dump(), **setting_overrides})
+            load_settings(**{**settings.to_dict(), **setting_overrides})
             if setting_overrides
             else settings
         )

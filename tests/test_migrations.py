@@ -197,7 +197,7 @@ def test_non_default_schema_end_to_end(
     assert "pgqueue schema 'jobs' is at revision" in out
     assert "tasks" in schema_objects(dsn, "jobs")["tables"]
 
-    jobs_settings = load_settings(**{**settings.model_dump(), "schema_name": "jobs"})
+    jobs_settings = load_settings(**{**settings.to_dict(), "schema_name": "jobs"})
     manager = TaskManager(settings=jobs_settings)
     try:
         with psycopg.connect(dsn, autocommit=True) as listener:

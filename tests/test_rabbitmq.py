@@ -178,7 +178,7 @@ def test_cancelled_task_is_not_run(rtm: TaskManager, rworker: Callable[..., Any]
 def test_without_status_tracking_tasks_run_without_records(
     rabbitmq_settings: Settings, start_worker: Callable[..., Any], db: Any
 ) -> None:
-    untracked = load_settings(**{**rabbitmq_settings.model_dump(), "status_tracking": False})
+    untracked = load_settings(**{**rabbitmq_settings.to_dict(), "status_tracking": False})
     manager = TaskManager(settings=untracked)
     calls.clear()
     failures_left["u"] = 1
@@ -256,7 +256,7 @@ def test_unreachable_broker_is_a_clear_error_and_writes_nothing(
     rabbitmq_settings: Settings, db: Any
 ) -> None:
     broken = load_settings(
-        **{**rabbitmq_settings.model_dump(), "rabbitmq_url": "amqp://guest:guest@127.0.0.1:1/"}
+        **{**rabbitmq_settings.to_dict(), "rabbitmq_url": "amqp://guest:guest@127.0.0.1:1/"}
     )
     manager = TaskManager(settings=broken)
     try:

@@ -3,14 +3,19 @@ defaults; PGQUEUE_CONFIG; unknown keys and bad values refused naming key, value 
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from pgqueue.errors import ConfigurationError, PgQueueError
-from pgqueue.settings import get_settings, load_settings
+from pgqueue.settings import Settings, get_settings, load_settings
+
+ROOT = Path(__file__).resolve().parents[1]
 
 SEED_CONFIG = """\
 # config/services.yaml, as the seed documents it
@@ -198,3 +203,45 @@ def test_config_without_task_section_means_defaults(tmp_path: Path) -> None:
     assert settings.defaults.queue == "default" and settings.lease_seconds == 30.0
     write_config(tmp_path, "")
     assert load_settings().defaults.queue == "default"
+
+
+def test_sections_from_json_and_nested_variables(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PGQUEUE_RABBITMQ", '{"host": "json-host", "port": 1}')
+    monkeypatch.setenv("PGQUEUE_RABBITMQ__PORT", "5674")  # one key over the JSON object
+    monkeypatch.setenv("pgqueue_status_tracking", "Off")  # names without regard to case
+    settings = load_settings()
+    assert (settings.rabbitmq.host, settings.rabbitmq.port) == ("json-host", 5674)
+    assert settings.status_tracking is False
+    monkeypatch.setenv("PGQUEUE_RABBITMQ", "not json")
+    with pytest.raises(ConfigurationError, match=r"rabbitmq='not json': .*valid dictionary"):
+        load_settings()
+
+
+def test_copies_and_plain_values_keep_the_rules() -> None:
+    settings = load_settings(rabbitmq={"password": "s3cret"}, imports="a, b")
+    assert "s3cret" not in repr(settings) and "s3cret" not in str(settings.rabbitmq.password)
+    plain = settings.to_dict()
+    assert plain["rabbitmq"]["password"] == "s3cret" and plain["imports"] == ["a", "b"]
+    assert load_settings(**plain) == settings
+    assert list(plain) == list(Settings.field_names())
+    assert dataclasses.replace(settings, lease_seconds="5").lease_seconds == 5.0
+    with pytest.raises(ConfigurationError, match=r"lease_seconds=-1: .*greater than 0"):
+        dataclasses.replace(settings, lease_seconds=-1)
+
+
+def test_worker_import_leaves_pydantic_and_yaml_out(tmp_path: Path) -> None:
+    """The worker's memory: pydantic, pydantic-settings and PyYAML are not imported by
+    pgqueue itself (without a config file; typed arguments import pydantic when used)."""
+    code = (
+        "import sys, pgqueue.cli.worker, pgqueue.settings as s; s.get_settings(); "
+        "print([m for m in ('pydantic', 'pydantic_settings', 'yaml') if m in sys.modules])"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert (result.returncode, result.stdout.strip()) == (0, "[]"), result.stderr

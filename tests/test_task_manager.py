@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import datetime
 import os
 import subprocess
@@ -102,8 +103,8 @@ def test_queue_task_by_name_needs_no_import(tm: TaskManager, db: psycopg.Connect
 
 
 def test_settings_defaults_apply(settings: Settings, db: psycopg.Connection[Any]) -> None:
-    custom = settings.model_copy(
-        update={"defaults": settings.defaults.model_copy(update={"queue": "q2", "max_retries": 9})}
+    custom = dataclasses.replace(
+        settings, defaults=dataclasses.replace(settings.defaults, queue="q2", max_retries=9)
     )
     manager = TaskManager(settings=custom)
     try:

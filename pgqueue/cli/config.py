@@ -27,7 +27,7 @@ def sources(settings: Settings) -> dict[str, str]:
     path = config_path()
     from_file = read_config_file(path) if path else {}
     found = {}
-    for name in Settings.model_fields:
+    for name in Settings.field_names():
         env_name = f"PGQUEUE_{name.upper()}"
         if env_name in os.environ or any(key.startswith(env_name + "__") for key in os.environ):
             found[name] = f"env {env_name}"
@@ -48,7 +48,7 @@ def config() -> None:
 def show(as_json: bool) -> None:
     """Print the effective settings with their source; passwords masked."""
     settings = get_settings()
-    values = mask(settings.model_dump(mode="json"))
+    values = mask(settings.to_dict())
     assert isinstance(values, dict)
     origin = sources(settings)
     if as_json:
