@@ -14,9 +14,11 @@ $$;
 -- name: claim_tasks
 -- Atomically take up to p_limit due tasks from p_queues, highest priority first, then
 -- oldest run_at, then id; mark them RUNNING under a fresh lease and fencing token.
+-- The first p_start_now start at once; the others are claimed ahead (see started_at).
 -- One index scan per queue (LATERAL), so each scan reads the partial index in order.
 CREATE OR REPLACE FUNCTION pgqueue.claim_tasks(
-    p_queues text[], p_limit integer, p_worker_id text, p_lease_seconds double precision
+    p_queues text[], p_limit integer, p_worker_id text, p_lease_seconds double precision,
+    p_start_now integer DEFAULT NULL
 ) RETURNS SETOF pgqueue.tasks
 LANGUAGE sql AS $$
     WITH candidates AS (
@@ -43,7 +45,14 @@ LANGUAGE sql AS $$
         UPDATE pgqueue.tasks AS t
         SET status = 'RUNNING',
             attempts = t.attempts + 1,
-            started_at = now(),
+            -- Rows past the first start-now ones wait in the worker's buffer (claimed ahead):
+            -- started_at stays NULL until the worker records their start (mark_started), so a
+            -- rescue knows they never ran (rescue_expired_leases). NULL: all start now.
+            started_at = CASE WHEN p_start_now IS NULL
+                                OR t.id = ANY (ARRAY(SELECT c.id FROM candidates AS c
+                                                     ORDER BY c.priority DESC, c.run_at, c.id
+                                                     LIMIT p_start_now))
+                              THEN now() END,
             worker_id = p_worker_id,
             lease_expires_at = now() + make_interval(secs => p_lease_seconds),
             lease_token = t.lease_token + 1
@@ -155,34 +164,68 @@ $$;
 -- name: rescue_expired_leases
 -- Tasks whose worker vanished (lease expired): the lost run counts as an attempt, so a
 -- task that kills its worker ends FAILED ("worker lost") instead of looping forever.
+-- A task the lost worker had claimed ahead and not started (started_at NULL) never ran:
+-- it goes back to PENDING with its attempt given back, as release_tasks does. Its start
+-- is recorded a few milliseconds after it begins, so a task that kills its worker within
+-- them looks unstarted: after MAX_UNSTARTED_RESCUES such rescues its attempts count.
 CREATE OR REPLACE FUNCTION pgqueue.rescue_expired_leases() RETURNS integer
 LANGUAGE plpgsql AS $$
 DECLARE
+    max_unstarted_rescues CONSTANT integer := 3;
     rescued integer;
     queues text[];
 BEGIN
     WITH expired AS (
-        SELECT t.id FROM pgqueue.tasks AS t
+        SELECT t.id, (t.started_at IS NULL AND t.unstarted_rescues < max_unstarted_rescues)
+                     AS unstarted
+        FROM pgqueue.tasks AS t
         WHERE t.status = 'RUNNING' AND t.lease_expires_at < now()
         FOR UPDATE SKIP LOCKED
     ), moved AS (
         UPDATE pgqueue.tasks AS t
-        SET status = CASE WHEN t.attempts > t.max_retries THEN 'FAILED'
+        SET status = CASE WHEN expired.unstarted THEN 'PENDING'
+                          WHEN t.attempts > t.max_retries THEN 'FAILED'
                           ELSE 'RETRYING' END::pgqueue.task_status,
-            finished_at = CASE WHEN t.attempts > t.max_retries THEN now() END,
-            run_at = CASE WHEN t.attempts > t.max_retries THEN t.run_at ELSE now() END,
-            error = format('worker lost: worker %s stopped renewing its lease (expired at %s)',
-                           t.worker_id, t.lease_expires_at),
+            attempts = CASE WHEN expired.unstarted THEN greatest(t.attempts - 1, 0)
+                            ELSE t.attempts END,
+            unstarted_rescues = t.unstarted_rescues + expired.unstarted::integer,
+            finished_at = CASE WHEN NOT expired.unstarted AND t.attempts > t.max_retries
+                               THEN now() END,
+            run_at = CASE WHEN expired.unstarted OR t.attempts > t.max_retries THEN t.run_at
+                          ELSE now() END,
+            error = CASE WHEN expired.unstarted THEN t.error
+                         ELSE format('worker lost: worker %s stopped renewing its lease '
+                                     '(expired at %s)', t.worker_id, t.lease_expires_at) END,
+            worker_id = CASE WHEN expired.unstarted THEN NULL ELSE t.worker_id END,
             lease_expires_at = NULL
         FROM expired
         WHERE t.id = expired.id
         RETURNING t.queue, t.status
     )
-    SELECT count(*), array_agg(DISTINCT queue) FILTER (WHERE status = 'RETRYING')
+    SELECT count(*), array_agg(DISTINCT queue) FILTER (WHERE status <> 'FAILED')
     INTO rescued, queues FROM moved;
     PERFORM pg_notify('pgqueue.tasks', q) FROM unnest(queues) AS q;
     RETURN rescued;
 END;
+$$;
+
+-- name: mark_started
+-- The worker started tasks it had claimed ahead: record when (they were claimed with
+-- started_at NULL). Written with the completions, fenced like them; returns how many.
+CREATE OR REPLACE FUNCTION pgqueue.mark_started(
+    p_ids uuid[], p_tokens integer[], p_started timestamptz[]
+) RETURNS integer
+LANGUAGE sql AS $$
+    WITH marked AS (
+        UPDATE pgqueue.tasks AS t
+        SET started_at = held.started_at
+        FROM unnest(p_ids, p_tokens, p_started) AS held(id, token, started_at)
+        -- status::text: a primary-key lookup per element (see complete_tasks).
+        WHERE t.id = held.id AND t.lease_token = held.token AND t.status::text = 'RUNNING'
+          AND t.started_at IS NULL
+        RETURNING 1
+    )
+    SELECT count(*)::integer FROM marked;
 $$;
 
 -- name: cancel_task

@@ -29,7 +29,8 @@ SELECT * FROM pgqueue.tasks WHERE id = %(id)s;
 -- the two identical), as a statement the worker prepares: PostgreSQL 15 plans a SQL
 -- function's body at every call, 0.3-0.4 ms of a claim's 1.5 ms on an idle server, which
 -- is most of a wake-up. Returns the columns a run needs, in the order brokers/postgres.py
--- reads them, kwargs as text.
+-- reads them, kwargs as text, and the claim's time as started_at of the tasks claimed ahead
+-- (the worker moves it on to their real start).
 WITH candidates AS (
     SELECT due.id, due.priority, due.run_at
     FROM (
@@ -52,7 +53,14 @@ WITH candidates AS (
     UPDATE pgqueue.tasks AS t
     SET status = 'RUNNING',
         attempts = t.attempts + 1,
-        started_at = now(),
+        -- Rows past the first start-now ones wait in the worker's buffer (claimed ahead):
+        -- started_at stays NULL until the worker records their start (mark_started), so a
+        -- rescue knows they never ran (rescue_expired_leases). NULL: all start now.
+        started_at = CASE WHEN %(start_now)s::integer IS NULL
+                            OR t.id = ANY (ARRAY(SELECT c.id FROM candidates AS c
+                                                 ORDER BY c.priority DESC, c.run_at, c.id
+                                                 LIMIT %(start_now)s::integer))
+                          THEN now() END,
         worker_id = %(worker_id)s::text,
         lease_expires_at = now() + make_interval(secs => %(lease_seconds)s::double precision),
         lease_token = t.lease_token + 1
@@ -60,7 +68,7 @@ WITH candidates AS (
     RETURNING t.*
 )
 SELECT id, name, queue, priority, kwargs::text, attempts, max_retries, run_at, created_at,
-       started_at, error, worker_id, lease_expires_at, lease_token, unique_key
+       coalesce(started_at, now()), error, worker_id, lease_expires_at, lease_token, unique_key
 FROM claimed ORDER BY priority DESC, run_at, id;
 
 -- name: seconds_until_next_task
@@ -82,6 +90,12 @@ SELECT pgqueue.complete_tasks(%(ids)s, %(tokens)s, %(results)s::jsonb[]);
 SELECT pgqueue.complete_tasks(
     %(ids)b::uuid[], %(tokens)b::integer[], %(results)b::text[]::jsonb[],
     %(started)b::timestamptz[]
+);
+
+-- name: mark_started
+-- Tasks claimed ahead have started (sql/functions.sql); binary parameters as above.
+SELECT pgqueue.mark_started(
+    %(ids)b::uuid[], %(tokens)b::integer[], %(started)b::timestamptz[]
 );
 
 -- name: fail_task

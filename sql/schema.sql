@@ -27,7 +27,11 @@ CREATE TABLE pgqueue.tasks (
     -- every claim increments, so a worker whose lease was taken over writes nothing.
     worker_id        text,
     lease_expires_at timestamptz,
-    lease_token      integer NOT NULL DEFAULT 0
+    lease_token      integer NOT NULL DEFAULT 0,
+    -- Rescues that gave back the attempt of a task claimed ahead by a lost worker and not
+    -- started (started_at NULL): bounded, so a task that kills its worker before its start
+    -- is recorded still ends FAILED (rescue_expired_leases).
+    unstarted_rescues integer NOT NULL DEFAULT 0
 );
 
 -- Only runnable rows: finished tasks never slow the claim, however many pile up.

@@ -22,6 +22,7 @@ from pgqueue.queries import queries
 QUEUE = "ahead"
 ran: list[str] = []
 gate = threading.Event()
+second_gate = threading.Event()
 
 
 @AsyncTask(queue=QUEUE)
@@ -37,6 +38,12 @@ def blocker() -> None:
 
 
 @AsyncTask(queue=QUEUE)
+def waiter(label: str) -> None:
+    ran.append(label)
+    assert second_gate.wait(30), "the test never opened the second gate"
+
+
+@AsyncTask(queue=QUEUE)
 def slow(label: str) -> None:
     time.sleep(0.1)
     ran.append(label)
@@ -46,8 +53,10 @@ def slow(label: str) -> None:
 def _reset() -> Any:
     ran.clear()
     gate.clear()
+    second_gate.clear()
     yield
     gate.set()  # never leave a worker thread blocked
+    second_gate.set()
 
 
 def rows(db: Any, ids: list[uuid.UUID]) -> list[tuple[str, int, str | None]]:
@@ -134,6 +143,35 @@ def test_started_at_is_when_a_held_task_really_started(
     worker.stop()
 
 
+def test_the_start_of_a_held_task_is_recorded_while_it_runs(
+    tm: TaskManager, db: Any, start_worker: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Held tasks are RUNNING with started_at NULL (not started: a rescue would give their
+    attempt back); one that starts gets its started_at written without waiting for its end."""
+    monkeypatch.setattr(worker_module, "BUFFER_HOLD_SECONDS", 60.0)
+    worker = start_worker(queues=[QUEUE], concurrency=1)
+    warm = quick.delay(label="warm")
+    wait_until(lambda: rows(db, [warm])[0][0] == "COMPLETED")
+    blocker.delay()
+    wait_until(lambda: "blocker" in ran)
+    first, second = tm.queue_tasks(waiter, [{"label": "w1"}, {"label": "w2"}])
+
+    def started(task_id: uuid.UUID) -> tuple[str, bool]:
+        status, started_at = db.execute(
+            "SELECT status::text, started_at FROM pgqueue.tasks WHERE id = %s", (task_id,)
+        ).fetchone()
+        return status, started_at is not None
+
+    wait_until(lambda: started(first) == started(second) == ("RUNNING", False))
+    gate.set()  # the blocker ends; `first` starts and blocks; `second` stays held
+    wait_until(lambda: "w1" in ran)
+    wait_until(lambda: started(first) == ("RUNNING", True))
+    assert started(second) == ("RUNNING", False) and "w2" not in ran
+    second_gate.set()
+    wait_until(lambda: [row[0] for row in rows(db, [first, second])] == ["COMPLETED"] * 2)
+    worker.stop()
+
+
 def test_long_runs_are_not_claimed_ahead(tm: TaskManager, db: Any, start_worker: Any) -> None:
     ids = tm.queue_tasks(slow, [{"label": f"s{n}"} for n in range(8)])
     worker = start_worker(queues=[QUEUE], concurrency=2)
@@ -173,6 +211,7 @@ def test_the_worker_claim_statement_is_the_claim_tasks_function(db: Any) -> None
         "p_limit": "%(limit)s::integer",
         "p_worker_id": "%(worker_id)s::text",
         "p_lease_seconds": "%(lease_seconds)s::double precision",
+        "p_start_now": "%(start_now)s::integer",
     }.items():
         body = body.replace(name, placeholder)
     function_cte, _, function_tail = _normalized(body).rpartition(") SELECT ")

@@ -137,6 +137,7 @@ def test_rescue_puts_back_expired_leases(settings: Settings, tm: TaskManager, db
     spent = worker_tasks.record.delay(label="spent", max_retries=0)
     db.execute(
         "UPDATE pgqueue.tasks SET status = 'RUNNING', attempts = 1, worker_id = 'gone:1:x',"
+        " started_at = now(),"  # runs that started (a claimed-ahead one would be given back)
         " lease_expires_at = now() + CASE WHEN id = %s THEN interval '1 hour'"
         " ELSE interval '-1 second' END",
         (alive,),

@@ -347,6 +347,84 @@ def test_rescue_counts_the_attempt_and_fails_when_retries_are_spent(
     assert status_of(db, retried)["status_text"] == "FAILED"
 
 
+def claim_starting(db: psycopg.Connection[Any], start_now: int) -> list[tuple[uuid.UUID, int]]:
+    return db.execute(
+        "SELECT id, lease_token FROM pgqueue.claim_tasks(%s, 10, 'worker-1', 30, %s)",
+        (["default"], start_now),
+    ).fetchall()
+
+
+def expire_leases(db: psycopg.Connection[Any]) -> None:
+    db.execute(
+        "UPDATE pgqueue.tasks SET lease_expires_at = now() - interval '1 second' "
+        "WHERE status = 'RUNNING'"
+    )
+
+
+def test_claim_marks_only_the_first_start_now_tasks_started(
+    db: psycopg.Connection[Any],
+) -> None:
+    first, second, third = (add(db, priority=p) for p in (3, 2, 1))
+    assert [row[0] for row in claim_starting(db, 1)] == [first, second, third]
+    assert status_of(db, first)["started_at"] is not None
+    assert status_of(db, second)["started_at"] is None  # claimed ahead, not started
+    assert status_of(db, third)["started_at"] is None
+    assert all(status_of(db, t)["attempts"] == 1 for t in (first, second, third))
+
+
+def test_rescue_gives_back_tasks_claimed_ahead_that_never_started(
+    db: psycopg.Connection[Any],
+) -> None:
+    """The lost worker had started `ran` and held `waiting` and `marked` in its buffer; it
+    recorded the start of `marked` only. max_retries=0: one lost attempt fails a task."""
+    ran, waiting, marked = (add(db, priority=p, max_retries=0) for p in (3, 2, 1))
+    tokens = dict(claim_starting(db, 1))
+    started = db.execute(
+        "SELECT pgqueue.mark_started(%s, %s, ARRAY[now()])", ([marked], [tokens[marked]])
+    ).fetchone()
+    assert started == (1,)
+    expire_leases(db)
+    assert db.execute("SELECT pgqueue.rescue_expired_leases()").fetchone() == (3,)
+
+    row = status_of(db, waiting)  # never ran: back in the queue, attempt given back
+    assert (row["status_text"], row["attempts"], row["unstarted_rescues"]) == ("PENDING", 0, 1)
+    assert row["worker_id"] is None and row["error"] is None and row["finished_at"] is None
+    for lost in (ran, marked):  # these ran: the lost run counts, as before
+        row = status_of(db, lost)
+        assert (row["status_text"], row["attempts"]) == ("FAILED", 1)
+        assert row["error"].startswith("worker lost")
+    # The given-back task is claimed again, first attempt again.
+    assert [(row[0], row[2]) for row in claim(db)] == [(waiting, 1)]
+
+
+def test_unstarted_rescues_are_bounded(db: psycopg.Connection[Any]) -> None:
+    """A task that kills its worker before its start is recorded looks unstarted: after
+    three rescues that gave its attempt back, the next one counts, so it cannot loop."""
+    task_id = add(db, max_retries=0)
+    for rescues in (1, 2, 3):
+        claim_starting(db, 0)
+        expire_leases(db)
+        db.execute("SELECT pgqueue.rescue_expired_leases()")
+        row = status_of(db, task_id)
+        assert (row["status_text"], row["unstarted_rescues"]) == ("PENDING", rescues)
+    claim_starting(db, 0)
+    expire_leases(db)
+    db.execute("SELECT pgqueue.rescue_expired_leases()")
+    row = status_of(db, task_id)
+    assert (row["status_text"], row["attempts"]) == ("FAILED", 1)
+    assert row["error"].startswith("worker lost")
+
+
+def test_mark_started_is_fenced_and_writes_once(db: psycopg.Connection[Any]) -> None:
+    task_id = add(db)
+    [(_, token)] = claim_starting(db, 0)
+    mark = "SELECT pgqueue.mark_started(%s, %s, ARRAY[%s::timestamptz])"
+    assert db.execute(mark, ([task_id], [token + 1], "2026-01-01")).fetchone() == (0,)
+    assert db.execute(mark, ([task_id], [token], "2026-01-02 00:00Z")).fetchone() == (1,)
+    assert db.execute(mark, ([task_id], [token], "2026-01-03 00:00Z")).fetchone() == (0,)
+    assert status_of(db, task_id)["started_at"].isoformat().startswith("2026-01-02")
+
+
 # -- notifications -------------------------------------------------------------------------
 
 
@@ -421,13 +499,14 @@ def test_claim_inner_scan_uses_the_runnable_index(db: psycopg.Connection[Any]) -
     body = db.execute(
         "SELECT prosrc FROM pg_proc WHERE oid = 'pgqueue.claim_tasks'::regproc"
     ).fetchone()[0]  # type: ignore[index]
-    for number, name in enumerate(("p_queues", "p_limit", "p_worker_id", "p_lease_seconds"), 1):
+    parameters = ("p_queues", "p_limit", "p_worker_id", "p_lease_seconds", "p_start_now")
+    for number, name in enumerate(parameters, 1):
         body = body.replace(name, f"${number}")
-    db.execute(f"PREPARE claim_body(text[], integer, text, double precision) AS {body}")
+    db.execute(f"PREPARE claim_body(text[], integer, text, double precision, integer) AS {body}")
     plan = "\n".join(
         row[0]
         for row in db.execute(
-            "EXPLAIN EXECUTE claim_body(ARRAY['q1', 'q2'], 10, 'w', 30)"
+            "EXPLAIN EXECUTE claim_body(ARRAY['q1', 'q2'], 10, 'w', 30, 2)"
         ).fetchall()
     )
     assert "tasks_runnable_idx" in plan, plan

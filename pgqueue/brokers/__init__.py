@@ -61,8 +61,18 @@ class Broker(abc.ABC):
         """
 
     @abc.abstractmethod
-    async def claim(self, limit: int, wait_seconds: float) -> list[Task]:
-        """Up to `limit` tasks to run now, waiting up to `wait_seconds` for the first one."""
+    async def claim(
+        self, limit: int, wait_seconds: float, start_now: int | None = None
+    ) -> list[Task]:
+        """Up to `limit` tasks, waiting up to `wait_seconds` for the first one.
+
+        The first `start_now` (None: all) start at once; the others wait in the worker's
+        buffer (claimed ahead), and the worker calls `started` as each one starts.
+        """
+
+    def started(self, task: Task) -> None:  # noqa: B027 - optional hook
+        """A task claimed ahead has started, at `task.started_at` (database: recorded, so
+        that the rescue of a lost worker knows which of its tasks ran)."""
 
     @abc.abstractmethod
     async def finish(self, outcome: Outcome) -> None:

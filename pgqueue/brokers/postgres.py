@@ -175,11 +175,13 @@ class PostgresBroker(Broker):
         )
         self._registry.start()
 
-    async def claim(self, limit: int, wait_seconds: float) -> list[Task]:
+    async def claim(
+        self, limit: int, wait_seconds: float, start_now: int | None = None
+    ) -> list[Task]:
         deadline = time.monotonic() + wait_seconds
         while not self._interrupted:
             self._wake.clear()
-            tasks = await self._retrying("claim", lambda: self._claim(limit))
+            tasks = await self._retrying("claim", lambda: self._claim(limit, start_now))
             if tasks:
                 return tasks
             until_next = await self._retrying("next due task", self._seconds_until_next_task)
@@ -195,7 +197,7 @@ class PostgresBroker(Broker):
                     return []
         return []
 
-    async def _claim(self, limit: int) -> list[Task]:
+    async def _claim(self, limit: int, start_now: int | None) -> list[Task]:
         async with self.database.async_connection() as conn:
             cursor = await conn.execute(
                 self.database.queries["claim_tasks"],
@@ -204,6 +206,7 @@ class PostgresBroker(Broker):
                     "limit": limit,
                     "worker_id": self._worker_id,
                     "lease_seconds": self.lease_seconds,
+                    "start_now": start_now,
                 },
                 prepare=True,  # planned once per connection, not at every claim
             )
@@ -220,6 +223,10 @@ class PostgresBroker(Broker):
     async def finish(self, outcome: Outcome) -> None:
         assert self._completer is not None, "open() the broker first"
         self._completer.add(outcome)
+
+    def started(self, task: Task) -> None:
+        assert self._completer is not None, "open() the broker first"
+        self._completer.add_start(task)
 
     async def heartbeat(self, tasks: Sequence[Task]) -> set[uuid.UUID]:
         if self._registry is not None:

@@ -184,7 +184,9 @@ class RabbitMQBroker(Broker):
             asyncio.create_task(self._stay_connected(), name="pgqueue-rabbitmq")
         )
 
-    async def claim(self, limit: int, wait_seconds: float) -> list[Task]:
+    async def claim(
+        self, limit: int, wait_seconds: float, start_now: int | None = None
+    ) -> list[Task]:
         if self._prefetch == 0:  # opened without WorkerInfo: the first claim asks for all slots
             self._start_consuming(limit)
         deadline = time.monotonic() + wait_seconds

@@ -93,3 +93,36 @@ def test_poison_task_ends_failed_worker_lost(
     wait_until(lambda: all_finished(fault_db, [healthy]), timeout=20)
     assert_exactly_once(fault_db, [healthy])
     wait_for_worker_ready(fault_db)
+
+
+def test_sigkill_gives_back_the_tasks_claimed_ahead(
+    fault_db: psycopg.Connection[Any], faults_tm: TaskManager, pool: WorkerPool
+) -> None:
+    """A worker SIGKILLed while holding tasks claimed ahead of a free slot: they never ran,
+    so they go back to the queue with their attempt given back and run once elsewhere,
+    even with max_retries=0; the run it had started counts as an attempt, as always."""
+    victim = pool.spawn(concurrency=1, lease=1.0)
+    warm = faults_tm.queue_task(fault_tasks.effect, n=0)  # a short run: it now claims ahead
+    wait_until(lambda: all_finished(fault_db, [warm]), timeout=30)
+    blocker = faults_tm.queue_task(fault_tasks.effect, n=1, sleep=60, max_retries=0)
+    wait_until(lambda: execution_count(fault_db) == 2, timeout=30)
+    held = faults_tm.queue_tasks(
+        fault_tasks.effect, [{"n": 10 + i} for i in range(5)], max_retries=0
+    )
+    # The only slot is busy: these are RUNNING only because the worker claimed ahead.
+    claimed_ahead = (
+        "SELECT count(*) FROM pgqueue.tasks"
+        " WHERE id = ANY(%s) AND status = 'RUNNING' AND started_at IS NULL"
+    )
+    wait_until(lambda: fault_db.execute(claimed_ahead, (held,)).fetchone() == (5,), timeout=30)
+    victim.kill()
+
+    pool.spawn(concurrency=4, lease=1.0)
+    wait_until(lambda: all_finished(fault_db, [blocker, *held]), timeout=60)
+    for task_id in held:
+        row = task_row(fault_db, task_id)
+        assert (row["status"], row["attempts"], row["error"]) == ("COMPLETED", 1, None)
+    assert_exactly_once(fault_db, held)
+    row = task_row(fault_db, blocker)
+    assert (row["status"], row["attempts"]) == ("FAILED", 1)
+    assert row["error"].startswith("worker lost")
