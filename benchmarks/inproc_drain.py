@@ -41,9 +41,7 @@ def main() -> None:
 
     claims: list[tuple[int, int, float]] = []
     flushes: list[tuple[int, float]] = []
-    marks: list[int] = []  # start marks written apart from a completion (claimed ahead)
     claim, write = PostgresBroker._claim, completer.Completer._write
-    mark = completer.Completer._mark_started
 
     async def timed_claim(self: PostgresBroker, limit: int, start_now: int | None) -> list:  # type: ignore[type-arg]
         started = time.perf_counter()
@@ -51,18 +49,13 @@ def main() -> None:
         claims.append((limit, len(tasks), time.perf_counter() - started))
         return tasks
 
-    async def timed_write(self: completer.Completer, batch: list, starts: list) -> None:  # type: ignore[type-arg]
+    async def timed_write(self: completer.Completer, batch: list) -> None:  # type: ignore[type-arg]
         started = time.perf_counter()
-        await write(self, batch, starts)
+        await write(self, batch)
         flushes.append((len(batch), time.perf_counter() - started))
-
-    async def counted_mark(self: completer.Completer, conn: object, tasks: list) -> None:  # type: ignore[type-arg]
-        marks.append(len(tasks))
-        await mark(self, conn, tasks)  # type: ignore[arg-type]
 
     PostgresBroker._claim = timed_claim  # type: ignore[method-assign]
     completer.Completer._write = timed_write  # type: ignore[method-assign]
-    completer.Completer._mark_started = counted_mark  # type: ignore[method-assign]
     worker = WorkerManager(settings=load_settings(dsn=DSN))
     worker.set_queues(["probe"])
     worker.set_concurrent_tasks(concurrency)
@@ -84,8 +77,7 @@ def main() -> None:
         print(
             f"c={concurrency}: {n / wall:,.0f} tasks/s in {wall:.2f} s, CPU {cpu / n * 1e6:.0f} "
             f"us/task; {len(claims)} claims asked {asked:.0f} got {got:.0f} in {claim_ms:.2f} "
-            f"ms; {len(flushes)} flushes of {flush_rows:.0f} in {flush_ms:.2f} ms; "
-            f"{sum(marks)} start marks apart from completions"
+            f"ms; {len(flushes)} flushes of {flush_rows:.0f} in {flush_ms:.2f} ms"
         )
 
     asyncio.run(drain())

@@ -4,8 +4,6 @@ A flush starts as soon as the previous one returns, so at low load an outcome is
 written at once and at high load many share one round trip. Completions are
 written with synchronous_commit off (see brokers/postgres.py): a completion lost
 in a server crash only means the task runs again, which at-least-once allows.
-The starts of tasks claimed ahead travel the same way (mark_started); a start lost
-only means a rescue may give the attempt back (sql/functions.sql).
 """
 
 from __future__ import annotations
@@ -18,18 +16,19 @@ from typing import Any
 import psycopg
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
+from pgqueue.background import BackgroundLoop, Backoff
 from pgqueue.errors import DatabaseUnavailable
-from pgqueue.records import Outcome, OutcomeKind, Task
+from pgqueue.records import Outcome, OutcomeKind
 
 log = logging.getLogger("pgqueue.worker")
 
 MAX_BACKOFF_SECONDS = 5.0
-#: How long a start waits for its run's completion when no other outcome comes meanwhile.
-HELD_START_SECONDS = 0.005
 
 
-class Completer:
+class Completer(BackgroundLoop):
     """A buffer of outcomes and the background flush that writes them."""
+
+    name = "pgqueue-completer"
 
     def __init__(
         self,
@@ -37,28 +36,17 @@ class Completer:
         queries: dict[str, str],
         on_retry_scheduled: Callable[[], None],
     ) -> None:
+        super().__init__()
         self._pool = pool
         self._queries = queries
         self._on_retry_scheduled = on_retry_scheduled
         self._pending: list[Outcome] = []
-        self._starts: list[Task] = []  # reported since the last flush
-        self._held_starts: list[Task] = []  # to write at the next flush, unless completed
         self._ready = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
-        self._task: asyncio.Task[None] | None = None
-
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="pgqueue-completer")
 
     def add(self, outcome: Outcome) -> None:
         self._pending.append(outcome)
-        self._idle.clear()
-        self._ready.set()
-
-    def add_start(self, task: Task) -> None:
-        """A task claimed ahead has started (its started_at says when)."""
-        self._starts.append(task)
         self._idle.clear()
         self._ready.set()
 
@@ -72,48 +60,31 @@ class Completer:
                 "when their leases expire",
                 len(self._pending),
             )
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+        await self.stop()
 
     async def _run(self) -> None:
         while True:
             await self._ready.wait()
             self._ready.clear()
             batch, self._pending = self._pending, []
-            # A start is written one flush late: most runs claimed ahead are short and end
-            # meanwhile, and their completion records the start with no write of its own.
-            completed = {o.task.id for o in batch if o.kind is OutcomeKind.COMPLETED}
-            due = [task for task in self._held_starts if task.id not in completed]
-            self._held_starts = [task for task in self._starts if task.id not in completed]
-            self._starts = []
-            if batch or due:
-                await self._write_until_done(batch, due)
-            if self._held_starts:
-                # Next flush: at once if outcomes came meanwhile, else after a flush's time.
-                asyncio.get_running_loop().call_later(HELD_START_SECONDS, self._ready.set)
-            elif not self._pending and not self._starts:
+            await self._write_until_done(batch)
+            if not self._pending:
                 self._idle.set()
 
-    async def _write_until_done(self, batch: list[Outcome], starts: list[Task]) -> None:
-        backoff = 0.1
+    async def _write_until_done(self, batch: list[Outcome]) -> None:
+        backoff = Backoff(first=0.1, most=MAX_BACKOFF_SECONDS)
         while True:
             try:
-                await self._write(batch, starts)
+                await self._write(batch)
                 return
             except (psycopg.OperationalError, PoolTimeout, DatabaseUnavailable) as error:
-                log.warning("cannot record outcomes (%s); retrying in %.1fs", error, backoff)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, MAX_BACKOFF_SECONDS)
+                await backoff.pause(log, "cannot record outcomes (%s)", error)
 
-    async def _write(self, batch: Sequence[Outcome], starts: Sequence[Task]) -> None:
+    async def _write(self, batch: Sequence[Outcome]) -> None:
         completed = [o for o in batch if o.kind is OutcomeKind.COMPLETED]
         async with self._pool.connection() as conn:
-            if starts:
-                await self._mark_started(conn, starts)
             if len(completed) == len(batch):
-                if completed:
-                    await self._complete(conn, completed)
+                await self._complete(conn, completed)
                 return
             async with conn.transaction():
                 if completed:
@@ -141,18 +112,6 @@ class Completer:
             for outcome in outcomes:
                 if outcome.task.id not in accepted:
                     _lease_lost(outcome, "completion")
-
-    async def _mark_started(
-        self, conn: psycopg.AsyncConnection[Any], tasks: Sequence[Task]
-    ) -> None:
-        await conn.execute(
-            self._queries["mark_started"],
-            {
-                "ids": [task.id for task in tasks],
-                "tokens": [task.lease_token for task in tasks],
-                "started": [task.started_at for task in tasks],
-            },
-        )
 
     async def _release(self, conn: psycopg.AsyncConnection[Any], outcomes: list[Outcome]) -> None:
         if outcomes:

@@ -24,6 +24,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import psycopg
 from psycopg_pool import PoolTimeout
 
+from pgqueue.background import BackgroundLoop, Backoff
 from pgqueue.errors import DatabaseUnavailable, TaskDefinitionError
 from pgqueue.records import new_task_id
 
@@ -188,30 +189,26 @@ async def queue_due_occurrences(
     return queued
 
 
-class CronScheduler:
+class CronScheduler(BackgroundLoop):
     """The loop a worker runs for the cron tasks it imported: sleep until the next
     occurrence, queue it (unless another worker did), repeat."""
+
+    name = "pgqueue-cron"
 
     def __init__(
         self, database: Database, tasks: Sequence[TaskFunction[Any]], defaults: TaskDefaults
     ) -> None:
+        super().__init__()
         self._database = database
         self._tasks = cron_tasks(tasks)
         self._defaults = defaults
-        self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
         if self._tasks:
-            self._task = asyncio.create_task(self._run(), name="pgqueue-cron")
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None
+            super().start()
 
     async def _run(self) -> None:
-        backoff = 0.5
+        backoff = Backoff(first=0.5, most=MAX_SLEEP_SECONDS)
         while True:
             try:
                 async with self._database.async_connection() as conn:
@@ -219,11 +216,9 @@ class CronScheduler:
                         await queue_due_occurrences(
                             conn, self._database.queries, task, self._defaults
                         )
-                backoff = 0.5
+                backoff.reset()
             except (psycopg.OperationalError, PoolTimeout, DatabaseUnavailable) as error:
-                log.warning("cron: database unavailable (%s); retrying in %.1fs", error, backoff)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, MAX_SLEEP_SECONDS)
+                await backoff.pause(log, "cron: database unavailable (%s)", error)
                 continue
             except Exception:  # a bug must not end the schedules of a running worker
                 log.exception("cron: scheduling failed; trying again in %.0fs", MAX_SLEEP_SECONDS)

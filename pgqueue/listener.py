@@ -8,6 +8,7 @@ from collections.abc import Callable, Iterable
 
 import psycopg
 
+from pgqueue.background import BackgroundLoop, Backoff, first_line
 from pgqueue.control import control_channel
 from pgqueue.database import CONNECT_TIMEOUT_SECONDS, KEEPALIVES, describe_dsn
 from pgqueue.queries import notify_channel
@@ -18,7 +19,7 @@ HEALTH_CHECK_SECONDS = 10.0
 MAX_BACKOFF_SECONDS = 10.0
 
 
-class Listener:
+class Listener(BackgroundLoop):
     """Calls `on_wake` when work arrives on one of `queues`, and after every reconnect;
     `on_control` (if given) with the payload of each control message ("cancel <id>").
 
@@ -26,6 +27,8 @@ class Listener:
     query every HEALTH_CHECK_SECONDS notices, and the connection is re-established
     with back-off. Meanwhile the worker's polling interval keeps due tasks moving.
     """
+
+    name = "pgqueue-listener"
 
     def __init__(
         self,
@@ -35,25 +38,17 @@ class Listener:
         on_wake: Callable[[], None],
         on_control: Callable[[str], None] | None = None,
     ) -> None:
+        super().__init__()
         self._dsn = dsn
         self._channel = notify_channel(schema)
         self._control_channel = control_channel(schema)
         self._on_control = on_control
         self._queues = frozenset(queues)
         self._on_wake = on_wake
-        self._task: asyncio.Task[None] | None = None
         self.connected = asyncio.Event()
 
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="pgqueue-listener")
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-
     async def _run(self) -> None:
-        backoff = 0.1
+        backoff = Backoff(first=0.1, most=MAX_BACKOFF_SECONDS)
         while True:
             try:
                 async with await psycopg.AsyncConnection.connect(
@@ -68,21 +63,19 @@ class Listener:
                         await conn.execute(f'LISTEN "{self._control_channel}"')
                     self.connected.set()
                     self._on_wake()  # catch up on whatever was queued while not listening
-                    backoff = 0.1
+                    backoff.reset()
                     await self._listen(conn)
             except psycopg.OperationalError as error:
                 self.connected.clear()
                 task = asyncio.current_task()
                 if task is not None and task.cancelling():  # stop() while connecting
                     raise asyncio.CancelledError from error
-                log.warning(
-                    "LISTEN connection to %s lost (%s); reconnecting in %.1fs",
+                await backoff.pause(
+                    log,
+                    "LISTEN connection to %s lost (%s)",
                     describe_dsn(self._dsn),
-                    str(error).strip().splitlines()[0] if str(error).strip() else error,
-                    backoff,
+                    first_line(error),
                 )
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, MAX_BACKOFF_SECONDS)
 
     async def _listen(self, conn: psycopg.AsyncConnection[object]) -> None:
         while True:

@@ -9,6 +9,7 @@ import time
 import psycopg
 from psycopg_pool import PoolTimeout
 
+from pgqueue.background import BackgroundLoop
 from pgqueue.brokers import CleanupPolicy
 from pgqueue.database import Database
 from pgqueue.errors import DatabaseUnavailable
@@ -31,26 +32,20 @@ def _reraise_pending_cancel() -> None:
         raise asyncio.CancelledError
 
 
-class Maintenance:
+class Maintenance(BackgroundLoop):
     """Rescue runs every few seconds on every worker (cheap, idempotent); cleanup runs
     on one worker at a time (advisory lock) in bounded batches."""
+
+    name = "pgqueue-maintenance"
 
     def __init__(
         self, database: Database, lease_seconds: float, cleanup: CleanupPolicy | None
     ) -> None:
+        super().__init__()
         self._database = database
         self._interval = rescue_interval(lease_seconds)
         self._cleanup = cleanup
         self._next_cleanup = time.monotonic()
-        self._task: asyncio.Task[None] | None = None
-
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="pgqueue-maintenance")
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
 
     async def _run(self) -> None:
         while True:

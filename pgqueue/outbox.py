@@ -10,7 +10,6 @@ again: at least once, never lost.
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import logging
 import uuid
@@ -19,7 +18,8 @@ from typing import Any
 
 import psycopg
 
-from pgqueue.database import CONNECT_TIMEOUT_SECONDS, Database, describe_dsn
+from pgqueue.background import BackgroundLoop, Backoff, first_line
+from pgqueue.database import CONNECT_TIMEOUT_SECONDS, KEEPALIVES, Database, describe_dsn
 from pgqueue.errors import BrokerUnavailable, DatabaseUnavailable
 
 log = logging.getLogger("pgqueue.outbox")
@@ -67,25 +67,19 @@ async def awrite(
 Publish = Callable[[Sequence[OutboxRow]], Awaitable[None]]
 
 
-class Relay:
+class Relay(BackgroundLoop):
     """Publishes committed outbox rows through `publish` (which returns after the confirms)."""
 
+    name = "pgqueue-outbox-relay"
+
     def __init__(self, database: Database, publish: Publish) -> None:
+        super().__init__()
         self._database = database
         self._publish = publish
         self._channel = f"{database.schema}.outbox"
-        self._task: asyncio.Task[None] | None = None
-
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="pgqueue-outbox-relay")
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
 
     async def _run(self) -> None:
-        backoff = 0.1
+        backoff = Backoff(first=0.1, most=MAX_BACKOFF_SECONDS)
         while True:
             try:
                 async with await psycopg.AsyncConnection.connect(
@@ -93,21 +87,16 @@ class Relay:
                     autocommit=True,
                     connect_timeout=CONNECT_TIMEOUT_SECONDS,
                     application_name="pgqueue-outbox-relay",
+                    **KEEPALIVES,  # a dead network is noticed, not waited on (listener.py)
                 ) as listener:
                     await listener.execute(f'LISTEN "{self._channel}"')
                     while True:
                         await self.relay_all()
-                        backoff = 0.1
+                        backoff.reset()
                         async for _ in listener.notifies(timeout=POLL_SECONDS, stop_after=1):
                             pass
             except (psycopg.OperationalError, DatabaseUnavailable, BrokerUnavailable) as error:
-                log.warning(
-                    "outbox relay paused (%s); retrying in %.1fs",
-                    str(error).strip().splitlines()[0] if str(error).strip() else error,
-                    backoff,
-                )
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, MAX_BACKOFF_SECONDS)
+                await backoff.pause(log, "outbox relay paused (%s)", first_line(error))
 
     async def relay_all(self) -> int:
         """Publish batches until the outbox is empty (for this relay); returns how many."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import math
 import operator
 import os
@@ -358,7 +359,8 @@ def read_config_file(path: Path) -> dict[str, Any]:
 def read_environment() -> dict[str, Any]:
     """The PGQUEUE_<FIELD> variables, as strings; a section from PGQUEUE_<SECTION> (a JSON
     object) and PGQUEUE_<SECTION>__<KEY> (one key each, over the JSON). Other PGQUEUE_*
-    variables (PGQUEUE_CONFIG, ...) are not settings and are left alone."""
+    variables (PGQUEUE_CONFIG, ...) are not settings: ignored, with a warning when the
+    name is close to a setting's."""
     names = Settings.field_names()
     found: dict[str, Any] = {}
     keys: dict[str, dict[str, str]] = {}
@@ -377,10 +379,26 @@ def read_environment() -> dict[str, Any]:
                 found[name] = value  # refused by the section's rule, naming the value
         elif name in names:
             found[name] = value
+        else:
+            _warn_if_misspelt(variable, name, names)
     for section, values in keys.items():
         whole = found.get(section, {})  # not a JSON object: kept, to be refused by its rule
         found[section] = {**whole, **values} if isinstance(whole, dict) else whole
     return found
+
+
+def _warn_if_misspelt(variable: str, name: str, names: tuple[str, ...]) -> None:
+    """A PGQUEUE_* variable close to a setting's name is most likely a typo, silently
+    ignored otherwise; others (PGQUEUE_CONFIG, a test suite's own) are left alone."""
+    import difflib
+
+    close = difflib.get_close_matches(name, names, n=1, cutoff=0.8)
+    if close:
+        logging.getLogger("pgqueue").warning(
+            "%s is not a pgqueue setting and is ignored; did you mean %s?",
+            variable,
+            (ENV_PREFIX + close[0]).upper(),
+        )
 
 
 def _merge(*sources: Mapping[str, Any]) -> dict[str, Any]:

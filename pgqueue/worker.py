@@ -76,9 +76,6 @@ class WorkerManager:
         self._runs: dict[uuid.UUID, Run] = {}
         #: Claimed ahead (RUNNING under this worker's lease, heartbeated), not started yet.
         self._buffer: collections.deque[Task] = collections.deque()
-        #: Ids of buffered tasks claimed past the claim's `start_now`: the broker records
-        #: their start when they start (a rescue gives back the attempt of one that did not).
-        self._claimed_ahead: set[uuid.UUID] = set()
         self._buffered_at = 0.0
         #: Moving average of run times: claiming ahead only pays off for short runs. It
         #: starts at the limit: a worker claims ahead only once a run proved short.
@@ -141,7 +138,6 @@ class WorkerManager:
         import_task_modules(list(self.settings.imports))
         self._slot_freed = asyncio.Event()
         self._buffer.clear()
-        self._claimed_ahead.clear()
         self._run_seconds = CLAIM_AHEAD_MAX_RUN_SECONDS
         self._stopping = self._forced = False
         handled = self._install_signal_handlers()
@@ -228,7 +224,6 @@ class WorkerManager:
                 if not self._buffer:
                     self._buffered_at = time.monotonic()
                 self._buffer.extend(tasks)
-                self._claimed_ahead.update(task.id for task in tasks[start_now:])
                 self._start_buffered()
                 if len(tasks) < asked:
                     # The queue ran dry, so the next claim most likely finds nothing: let the
@@ -276,11 +271,6 @@ class WorkerManager:
             if task.started_at is not None:
                 task.started_at += waited
             self._start_run(task)
-            if task.id in self._claimed_ahead:
-                # After the run is scheduled: a short run then ends before the completer's
-                # next flush, and its completion records the start (no separate write).
-                self._claimed_ahead.remove(task.id)
-                self.broker.started(task)
 
     def _start_run(self, task: Task) -> None:
         # No task name: formatting one (UUID to text) costs as much as a no-op run's outcome.
@@ -347,9 +337,8 @@ class WorkerManager:
             await asyncio.sleep(interval)
             runs = [run for run in self._runs.values() if not run.abandoned]
             buffered = list(self._buffer)
-            self._claimed_ahead.intersection_update(task.id for task in buffered)  # given up
             try:
-                lost = await self.broker.heartbeat([run.task for run in runs] + buffered)
+                lost = await self.broker.heartbeat([run.task for run in runs], buffered)
             except Exception as error:
                 log.warning("heartbeat failed (%s); will try again in %.1fs", error, interval)
                 continue

@@ -45,9 +45,9 @@ LANGUAGE sql AS $$
         UPDATE pgqueue.tasks AS t
         SET status = 'RUNNING',
             attempts = t.attempts + 1,
-            -- Rows past the first start-now ones wait in the worker's buffer (claimed ahead):
-            -- started_at stays NULL until the worker records their start (mark_started), so a
-            -- rescue knows they never ran (rescue_expired_leases). NULL: all start now.
+            -- Rows past the first p_start_now wait in the worker's buffer (claimed ahead):
+            -- started_at stays NULL until their start is recorded (by the heartbeat or the
+            -- completion), so a rescue knows they never ran. NULL: all start now.
             started_at = CASE WHEN p_start_now IS NULL
                                 OR t.id = ANY (ARRAY(SELECT c.id FROM candidates AS c
                                                      ORDER BY c.priority DESC, c.run_at, c.id
@@ -125,13 +125,17 @@ $$;
 
 -- name: extend_leases
 -- Heartbeat: renew the leases a worker still holds; returns the ids it still holds.
+-- p_started (per task, NULL for those still waiting in the worker's buffer): when a task
+-- claimed ahead started, recorded here at no extra write (see rescue_expired_leases).
 CREATE OR REPLACE FUNCTION pgqueue.extend_leases(
-    p_ids uuid[], p_tokens integer[], p_lease_seconds double precision
+    p_ids uuid[], p_tokens integer[], p_lease_seconds double precision,
+    p_started timestamptz[] DEFAULT NULL
 ) RETURNS SETOF uuid
 LANGUAGE sql AS $$
     UPDATE pgqueue.tasks AS t
-    SET lease_expires_at = now() + make_interval(secs => p_lease_seconds)
-    FROM unnest(p_ids, p_tokens) AS held(id, token)
+    SET lease_expires_at = now() + make_interval(secs => p_lease_seconds),
+        started_at = coalesce(t.started_at, held.started_at)
+    FROM unnest(p_ids, p_tokens, p_started) AS held(id, token, started_at)
     -- status::text: a primary-key lookup per element (see complete_tasks).
     WHERE t.id = held.id AND t.lease_token = held.token AND t.status::text = 'RUNNING'
     RETURNING t.id;
@@ -166,8 +170,8 @@ $$;
 -- task that kills its worker ends FAILED ("worker lost") instead of looping forever.
 -- A task the lost worker had claimed ahead and not started (started_at NULL) never ran:
 -- it goes back to PENDING with its attempt given back, as release_tasks does. Its start
--- is recorded a few milliseconds after it begins, so a task that kills its worker within
--- them looks unstarted: after MAX_UNSTARTED_RESCUES such rescues its attempts count.
+-- is recorded at the worker's next heartbeat (a third of a lease), so a task that kills
+-- its worker sooner looks unstarted: after max_unstarted_rescues such rescues, it counts.
 CREATE OR REPLACE FUNCTION pgqueue.rescue_expired_leases() RETURNS integer
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -207,25 +211,6 @@ BEGIN
     PERFORM pg_notify('pgqueue.tasks', q) FROM unnest(queues) AS q;
     RETURN rescued;
 END;
-$$;
-
--- name: mark_started
--- The worker started tasks it had claimed ahead: record when (they were claimed with
--- started_at NULL). Written with the completions, fenced like them; returns how many.
-CREATE OR REPLACE FUNCTION pgqueue.mark_started(
-    p_ids uuid[], p_tokens integer[], p_started timestamptz[]
-) RETURNS integer
-LANGUAGE sql AS $$
-    WITH marked AS (
-        UPDATE pgqueue.tasks AS t
-        SET started_at = held.started_at
-        FROM unnest(p_ids, p_tokens, p_started) AS held(id, token, started_at)
-        -- status::text: a primary-key lookup per element (see complete_tasks).
-        WHERE t.id = held.id AND t.lease_token = held.token AND t.status::text = 'RUNNING'
-          AND t.started_at IS NULL
-        RETURNING 1
-    )
-    SELECT count(*)::integer FROM marked;
 $$;
 
 -- name: cancel_task

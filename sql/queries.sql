@@ -53,9 +53,9 @@ WITH candidates AS (
     UPDATE pgqueue.tasks AS t
     SET status = 'RUNNING',
         attempts = t.attempts + 1,
-        -- Rows past the first start-now ones wait in the worker's buffer (claimed ahead):
-        -- started_at stays NULL until the worker records their start (mark_started), so a
-        -- rescue knows they never ran (rescue_expired_leases). NULL: all start now.
+        -- Rows past the first start_now wait in the worker's buffer (claimed ahead):
+        -- started_at stays NULL until their start is recorded (by the heartbeat or the
+        -- completion), so a rescue knows they never ran. NULL: all start now.
         started_at = CASE WHEN %(start_now)s::integer IS NULL
                             OR t.id = ANY (ARRAY(SELECT c.id FROM candidates AS c
                                                  ORDER BY c.priority DESC, c.run_at, c.id
@@ -92,12 +92,6 @@ SELECT pgqueue.complete_tasks(
     %(started)b::timestamptz[]
 );
 
--- name: mark_started
--- Tasks claimed ahead have started (sql/functions.sql); binary parameters as above.
-SELECT pgqueue.mark_started(
-    %(ids)b::uuid[], %(tokens)b::integer[], %(started)b::timestamptz[]
-);
-
 -- name: fail_task
 -- Record a failed run; no row when the worker no longer holds the task.
 SELECT * FROM pgqueue.fail_task(%(id)s, %(token)s, %(error)s, %(retryable)s);
@@ -108,7 +102,9 @@ SELECT pgqueue.reschedule_task(%(id)s, %(token)s, %(delay)s, %(refund_attempt)s)
 
 -- name: extend_leases
 -- Heartbeat; returns the ids still held.
-SELECT pgqueue.extend_leases(%(ids)s, %(tokens)s, %(lease_seconds)s);
+SELECT pgqueue.extend_leases(
+    %(ids)s, %(tokens)s, %(lease_seconds)s, %(started)s::timestamptz[]
+);
 
 -- name: release_tasks
 -- Give running tasks back at shutdown.

@@ -147,9 +147,10 @@ def test_the_start_of_a_held_task_is_recorded_while_it_runs(
     tm: TaskManager, db: Any, start_worker: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Held tasks are RUNNING with started_at NULL (not started: a rescue would give their
-    attempt back); one that starts gets its started_at written without waiting for its end."""
+    attempt back); one that starts gets its started_at from the next heartbeat (a third of
+    a lease), before it ends."""
     monkeypatch.setattr(worker_module, "BUFFER_HOLD_SECONDS", 60.0)
-    worker = start_worker(queues=[QUEUE], concurrency=1)
+    worker = start_worker(queues=[QUEUE], concurrency=1, lease_seconds=1.5)
     warm = quick.delay(label="warm")
     wait_until(lambda: rows(db, [warm])[0][0] == "COMPLETED")
     blocker.delay()
@@ -165,7 +166,7 @@ def test_the_start_of_a_held_task_is_recorded_while_it_runs(
     wait_until(lambda: started(first) == started(second) == ("RUNNING", False))
     gate.set()  # the blocker ends; `first` starts and blocks; `second` stays held
     wait_until(lambda: "w1" in ran)
-    wait_until(lambda: started(first) == ("RUNNING", True))
+    wait_until(lambda: started(first) == ("RUNNING", True), timeout=5)
     assert started(second) == ("RUNNING", False) and "w2" not in ran
     second_gate.set()
     wait_until(lambda: [row[0] for row in rows(db, [first, second])] == ["COMPLETED"] * 2)

@@ -245,3 +245,16 @@ def test_worker_import_leaves_pydantic_and_yaml_out(tmp_path: Path) -> None:
         timeout=60,
     )
     assert (result.returncode, result.stdout.strip()) == (0, "[]"), result.stderr
+
+
+def test_a_misspelt_variable_is_named_with_the_setting_it_resembles(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setenv("PGQUEUE_LEASE_SECOND", "5")
+    monkeypatch.setenv("PGQUEUE_SOMETHING_ELSE", "1")  # not close to any setting: silent
+    assert load_settings().lease_seconds == 30.0
+    warnings = [record.getMessage() for record in caplog.records]
+    assert warnings == [
+        "PGQUEUE_LEASE_SECOND is not a pgqueue setting and is ignored; "
+        "did you mean PGQUEUE_LEASE_SECONDS?"
+    ]

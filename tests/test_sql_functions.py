@@ -375,14 +375,15 @@ def test_claim_marks_only_the_first_start_now_tasks_started(
 def test_rescue_gives_back_tasks_claimed_ahead_that_never_started(
     db: psycopg.Connection[Any],
 ) -> None:
-    """The lost worker had started `ran` and held `waiting` and `marked` in its buffer; it
-    recorded the start of `marked` only. max_retries=0: one lost attempt fails a task."""
+    """The lost worker had started `ran` and claimed `waiting` and `marked` ahead; its last
+    heartbeat reported `marked` started. max_retries=0: one lost attempt fails a task."""
     ran, waiting, marked = (add(db, priority=p, max_retries=0) for p in (3, 2, 1))
     tokens = dict(claim_starting(db, 1))
-    started = db.execute(
-        "SELECT pgqueue.mark_started(%s, %s, ARRAY[now()])", ([marked], [tokens[marked]])
-    ).fetchone()
-    assert started == (1,)
+    held = db.execute(
+        "SELECT pgqueue.extend_leases(%s, %s, 30, ARRAY[NULL, now()]::timestamptz[])",
+        ([waiting, marked], [tokens[waiting], tokens[marked]]),
+    ).fetchall()
+    assert len(held) == 2
     expire_leases(db)
     assert db.execute("SELECT pgqueue.rescue_expired_leases()").fetchone() == (3,)
 
@@ -415,13 +416,16 @@ def test_unstarted_rescues_are_bounded(db: psycopg.Connection[Any]) -> None:
     assert row["error"].startswith("worker lost")
 
 
-def test_mark_started_is_fenced_and_writes_once(db: psycopg.Connection[Any]) -> None:
+def test_heartbeat_records_the_start_once_and_fenced(db: psycopg.Connection[Any]) -> None:
     task_id = add(db)
     [(_, token)] = claim_starting(db, 0)
-    mark = "SELECT pgqueue.mark_started(%s, %s, ARRAY[%s::timestamptz])"
-    assert db.execute(mark, ([task_id], [token + 1], "2026-01-01")).fetchone() == (0,)
-    assert db.execute(mark, ([task_id], [token], "2026-01-02 00:00Z")).fetchone() == (1,)
-    assert db.execute(mark, ([task_id], [token], "2026-01-03 00:00Z")).fetchone() == (0,)
+    beat = "SELECT pgqueue.extend_leases(%s, %s, 30, ARRAY[%s]::timestamptz[])"
+    assert db.execute(beat, ([task_id], [token + 1], "2026-01-01Z")).fetchall() == []
+    assert status_of(db, task_id)["started_at"] is None
+    assert db.execute(beat, ([task_id], [token], None)).fetchall() == [(task_id,)]
+    assert status_of(db, task_id)["started_at"] is None  # still waiting in the buffer
+    assert db.execute(beat, ([task_id], [token], "2026-01-02Z")).fetchall() == [(task_id,)]
+    assert db.execute(beat, ([task_id], [token], "2026-01-03Z")).fetchall() == [(task_id,)]
     assert status_of(db, task_id)["started_at"].isoformat().startswith("2026-01-02")
 
 

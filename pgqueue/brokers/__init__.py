@@ -67,20 +67,19 @@ class Broker(abc.ABC):
         """Up to `limit` tasks, waiting up to `wait_seconds` for the first one.
 
         The first `start_now` (None: all) start at once; the others wait in the worker's
-        buffer (claimed ahead), and the worker calls `started` as each one starts.
+        buffer (claimed ahead) until `heartbeat` reports them among the running.
         """
-
-    def started(self, task: Task) -> None:  # noqa: B027 - optional hook
-        """A task claimed ahead has started, at `task.started_at` (database: recorded, so
-        that the rescue of a lost worker knows which of its tasks ran)."""
 
     @abc.abstractmethod
     async def finish(self, outcome: Outcome) -> None:
         """Record how a run ended; a worker that lost the task's lease is refused (logged)."""
 
     @abc.abstractmethod
-    async def heartbeat(self, tasks: Sequence[Task]) -> set[uuid.UUID]:
-        """Renew the leases of running tasks; returns the ids of those this worker lost."""
+    async def heartbeat(
+        self, running: Sequence[Task], claimed_ahead: Sequence[Task] = ()
+    ) -> set[uuid.UUID]:
+        """Renew the leases of running tasks and of those claimed ahead (not started yet);
+        returns the ids of those this worker lost."""
 
     @abc.abstractmethod
     async def close(self) -> None:

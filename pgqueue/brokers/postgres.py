@@ -224,11 +224,10 @@ class PostgresBroker(Broker):
         assert self._completer is not None, "open() the broker first"
         self._completer.add(outcome)
 
-    def started(self, task: Task) -> None:
-        assert self._completer is not None, "open() the broker first"
-        self._completer.add_start(task)
-
-    async def heartbeat(self, tasks: Sequence[Task]) -> set[uuid.UUID]:
+    async def heartbeat(
+        self, running: Sequence[Task], claimed_ahead: Sequence[Task] = ()
+    ) -> set[uuid.UUID]:
+        tasks = [*running, *claimed_ahead]
         if self._registry is not None:
             await self._registry.heartbeat(len(tasks))
         if not tasks:
@@ -240,6 +239,8 @@ class PostgresBroker(Broker):
                     "ids": [task.id for task in tasks],
                     "tokens": [task.lease_token for task in tasks],
                     "lease_seconds": self.lease_seconds,
+                    # Running tasks claimed ahead get their start recorded here (sql/functions.sql).
+                    "started": [task.started_at for task in running] + [None] * len(claimed_ahead),
                 },
             )
             held = {row[0] for row in await cursor.fetchall()}

@@ -379,8 +379,11 @@ class RabbitMQBroker(Broker):
         assert self._link is not None
         await publish_rows(self._link, rows)
 
-    async def heartbeat(self, tasks: Sequence[Task]) -> set[uuid.UUID]:
+    async def heartbeat(
+        self, running: Sequence[Task], claimed_ahead: Sequence[Task] = ()
+    ) -> set[uuid.UUID]:
         """No leases here (a dead connection is the lease); reports tasks cancelled meanwhile."""
+        tasks = [*running, *claimed_ahead]
         if not tasks or self._records is None:
             return set()
         return {task.id for task in tasks} - await self._records.held(tasks)
