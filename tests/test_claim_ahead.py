@@ -66,15 +66,22 @@ def rows(db: Any, ids: list[uuid.UUID]) -> list[tuple[str, int, str | None]]:
     ).fetchall()
 
 
-def buffer_behind_a_blocker(tm: TaskManager, db: Any, start_worker: Any) -> tuple[Any, list[Any]]:
-    """A worker (1 slot) whose runs proved short, now running `blocker` with quick tasks
-    claimed ahead and held: returns the worker and the held tasks' ids."""
-    worker = start_worker(queues=[QUEUE], concurrency=1)
+def buffer_behind_a_blocker(
+    tm: TaskManager,
+    db: Any,
+    start_worker: Any,
+    held_task: Any = quick,
+    count: int = 5,
+    **options: Any,
+) -> tuple[Any, list[Any]]:
+    """A worker (1 slot) whose runs proved short, now running `blocker` with `count` tasks
+    (labels q0, q1, ...) claimed ahead and held: returns the worker and their ids."""
+    worker = start_worker(queues=[QUEUE], concurrency=1, **options)
     warm = quick.delay(label="warm")
     wait_until(lambda: rows(db, [warm])[0][0] == "COMPLETED")
     blocker.delay()
     wait_until(lambda: "blocker" in ran)
-    held = tm.queue_tasks(quick, [{"label": f"q{n}"} for n in range(5)])
+    held = tm.queue_tasks(held_task, [{"label": f"q{n}"} for n in range(count)])
     # The slot is busy, so these are claimed only because the worker claims ahead.
     wait_until(lambda: all(row[0] == "RUNNING" and row[1] == 1 for row in rows(db, held)))
     assert {row[2] for row in rows(db, held)} == {worker.manager.worker_id}
@@ -150,12 +157,9 @@ def test_the_start_of_a_held_task_is_recorded_while_it_runs(
     attempt back); one that starts gets its started_at from the next heartbeat (a third of
     a lease), before it ends."""
     monkeypatch.setattr(worker_module, "BUFFER_HOLD_SECONDS", 60.0)
-    worker = start_worker(queues=[QUEUE], concurrency=1, lease_seconds=1.5)
-    warm = quick.delay(label="warm")
-    wait_until(lambda: rows(db, [warm])[0][0] == "COMPLETED")
-    blocker.delay()
-    wait_until(lambda: "blocker" in ran)
-    first, second = tm.queue_tasks(waiter, [{"label": "w1"}, {"label": "w2"}])
+    worker, (first, second) = buffer_behind_a_blocker(
+        tm, db, start_worker, held_task=waiter, count=2, lease_seconds=1.5
+    )
 
     def started(task_id: uuid.UUID) -> tuple[str, bool]:
         status, started_at = db.execute(
@@ -163,11 +167,11 @@ def test_the_start_of_a_held_task_is_recorded_while_it_runs(
         ).fetchone()
         return status, started_at is not None
 
-    wait_until(lambda: started(first) == started(second) == ("RUNNING", False))
+    assert started(first) == started(second) == ("RUNNING", False)
     gate.set()  # the blocker ends; `first` starts and blocks; `second` stays held
-    wait_until(lambda: "w1" in ran)
+    wait_until(lambda: "q0" in ran)
     wait_until(lambda: started(first) == ("RUNNING", True), timeout=5)
-    assert started(second) == ("RUNNING", False) and "w2" not in ran
+    assert started(second) == ("RUNNING", False) and "q1" not in ran
     second_gate.set()
     wait_until(lambda: [row[0] for row in rows(db, [first, second])] == ["COMPLETED"] * 2)
     worker.stop()
