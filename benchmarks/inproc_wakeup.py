@@ -37,9 +37,9 @@ def main() -> None:
     claims: list[float] = []
     claim = PostgresBroker._claim
 
-    async def timed_claim(self: PostgresBroker, limit: int) -> list:  # type: ignore[type-arg]
+    async def timed_claim(self: PostgresBroker, limit: int, start_now: int | None) -> list:  # type: ignore[type-arg]
         begun = time.perf_counter()
-        tasks = await claim(self, limit)
+        tasks = await claim(self, limit, start_now)
         if tasks:
             claims.append(1000 * (time.perf_counter() - begun))
         return tasks

@@ -48,6 +48,21 @@ def unavailable(dsn: str, error: BaseException) -> DatabaseUnavailable:
     return DatabaseUnavailable(f"cannot use PostgreSQL at {describe_dsn(dsn)}: {reason}")
 
 
+#: pgqueue's sessions use UTC, so timestamps come back as datetimes in datetime.timezone.utc
+#: whatever the server's TimeZone. That is also the cheap case for psycopg: a zone it must
+#: look up ("Etc/UTC", Debian's default) costs about 1 us more per value read or written, 4
+#: values per claimed task; 10 of a worker's 44 us per task (docs/performance.md, 14).
+UTC_SESSION = "SET TimeZone = 'UTC'"
+
+
+def _utc_session(conn: psycopg.Connection[Any]) -> None:
+    conn.execute(UTC_SESSION)
+
+
+async def _utc_session_async(conn: psycopg.AsyncConnection[Any]) -> None:
+    await conn.execute(UTC_SESSION)
+
+
 class Database:
     """One PostgreSQL server and pgqueue schema; pools open at first use.
 
@@ -77,6 +92,7 @@ class Database:
                     min_size=1,
                     max_size=self.max_connections,
                     kwargs=self.connect_kwargs(),
+                    configure=_utc_session,
                     timeout=POOL_TIMEOUT_SECONDS,
                     open=True,
                     name="pgqueue",
@@ -103,6 +119,7 @@ class Database:
             min_size=1,
             max_size=self.max_connections,
             kwargs=self.connect_kwargs(),
+            configure=_utc_session_async,
             timeout=POOL_TIMEOUT_SECONDS,
             open=False,
             name="pgqueue-async",

@@ -33,10 +33,12 @@ log = logging.getLogger("pgqueue.worker")
 #: tasks and holds them in a local buffer, so that the next claim's round trip overlaps the
 #: runs instead of following them. A claim costs mostly its round trip and durable commit
 #: (~3 ms for 25 rows, ~4 ms for 100), so the buffer is sized to what the slots finish in
-#: CLAIM_AHEAD_ROUND_TRIPS claim round trips (both measured as moving averages): a buffered
-#: task waits about that long, and the runs never wait for a claim. Within these bounds:
+#: CLAIM_AHEAD_ROUND_TRIPS claim round trips (both measured as moving averages), and the next
+#: claim goes out when half of it is left: a buffered task waits about that long, and the
+#: runs never wait for a claim. Within these bounds (a claim of 200 rows, not 100, drained
+#: 10-20% more at concurrency 10 and 50; docs/performance.md, 14):
 MIN_CLAIM_AHEAD = 8
-MAX_CLAIM_AHEAD = 200
+MAX_CLAIM_AHEAD = 400
 CLAIM_AHEAD_ROUND_TRIPS = 2.0
 #: ... but only while runs are short (moving average of run time below this), so a buffered
 #: task waits behind at most a few short runs, never behind a long one.
@@ -74,9 +76,9 @@ class WorkerManager:
         self.shutdown_grace_seconds = self.settings.shutdown_grace_seconds
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._runs: dict[uuid.UUID, Run] = {}
-        #: Claimed ahead (RUNNING under this worker's lease, heartbeated), not started yet.
-        self._buffer: collections.deque[Task] = collections.deque()
-        self._buffered_at = 0.0
+        #: Claimed ahead (RUNNING under this worker's lease, heartbeated), not started yet,
+        #: each with when its claim returned (time.monotonic()).
+        self._buffer: collections.deque[tuple[Task, float]] = collections.deque()
         #: Moving average of run times: claiming ahead only pays off for short runs. It
         #: starts at the limit: a worker claims ahead only once a run proved short.
         self._run_seconds = CLAIM_AHEAD_MAX_RUN_SECONDS
@@ -207,8 +209,9 @@ class WorkerManager:
             uncovered = self.concurrency - len(self._runs) - len(self._buffer)
             ahead = self._claim_ahead()
             # One claim in flight at a time: for free slots the buffer cannot fill, or, with
-            # every slot busy and the buffer used up, for the runs that will end next.
-            if uncovered <= 0 and (self._buffer or not ahead):
+            # every slot busy, once the buffer is down to half: the claim's round trip then
+            # overlaps the runs of the other half instead of following them.
+            if uncovered <= 0 and (not ahead or len(self._buffer) > ahead // 2):
                 await self._wait_for_a_slot()
                 continue
             sent, asked, start_now = time.perf_counter(), uncovered + ahead, max(uncovered, 0)
@@ -221,9 +224,8 @@ class WorkerManager:
             if tasks:
                 took = min(time.perf_counter() - sent, 0.1)  # a claim that waited for work
                 self._claim_seconds += (took - self._claim_seconds) * 0.2
-                if not self._buffer:
-                    self._buffered_at = time.monotonic()
-                self._buffer.extend(tasks)
+                claimed_at = time.monotonic()
+                self._buffer.extend([(task, claimed_at) for task in tasks])
                 self._start_buffered()
                 if len(tasks) < asked:
                     # The queue ran dry, so the next claim most likely finds nothing: let the
@@ -240,7 +242,7 @@ class WorkerManager:
             return
         # A timer, not wait_for(): wait_for wraps the wait in a task of its own, whose extra
         # turns of the loop would let the buffered runs finish before the next claim is sent.
-        deadline = self._buffered_at + BUFFER_HOLD_SECONDS
+        deadline = self._buffer[0][1] + BUFFER_HOLD_SECONDS
         timer = asyncio.get_running_loop().call_at(
             asyncio.get_running_loop().time() + max(deadline - time.monotonic(), 0.0),
             self._slot_freed.set,
@@ -259,15 +261,17 @@ class WorkerManager:
         if self._buffer:
             log.debug("giving back %d tasks claimed ahead: %s", len(self._buffer), why)
         while self._buffer:
-            await self.broker.finish(Outcome(self._buffer.popleft(), OutcomeKind.RELEASED))
+            await self.broker.finish(Outcome(self._buffer.popleft()[0], OutcomeKind.RELEASED))
 
     def _start_buffered(self) -> None:
         buffer, runs = self._buffer, self._runs
         # started_at (the claim's time, from the database clock) moves on by the time spent
         # in the buffer, measured here: the completion records when the run really began.
-        waited = datetime.timedelta(seconds=time.monotonic() - self._buffered_at)
+        now, batch_claimed_at, waited = time.monotonic(), -1.0, datetime.timedelta()
         while buffer and len(runs) < self.concurrency and not self._stopping:
-            task = buffer.popleft()
+            task, claimed_at = buffer.popleft()
+            if claimed_at != batch_claimed_at:  # one timedelta per claim, not per task
+                batch_claimed_at, waited = claimed_at, datetime.timedelta(seconds=now - claimed_at)
             if task.started_at is not None:
                 task.started_at += waited
             self._start_run(task)
@@ -303,9 +307,9 @@ class WorkerManager:
         already and the run reports nothing. A sync thread sees current_task().cancelled."""
         run = self._runs.get(task_id)
         if run is None:
-            for buffered in self._buffer:
-                if buffered.id == task_id:  # claimed ahead, not started: it never runs
-                    self._buffer.remove(buffered)
+            for entry in self._buffer:
+                if entry[0].id == task_id:  # claimed ahead, not started: it never runs
+                    self._buffer.remove(entry)
                     break
             return
         if run.abandoned:
@@ -336,15 +340,15 @@ class WorkerManager:
         while True:
             await asyncio.sleep(interval)
             runs = [run for run in self._runs.values() if not run.abandoned]
-            buffered = list(self._buffer)
+            buffered = [task for task, _ in self._buffer]
             try:
                 lost = await self.broker.heartbeat([run.task for run in runs], buffered)
             except Exception as error:
                 log.warning("heartbeat failed (%s); will try again in %.1fs", error, interval)
                 continue
-            for task in buffered:
-                if task.id in lost and task in self._buffer:
-                    self._buffer.remove(task)
+            if lost:
+                kept = [entry for entry in self._buffer if entry[0].id not in lost]
+                self._buffer = collections.deque(kept)
             for run in runs:
                 # A run that ended (or is committing its completion) while the heartbeat was
                 # on its way is finished by this worker, not lost.
