@@ -2,7 +2,9 @@
 
 Queues N no-op tasks (bulk) in a fresh database ``pgqueue_probe``, runs a WorkerManager in
 this process until all are COMPLETED, and prints throughput, this process's CPU per task,
-the claims (how many asked, got, mean round trip) and the completion flushes. The quickest
+the claims (how many asked, got, mean round trip), the completion flushes and how busy the
+whole machine was (worker and server: a drain that leaves cores idle waits on something
+else than CPU). The quickest
 way to see what a change to the worker's hot path does (docs/performance.md); the numbers
 of record come from bench.sh, which runs the worker as a subprocess.
 """
@@ -27,6 +29,13 @@ DSN = "postgresql://postgres@127.0.0.1:5432/pgqueue_probe"
 @AsyncTask(queue="probe")
 async def noop() -> None:
     return None
+
+
+def machine_times() -> tuple[int, int]:
+    """(busy, idle) clock ticks of all cores since boot, from /proc/stat."""
+    with open("/proc/stat") as stat:
+        user, nice, system, idle, iowait, *rest = map(int, stat.readline().split()[1:9])
+    return user + nice + system + sum(rest), idle + iowait
 
 
 def main() -> None:
@@ -62,11 +71,13 @@ def main() -> None:
     worker.set_polling_interval(30)
 
     async def drain() -> None:
-        wall, cpu = time.perf_counter(), time.process_time()
+        wall, cpu, machine = time.perf_counter(), time.process_time(), machine_times()
         running = asyncio.create_task(worker.start())
         while sum(size for size, _ in flushes) < n:
             await asyncio.sleep(0.005)
         wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+        (busy_after, idle_after), (busy_before, idle_before) = machine_times(), machine
+        busy, idle = busy_after - busy_before, idle_after - idle_before
         worker.stop()
         await running
         asked = sum(a for a, _, _ in claims) / len(claims)
@@ -77,7 +88,8 @@ def main() -> None:
         print(
             f"c={concurrency}: {n / wall:,.0f} tasks/s in {wall:.2f} s, CPU {cpu / n * 1e6:.0f} "
             f"us/task; {len(claims)} claims asked {asked:.0f} got {got:.0f} in {claim_ms:.2f} "
-            f"ms; {len(flushes)} flushes of {flush_rows:.0f} in {flush_ms:.2f} ms"
+            f"ms; {len(flushes)} flushes of {flush_rows:.0f} in {flush_ms:.2f} ms; machine "
+            f"busy {100 * busy / max(busy + idle, 1):.0f}% (worker, server and all)"
         )
 
     asyncio.run(drain())

@@ -149,14 +149,23 @@ def settings(dsn: str) -> Settings:
     return load_settings(dsn=dsn, lease_seconds=30)
 
 
+@contextlib.contextmanager
+def default_task_manager(settings: Settings) -> Iterator[TaskManager]:
+    """A TaskManager on `settings`, also the one .delay() uses until the block ends."""
+    manager = TaskManager(settings=settings)
+    set_default_task_manager(manager)
+    try:
+        yield manager
+    finally:
+        set_default_task_manager(None)
+        manager.close()
+
+
 @pytest.fixture
 def tm(settings: Settings) -> Iterator[TaskManager]:
     """A TaskManager on the test database, also the one .delay() uses."""
-    manager = TaskManager(settings=settings)
-    set_default_task_manager(manager)
-    yield manager
-    set_default_task_manager(None)
-    manager.close()
+    with default_task_manager(settings) as manager:
+        yield manager
 
 
 RABBITMQ_URL = "amqp://guest:guest@127.0.0.1:5672/"

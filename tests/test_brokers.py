@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import signal
 import time
 from collections.abc import Callable, Iterator
@@ -9,13 +10,13 @@ from typing import Any
 
 import psycopg
 import pytest
-from broker_tasks import calls, failures_left, flaky, nap, record
-from conftest import statuses, wait_until
+from broker_tasks import calls, failures_left, flaky, forget_runs, nap, record
+from conftest import default_task_manager, statuses, wait_until
 
 from pgqueue import events
 from pgqueue.records import TaskStatus
 from pgqueue.settings import Settings
-from pgqueue.task_manager import TaskManager, set_default_task_manager
+from pgqueue.task_manager import TaskManager
 
 
 @pytest.fixture(params=["database", "rabbitmq"])
@@ -35,21 +36,15 @@ def broker_settings(
 @pytest.fixture
 def btm(broker_settings: Settings) -> Iterator[TaskManager]:
     """The TaskManager (and .delay()) of the broker under test."""
-    manager = TaskManager(settings=broker_settings)
-    set_default_task_manager(manager)
-    calls.clear()
-    failures_left.clear()
-    yield manager
-    set_default_task_manager(None)
-    manager.close()
+    forget_runs()
+    with default_task_manager(broker_settings) as manager:
+        yield manager
 
 
 @pytest.fixture
 def bworker(start_worker: Callable[..., Any], broker_settings: Settings) -> Callable[..., Any]:
-    def start(**kwargs: Any) -> Any:
-        return start_worker(worker_settings=broker_settings, **kwargs)
-
-    return start
+    """start_worker on the broker under test."""
+    return functools.partial(start_worker, worker_settings=broker_settings)
 
 
 def started(db: psycopg.Connection[Any], ids: list[Any]) -> list[Any]:

@@ -4,6 +4,7 @@ faults. Runs against the real RabbitMQ (127.0.0.1:5672, or PGQUEUE_TEST_RABBITMQ
 from __future__ import annotations
 
 import asyncio
+import functools
 import signal
 import subprocess
 import time
@@ -13,8 +14,8 @@ from typing import Any
 import aio_pika
 import psycopg
 import pytest
-from broker_tasks import calls, failures_left, flaky, nap, record
-from conftest import statuses, wait_until
+from broker_tasks import calls, failures_left, flaky, forget_runs, nap, record
+from conftest import default_task_manager, statuses, wait_until
 
 from pgqueue.brokers.amqp_messages import ERROR_HEADER
 from pgqueue.brokers.amqp_records import retry_backoff
@@ -22,28 +23,21 @@ from pgqueue.brokers.amqp_topology import MAX_QUEUE_NAME_BYTES, Topology, broker
 from pgqueue.errors import BrokerUnavailable
 from pgqueue.records import TaskStatus
 from pgqueue.settings import Settings, load_settings
-from pgqueue.task_manager import TaskManager, set_default_task_manager
+from pgqueue.task_manager import TaskManager
 
 pytestmark = pytest.mark.rabbitmq
 
 
 @pytest.fixture
 def rtm(rabbitmq_settings: Settings) -> Iterator[TaskManager]:
-    manager = TaskManager(settings=rabbitmq_settings)
-    set_default_task_manager(manager)
-    calls.clear()
-    failures_left.clear()
-    yield manager
-    set_default_task_manager(None)
-    manager.close()
+    forget_runs()
+    with default_task_manager(rabbitmq_settings) as manager:
+        yield manager
 
 
 @pytest.fixture
 def rworker(start_worker: Callable[..., Any], rabbitmq_settings: Settings) -> Callable[..., Any]:
-    def start(**kwargs: Any) -> Any:
-        return start_worker(worker_settings=rabbitmq_settings, **kwargs)
-
-    return start
+    return functools.partial(start_worker, worker_settings=rabbitmq_settings)
 
 
 def worker_env(settings: Settings) -> dict[str, str]:

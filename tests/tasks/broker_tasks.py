@@ -14,6 +14,12 @@ calls: list[tuple[str, float]] = []  # (label, time.time()) per run, in-process 
 failures_left: dict[str, int] = {}
 
 
+def forget_runs() -> None:
+    """Start a test with no traces of the previous one's in-process runs."""
+    calls.clear()
+    failures_left.clear()
+
+
 @AsyncTask(queue="default")
 async def record(label: str) -> str:
     calls.append((label, time.time()))
