@@ -51,7 +51,7 @@ def unavailable(dsn: str, error: BaseException) -> DatabaseUnavailable:
 #: pgqueue's sessions use UTC, so timestamps come back as datetimes in datetime.timezone.utc
 #: whatever the server's TimeZone. That is also the cheap case for psycopg: a zone it must
 #: look up ("Etc/UTC", Debian's default) costs about 1 us more per value read or written, 4
-#: values per claimed task; 10 of a worker's 44 us per task (docs/performance.md, 14).
+#: values per claimed task; 10 of a worker's 44 us per task (docs/performance.md, 15).
 UTC_SESSION = "SET TimeZone = 'UTC'"
 
 

@@ -7,20 +7,26 @@ import datetime
 from typing import Any
 
 import psycopg
+from psycopg import sql
+from sample_tasks import echo
 
 from pgqueue import TaskManager
 from pgqueue.database import Database
 from pgqueue.settings import load_settings
-from tests.tasks.sample_tasks import echo
 
 UTC = datetime.UTC
+
+
+def set_server_zone(db: psycopg.Connection[Any], zone: str) -> None:
+    """The TimeZone of every new session of the test database."""
+    statement = sql.SQL("ALTER DATABASE {} SET TimeZone = {}")
+    db.execute(statement.format(sql.Identifier(db.info.dbname), sql.Literal(zone)))
 
 
 def test_times_come_back_in_utc_whatever_the_server_zone(
     dsn: str, db: psycopg.Connection[Any]
 ) -> None:
-    name = db.info.dbname
-    db.execute(f"ALTER DATABASE \"{name}\" SET TimeZone = 'America/New_York'")
+    set_server_zone(db, "America/New_York")
     database = Database(dsn)
 
     async def read_async() -> datetime.datetime:
@@ -47,7 +53,7 @@ def test_times_come_back_in_utc_whatever_the_server_zone(
 
 
 def test_task_times_are_utc_and_the_same_instant(dsn: str, db: psycopg.Connection[Any]) -> None:
-    db.execute(f"ALTER DATABASE \"{db.info.dbname}\" SET TimeZone = 'Asia/Kolkata'")
+    set_server_zone(db, "Asia/Kolkata")
     manager = TaskManager(settings=load_settings(dsn=dsn))
     try:
         task_id = manager.queue_task(echo, value=1)
