@@ -16,17 +16,27 @@ from typing import Any
 import psycopg
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
-from pgqueue.background import BackgroundLoop, Backoff
+from pgqueue.background import BackgroundLoop, Backoff, first_line
 from pgqueue.errors import DatabaseUnavailable
+from pgqueue.payload import error_summary, storable_text
 from pgqueue.records import Outcome, OutcomeKind
 
 log = logging.getLogger("pgqueue.worker")
 
 MAX_BACKOFF_SECONDS = 5.0
+#: Errors that mean the database is away, not that it refused an outcome: try again.
+UNAVAILABLE = (psycopg.OperationalError, PoolTimeout, DatabaseUnavailable)
 
 
 class Completer(BackgroundLoop):
-    """A buffer of outcomes and the background flush that writes them."""
+    """A buffer of outcomes and the background flush that writes them.
+
+    One outcome the database refuses (a value it cannot store, a constraint) never holds
+    back the others: the batch is written again one outcome at a time, and the refused
+    one is recorded as a failure that says why, or dropped with a logged traceback (its
+    lease then expires and the task runs again). While outcomes cannot be written at all
+    (the database is away), `recording` is clear: the worker stops claiming meanwhile.
+    """
 
     name = "pgqueue-completer"
 
@@ -44,6 +54,9 @@ class Completer(BackgroundLoop):
         self._ready = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
+        #: Set while outcomes are written as they come; clear while writes fail.
+        self.recording = asyncio.Event()
+        self.recording.set()
 
     def add(self, outcome: Outcome) -> None:
         self._pending.append(outcome)
@@ -64,21 +77,78 @@ class Completer(BackgroundLoop):
 
     async def _run(self) -> None:
         while True:
-            await self._ready.wait()
+            if not self._pending:
+                await self._ready.wait()
             self._ready.clear()
             batch, self._pending = self._pending, []
             await self._write_until_done(batch)
             if not self._pending:
                 self._idle.set()
 
+    def _crashed(self) -> None:
+        self.recording.set()  # a new start tries again; a failing write clears it
+
     async def _write_until_done(self, batch: list[Outcome]) -> None:
         backoff = Backoff(first=0.1, most=MAX_BACKOFF_SECONDS)
         while True:
             try:
                 await self._write(batch)
-                return
-            except (psycopg.OperationalError, PoolTimeout, DatabaseUnavailable) as error:
-                await backoff.pause(log, "cannot record outcomes (%s)", error)
+            except UNAVAILABLE as error:
+                if self.recording.is_set():
+                    log.error(
+                        "cannot record outcomes (%s): this worker stops claiming until "
+                        "the database accepts them again",
+                        first_line(error),
+                    )
+                self.recording.clear()
+                await backoff.pause(log, "cannot record %d outcomes", len(batch))
+                continue
+            except Exception as error:
+                await self._write_one_by_one(batch, error)
+            if not self.recording.is_set():
+                log.warning("recording outcomes again; claiming resumes")
+                self.recording.set()
+            return
+
+    async def _write_one_by_one(self, batch: list[Outcome], error: Exception) -> None:
+        """The batch was refused: write each outcome alone, so that only the one the
+        database refuses is left out, and record that one as a failure that says why."""
+        if len(batch) == 1:
+            await self._refused(batch[0], error)
+            return
+        for outcome in batch:
+            await self._write_until_done([outcome])
+
+    async def _refused(self, outcome: Outcome, error: Exception) -> None:
+        log.error(
+            "the database refused the %s outcome of task %s %s",
+            outcome.kind,
+            outcome.task.id,
+            outcome.task.name,
+            exc_info=error,
+        )
+        if outcome.kind not in (OutcomeKind.COMPLETED, OutcomeKind.FAILED):
+            return  # a release or reschedule: the lease expires, the rescue takes it back
+        failure = Outcome(
+            outcome.task,
+            OutcomeKind.FAILED,
+            error=storable_text(
+                f"OutcomeRefused: the database refused to record this run's {outcome.kind} "
+                f"outcome: {error_summary(error)}"
+            ),
+            retryable=outcome.kind is OutcomeKind.FAILED and outcome.retryable,
+        )
+        try:
+            await self._write([failure])
+        except UNAVAILABLE:
+            raise
+        except Exception:
+            log.exception(
+                "could not record task %s %s as failed either; it runs again when its lease "
+                "expires",
+                outcome.task.id,
+                outcome.task.name,
+            )
 
     async def _write(self, batch: Sequence[Outcome]) -> None:
         completed = [o for o in batch if o.kind is OutcomeKind.COMPLETED]
@@ -147,7 +217,7 @@ class Completer(BackgroundLoop):
                 outcome.task.id,
                 outcome.task.name,
                 status,
-                (outcome.error or "").splitlines()[0],
+                (outcome.error or "").strip().partition("\n")[0][:300],
             )
 
     async def _reschedule(self, conn: psycopg.AsyncConnection[Any], outcome: Outcome) -> None:

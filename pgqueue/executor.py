@@ -8,7 +8,6 @@ import contextvars
 import functools
 import logging
 import time
-import traceback
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
@@ -16,7 +15,7 @@ from typing import Any, Protocol
 from pgqueue import events, registry
 from pgqueue.async_task import TaskFunction
 from pgqueue.control import Retry, Snooze, TaskContext, reset_current_task, set_current_task
-from pgqueue.payload import encode_result
+from pgqueue.payload import encode_result, error_summary, error_text
 from pgqueue.records import Outcome, OutcomeKind, Task
 from pgqueue.threads import DaemonThreadPool
 
@@ -85,8 +84,15 @@ class Executor:
             return Outcome(
                 task, OutcomeKind.RESCHEDULED, delay=request.seconds, refund_attempt=True
             )
-        except Exception as error:
+        except asyncio.CancelledError:
+            raise  # the worker stopped this run (lease lost, cancelled): nothing to record
+        except BaseException as error:  # SystemExit, KeyboardInterrupt too: they end a run
             return await self._failed(task, error, started)
+        return await self._completed(task, result, started, recorded)
+
+    async def _completed(
+        self, task: Task, result: Any, started: float, recorded: bool
+    ) -> Outcome | None:
         if log.isEnabledFor(logging.INFO):
             log.info(
                 "task %s %s completed in %.3fs", task.id, task.name, time.perf_counter() - started
@@ -157,23 +163,21 @@ class Executor:
                 ) from None
             raise
 
-    async def _failed(self, task: Task, error: Exception, started: float) -> Outcome:
+    async def _failed(self, task: Task, error: BaseException, started: float) -> Outcome:
         log.warning(
-            "task %s %s failed after %.3fs (attempt %d of %d): %s: %s",
+            "task %s %s failed after %.3fs (attempt %d of %d): %s",
             task.id,
             task.name,
             time.perf_counter() - started,
             task.attempts,
             task.max_retries + 1,
-            type(error).__name__,
-            error,
+            error_summary(error),
         )
         if self._dispatcher.has_listeners(events.TASK_EXECUTION_ERROR):
             await self._dispatcher.dispatch(
                 events.TASK_EXECUTION_ERROR, {"task": task, "error": error}
             )
-        text = f"{type(error).__name__}: {error}\n\n" + "".join(traceback.format_exception(error))
-        return Outcome(task, OutcomeKind.FAILED, error=text)
+        return Outcome(task, OutcomeKind.FAILED, error=error_text(error))
 
     def _unknown(self, task: Task) -> Outcome:
         message = (

@@ -77,6 +77,9 @@ class Listener(BackgroundLoop):
                     first_line(error),
                 )
 
+    def _crashed(self) -> None:
+        self.connected.clear()
+
     async def _listen(self, conn: psycopg.AsyncConnection[object]) -> None:
         while True:
             async for note in conn.notifies(timeout=HEALTH_CHECK_SECONDS):

@@ -8,6 +8,7 @@ import decimal
 import enum
 import json
 import re
+import traceback
 import uuid
 from collections.abc import Mapping
 from typing import Any
@@ -98,3 +99,54 @@ def encode_result(value: Any) -> str:
         return dumps(value)
     except (TypeError, ValueError):
         return dumps({"unserialisable_result": repr(value)[:1000]})
+
+
+#: The most characters of an error pgqueue stores: its head (type and message) and its
+#: tail (the traceback's last frames, where it was raised), cut in between with a marker.
+MAX_ERROR_CHARS = 32_768
+_ERROR_HEAD_CHARS = 8_192
+
+
+def storable_text(text: str, limit: int = MAX_ERROR_CHARS) -> str:
+    """`text` as PostgreSQL can store it: NUL written as \\x00, lone surrogates as \\udcXX,
+    and at most `limit` characters (the middle cut, with a marker saying how much)."""
+    if len(text) > limit:
+        head = min(_ERROR_HEAD_CHARS, limit // 4)
+        marker = f"\n\n[... cut by pgqueue: this text had {len(text):,} characters ...]\n\n"
+        tail = limit - head - len(marker)
+        text = text[:head] + marker + text[-tail:]
+    if "\x00" in text:
+        text = text.replace("\x00", "\\x00")
+    if not text.isascii():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text
+
+
+def error_message(error: BaseException) -> str:
+    """`str(error)`, or a description when that raises (a user's broken __str__)."""
+    try:
+        return str(error)
+    except Exception as broken:
+        return f"<str() of this {type(error).__name__} raised {type(broken).__name__}>"
+
+
+def error_text(error: BaseException) -> str:
+    """What is stored for a failed run: "Type: message", a blank line and the traceback,
+    storable and bounded (storable_text), whatever the exception holds."""
+    try:
+        trace = "".join(traceback.format_exception(error))
+    except Exception as broken:  # a traceback that cannot be formatted still leaves the type
+        trace = f"<the traceback could not be formatted: {type(broken).__name__}>"
+    return storable_text(f"{type(error).__name__}: {error_message(error)}\n\n{trace}")
+
+
+def error_summary(error: BaseException, limit: int = 300) -> str:
+    """The first line of an error's message, storable and short: for log lines."""
+    lines = error_message(error).strip().splitlines()
+    first = lines[0] if lines else ""
+    if len(first) > limit:
+        first = first[:limit] + "..."
+    return storable_text(f"{type(error).__name__}: {first}" if first else type(error).__name__)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import dataclasses
 import datetime
 import logging
@@ -15,12 +16,14 @@ import uuid
 from collections.abc import Sequence
 
 from pgqueue import events, registry
+from pgqueue.background import SupervisedTask
 from pgqueue.brokers import Broker, CleanupPolicy, get_broker
 from pgqueue.control import request_cancel
 from pgqueue.cron import CronScheduler, cron_tasks
 from pgqueue.database import Database
 from pgqueue.executor import Executor
 from pgqueue.options import check_queue
+from pgqueue.payload import error_text
 from pgqueue.records import Outcome, OutcomeKind, Task
 from pgqueue.registry import import_task_modules
 from pgqueue.settings import Settings, get_settings
@@ -46,6 +49,10 @@ CLAIM_AHEAD_MAX_RUN_SECONDS = 0.05
 #: A buffered task not started within this time goes back to the queue (PENDING, its attempt
 #: not counted) for other workers, and claiming ahead stops until runs are short again.
 BUFFER_HOLD_SECONDS = 1.0
+#: The start of a task claimed ahead is written within this time (if its run has not ended
+#: by then: its completion carries it). Until it is written, a rescue after a crash of this
+#: worker takes the task for one that never ran and gives its attempt back.
+START_RECORD_SECONDS = 0.1
 
 
 @dataclasses.dataclass(slots=True)
@@ -54,6 +61,8 @@ class Run:
 
     task: Task
     future: asyncio.Task[Outcome | None]
+    #: time.monotonic() at its start.
+    started: float
     abandoned: bool = False
 
 
@@ -77,8 +86,12 @@ class WorkerManager:
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._runs: dict[uuid.UUID, Run] = {}
         #: Claimed ahead (RUNNING under this worker's lease, heartbeated), not started yet,
-        #: each with when its claim returned (time.monotonic()).
-        self._buffer: collections.deque[tuple[Task, float]] = collections.deque()
+        #: each with when its claim returned (time.monotonic()) and whether the claim
+        #: recorded its start (the first `start_now` of a claim).
+        self._buffer: collections.deque[tuple[Task, float, bool]] = collections.deque()
+        #: Runs whose start the database does not know yet, with when they started.
+        self._unrecorded_starts: dict[uuid.UUID, tuple[Task, float]] = {}
+        self._starts_to_record = asyncio.Event()
         #: Moving average of run times: claiming ahead only pays off for short runs. It
         #: starts at the limit: a worker claims ahead only once a run proved short.
         self._run_seconds = CLAIM_AHEAD_MAX_RUN_SECONDS
@@ -139,6 +152,8 @@ class WorkerManager:
         # A programmatic worker (the seed's worker.py) gets the `imports` setting's tasks too.
         import_task_modules(list(self.settings.imports))
         self._slot_freed = asyncio.Event()
+        self._starts_to_record = asyncio.Event()
+        self._unrecorded_starts.clear()
         self._buffer.clear()
         self._run_seconds = CLAIM_AHEAD_MAX_RUN_SECONDS
         self._stopping = self._forced = False
@@ -161,13 +176,18 @@ class WorkerManager:
         await events.dispatcher.dispatch(
             events.WORKER_STARTED, {"worker_id": self.worker_id, "queues": list(self.queues)}
         )
-        heartbeat = asyncio.create_task(self._heartbeat_loop(), name="pgqueue-heartbeat")
+        upkeep = [
+            SupervisedTask("pgqueue-heartbeat", self._heartbeat_loop),
+            SupervisedTask("pgqueue-start-records", self._start_record_loop),
+        ]
+        for loop in upkeep:
+            loop.start()
         try:
             await self._claim_loop()
             await self._drain()
         finally:
-            heartbeat.cancel()
-            await asyncio.gather(heartbeat, return_exceptions=True)
+            for loop in upkeep:
+                await loop.stop()
             if cron is not None:
                 await cron.stop()
             await broker.close()
@@ -200,14 +220,24 @@ class WorkerManager:
             most = MAX_CLAIM_AHEAD if getattr(self.broker, "claims_ahead", False) else 0
         if not most or self._run_seconds >= CLAIM_AHEAD_MAX_RUN_SECONDS:
             return 0
+        # The average counts finished runs only: a slot whose run is already long will not
+        # take a buffered task soon, so only the other slots are counted.
+        long_since = time.monotonic() - CLAIM_AHEAD_MAX_RUN_SECONDS
+        turning = self.concurrency - sum(run.started < long_since for run in self._runs.values())
+        if turning <= 0:
+            return 0
         # What the slots finish during a few claim round trips.
-        finishing = self.concurrency * self._claim_seconds / max(self._run_seconds, 1e-5)
+        finishing = turning * self._claim_seconds / max(self._run_seconds, 1e-5)
         return min(max(int(CLAIM_AHEAD_ROUND_TRIPS * finishing), MIN_CLAIM_AHEAD), most)
 
     async def _claim_loop(self) -> None:
+        dry = False  # the last claim made only to fill the buffer found the queue dry
         while not self._stopping:
+            if not self.broker.recording:
+                await self._wait_until_recording()
+                continue
             uncovered = self.concurrency - len(self._runs) - len(self._buffer)
-            ahead = self._claim_ahead()
+            ahead = 0 if dry and uncovered <= 0 else self._claim_ahead()
             # One claim in flight at a time: for free slots the buffer cannot fill, or, with
             # every slot busy, once the buffer is down to half: the claim's round trip then
             # overlaps the runs of the other half instead of following them.
@@ -215,22 +245,38 @@ class WorkerManager:
                 await self._wait_for_a_slot()
                 continue
             sent, asked, start_now = time.perf_counter(), uncovered + ahead, max(uncovered, 0)
+            # Only a claim for free slots waits for work: one that fills the buffer returns
+            # at once, so that the wait for a slot (and the hold limit) is never put off.
+            wait = self.polling_interval if uncovered > 0 else 0.0
             try:
-                tasks = await self.broker.claim(asked, self.polling_interval, start_now)
+                tasks = await self.broker.claim(asked, wait, start_now)
             except Exception:
                 if self._stopping:
                     break
                 raise
+            # Dry: no more claims ahead until a slot is free (no claim per finished run).
+            dry = uncovered <= 0 and len(tasks) < asked
             if tasks:
                 took = min(time.perf_counter() - sent, 0.1)  # a claim that waited for work
                 self._claim_seconds += (took - self._claim_seconds) * 0.2
                 claimed_at = time.monotonic()
-                self._buffer.extend([(task, claimed_at) for task in tasks])
+                self._buffer.extend(
+                    [(task, claimed_at, n < start_now) for n, task in enumerate(tasks)]
+                )
                 self._start_buffered()
                 if len(tasks) < asked:
                     # The queue ran dry, so the next claim most likely finds nothing: let the
                     # runs just started begin before it is sent (a wake-up's latency).
                     await asyncio.sleep(0)
+
+    async def _wait_until_recording(self) -> None:
+        """The broker cannot record outcomes (it says why): claim nothing until it can."""
+        log.warning("not claiming tasks while their outcomes cannot be recorded")
+        while not self._stopping and not self.broker.recording:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.broker.until_recording(), 0.5)
+        if not self._stopping:
+            log.info("claiming tasks again")
 
     async def _wait_for_a_slot(self) -> None:
         self._slot_freed.clear()
@@ -269,16 +315,19 @@ class WorkerManager:
         # in the buffer, measured here: the completion records when the run really began.
         now, batch_claimed_at, waited = time.monotonic(), -1.0, datetime.timedelta()
         while buffer and len(runs) < self.concurrency and not self._stopping:
-            task, claimed_at = buffer.popleft()
+            task, claimed_at, recorded = buffer.popleft()
             if claimed_at != batch_claimed_at:  # one timedelta per claim, not per task
                 batch_claimed_at, waited = claimed_at, datetime.timedelta(seconds=now - claimed_at)
             if task.started_at is not None:
                 task.started_at += waited
-            self._start_run(task)
+            if not recorded:
+                self._unrecorded_starts[task.id] = (task, now)
+                self._starts_to_record.set()
+            self._start_run(task, now)
 
-    def _start_run(self, task: Task) -> None:
+    def _start_run(self, task: Task, now: float) -> None:
         # No task name: formatting one (UUID to text) costs as much as a no-op run's outcome.
-        run = Run(task, asyncio.create_task(self._run(task)))
+        run = Run(task, asyncio.create_task(self._run(task)), now)
         self._runs[task.id] = run
 
     async def _run(self, task: Task) -> Outcome | None:
@@ -288,8 +337,9 @@ class WorkerManager:
             outcome = await self._executor.run(task)
         except asyncio.CancelledError:
             pass  # lease lost, cancelled, or stopped at once: nothing to report
-        except Exception:  # the executor reports task errors as outcomes; this is a bug
+        except Exception as error:  # the executor reports task errors as outcomes: a bug
             log.exception("task %s crashed the executor", task.id)
+            outcome = Outcome(task, OutcomeKind.FAILED, error=error_text(error))
         finally:
             run = self._runs.pop(task.id, None)
             self._run_seconds += (time.perf_counter() - started - self._run_seconds) * 0.2
@@ -340,7 +390,7 @@ class WorkerManager:
         while True:
             await asyncio.sleep(interval)
             runs = [run for run in self._runs.values() if not run.abandoned]
-            buffered = [task for task, _ in self._buffer]
+            buffered = [entry[0] for entry in self._buffer]
             try:
                 lost = await self.broker.heartbeat([run.task for run in runs], buffered)
             except Exception as error:
@@ -361,6 +411,31 @@ class WorkerManager:
                     )
                     run.abandoned = True
                     run.future.cancel()
+
+    async def _start_record_loop(self) -> None:
+        """Write the starts of runs claimed ahead that last: within START_RECORD_SECONDS
+        of their start, in one statement, so that a crash of this worker right after does
+        not make a rescue take a run for one that never started."""
+        while True:
+            await self._starts_to_record.wait()
+            await asyncio.sleep(START_RECORD_SECONDS / 2)
+            older_than = time.monotonic() - START_RECORD_SECONDS / 2
+            due, waiting = [], {}
+            for task_id, (task, started) in self._unrecorded_starts.items():
+                if task_id not in self._runs:
+                    continue  # ended: its outcome carries its start
+                if started <= older_than:
+                    due.append(task)
+                else:
+                    waiting[task_id] = (task, started)
+            self._unrecorded_starts = waiting
+            if not waiting:
+                self._starts_to_record.clear()
+            if due:
+                try:
+                    await self.broker.record_starts(due)
+                except Exception as error:  # the heartbeat records them too, a bit later
+                    log.warning("could not record the start of %d runs: %s", len(due), error)
 
     @property
     def tasks_running(self) -> int:

@@ -7,7 +7,6 @@ three of their leases without a heartbeat; `pgqueue.live_workers` shows the othe
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import logging
 import os
@@ -18,6 +17,7 @@ import psycopg
 from psycopg_pool import PoolTimeout
 
 from pgqueue import registry
+from pgqueue.background import SupervisedTask
 from pgqueue.database import Database
 from pgqueue.errors import DatabaseUnavailable
 
@@ -59,18 +59,19 @@ class WorkerRegistry:
         self._queues = list(queues)
         self._info = info
         self._lease_seconds = lease_seconds
-        self._registration: asyncio.Task[bool] | None = None
+        self._registration = SupervisedTask("pgqueue-register", self._register_once)
 
     def start(self) -> None:
         """Register in the background: a worker starts even while the database is away."""
-        self._registration = asyncio.create_task(self.register(), name="pgqueue-register")
+        self._registration.start()
 
     async def close(self) -> None:
         """The clean exit: stop a registration still under way, then delete the row."""
-        if self._registration is not None:
-            self._registration.cancel()
-            await asyncio.gather(self._registration, return_exceptions=True)
+        await self._registration.stop()
         await self.unregister()
+
+    async def _register_once(self) -> None:
+        await self.register()
 
     async def register(self) -> bool:
         """Insert (or refresh) this worker's row; False if the database could not be reached."""

@@ -12,6 +12,7 @@ import time
 import uuid
 from typing import Any
 
+import psycopg
 import pytest
 from conftest import wait_until
 
@@ -75,13 +76,20 @@ def buffer_behind_a_blocker(
     **options: Any,
 ) -> tuple[Any, list[Any]]:
     """A worker (1 slot) whose runs proved short, now running `blocker` with `count` tasks
-    (labels q0, q1, ...) claimed ahead and held: returns the worker and their ids."""
+    (labels q0, q1, ...) claimed ahead and held: returns the worker and their ids.
+
+    They are queued in one transaction with the blocker, so one claim takes them all while
+    runs are short; the blocker then turns out long. (Once a run is long, the worker
+    claims nothing ahead: test_tasks_queued_behind_long_runs_go_to_an_idle_worker.)"""
     worker = start_worker(queues=[QUEUE], concurrency=1, **options)
     warm = quick.delay(label="warm")
     wait_until(lambda: rows(db, [warm])[0][0] == "COMPLETED")
-    blocker.delay()
+    with psycopg.connect(tm.settings.dsn) as conn:
+        blocker.delay(connection=conn)
+        held = tm.queue_tasks(
+            held_task, [{"label": f"q{n}"} for n in range(count)], connection=conn
+        )
     wait_until(lambda: "blocker" in ran)
-    held = tm.queue_tasks(held_task, [{"label": f"q{n}"} for n in range(count)])
     # The slot is busy, so these are claimed only because the worker claims ahead.
     wait_until(lambda: all(row[0] == "RUNNING" and row[1] == 1 for row in rows(db, held)))
     assert {row[2] for row in rows(db, held)} == {worker.manager.worker_id}
@@ -154,11 +162,11 @@ def test_the_start_of_a_held_task_is_recorded_while_it_runs(
     tm: TaskManager, db: Any, start_worker: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Held tasks are RUNNING with started_at NULL (not started: a rescue would give their
-    attempt back); one that starts gets its started_at from the next heartbeat (a third of
-    a lease), before it ends."""
+    attempt back); one that starts gets its started_at within START_RECORD_SECONDS (not at
+    the next heartbeat, a third of a lease: 10 s here), before it ends."""
     monkeypatch.setattr(worker_module, "BUFFER_HOLD_SECONDS", 60.0)
     worker, (first, second) = buffer_behind_a_blocker(
-        tm, db, start_worker, held_task=waiter, count=2, lease_seconds=1.5
+        tm, db, start_worker, held_task=waiter, count=2, lease_seconds=30
     )
 
     def started(task_id: uuid.UUID) -> tuple[str, bool]:
@@ -170,7 +178,9 @@ def test_the_start_of_a_held_task_is_recorded_while_it_runs(
     assert started(first) == started(second) == ("RUNNING", False)
     gate.set()  # the blocker ends; `first` starts and blocks; `second` stays held
     wait_until(lambda: "q0" in ran)
+    began = time.monotonic()
     wait_until(lambda: started(first) == ("RUNNING", True), timeout=5)
+    assert time.monotonic() - began < 1.0  # START_RECORD_SECONDS plus a round trip
     assert started(second) == ("RUNNING", False) and "q1" not in ran
     second_gate.set()
     wait_until(lambda: [row[0] for row in rows(db, [first, second])] == ["COMPLETED"] * 2)
@@ -224,3 +234,24 @@ def test_the_worker_claim_statement_is_the_claim_tasks_function(db: Any) -> None
     assert function_cte and statement_cte == function_cte
     order = "FROM claimed ORDER BY priority DESC, run_at, id"
     assert function_tail.endswith(order) and statement_tail.endswith(order)
+
+
+def test_tasks_queued_behind_long_runs_go_to_an_idle_worker(
+    tm: TaskManager, db: Any, start_worker: Any
+) -> None:
+    """A worker whose slots are all taken by long runs claims nothing ahead, even though
+    its past runs were short: tasks queued meanwhile run at once on an idle worker."""
+    busy = start_worker(queues=[QUEUE], concurrency=2)
+    warm = quick.delay(label="warm")
+    wait_until(lambda: rows(db, [warm])[0][0] == "COMPLETED")
+    long_runs = [blocker.delay(), blocker.delay()]
+    wait_until(lambda: ran.count("blocker") == 2)
+    time.sleep(0.2)  # the runs are now longer than a short run (CLAIM_AHEAD_MAX_RUN_SECONDS)
+    short = tm.queue_tasks(quick, [{"label": f"s{n}"} for n in range(3)])
+    idle = start_worker(queues=[QUEUE], concurrency=2)
+    wait_until(lambda: all(row[0] == "COMPLETED" for row in rows(db, short)), timeout=5)
+    assert {row[2] for row in rows(db, short)} == {idle.manager.worker_id}
+    assert [row[0] for row in rows(db, long_runs)] == ["RUNNING"] * 2
+    gate.set()
+    wait_until(lambda: all(row[0] == "COMPLETED" for row in rows(db, long_runs)))
+    assert {row[2] for row in rows(db, long_runs)} == {busy.manager.worker_id}

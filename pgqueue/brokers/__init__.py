@@ -88,6 +88,19 @@ class Broker(abc.ABC):
     def wake(self) -> None:  # noqa: B027 - optional hook
         """Make a pending `claim` return now (shutdown)."""
 
+    async def record_starts(self, tasks: Sequence[Task]) -> None:  # noqa: B027 - optional hook
+        """Record that these tasks, claimed ahead (not started by their claim), started:
+        a broker whose rescue tells unstarted tasks apart needs it (database: started_at)."""
+
+    @property
+    def recording(self) -> bool:
+        """False while outcomes given to `finish` cannot be recorded: the worker claims
+        nothing meanwhile (the broker logs why)."""
+        return True
+
+    async def until_recording(self) -> None:  # noqa: B027 - optional hook
+        """Return once `recording` is True."""
+
 
 def get_broker(settings: Settings | None = None) -> Broker:
     """The broker the settings name (`PGQUEUE_BROKER`, `task.broker`); database by default."""

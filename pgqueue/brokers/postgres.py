@@ -182,7 +182,7 @@ class PostgresBroker(Broker):
         while not self._interrupted:
             self._wake.clear()
             tasks = await self._retrying("claim", lambda: self._claim(limit, start_now))
-            if tasks:
+            if tasks or wait_seconds <= 0:
                 return tasks
             until_next = await self._retrying("next due task", self._seconds_until_next_task)
             timeout = deadline - time.monotonic()
@@ -245,6 +245,28 @@ class PostgresBroker(Broker):
             )
             held = {row[0] for row in await cursor.fetchall()}
         return {task.id for task in tasks} - held
+
+    async def record_starts(self, tasks: Sequence[Task]) -> None:
+        # The heartbeat's statement: it records a start once (coalesce), fenced by the token.
+        async with self.database.async_connection() as conn:
+            await conn.execute(
+                self.database.queries["extend_leases"],
+                {
+                    "ids": [task.id for task in tasks],
+                    "tokens": [task.lease_token for task in tasks],
+                    "lease_seconds": self.lease_seconds,
+                    "started": [task.started_at for task in tasks],
+                },
+            )
+
+    @property
+    def recording(self) -> bool:
+        completer = self._completer
+        return completer is None or completer.recording.is_set()
+
+    async def until_recording(self) -> None:
+        if self._completer is not None:
+            await self._completer.recording.wait()
 
     @contextlib.asynccontextmanager
     async def completion_transaction(self, task: Task) -> AsyncIterator[TaskTransaction]:

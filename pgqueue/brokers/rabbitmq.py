@@ -20,6 +20,7 @@ from typing import Any
 from aio_pika.abc import AbstractIncomingMessage
 
 from pgqueue import outbox
+from pgqueue.background import SupervisedTask
 from pgqueue.brokers import Broker, CleanupPolicy
 from pgqueue.brokers.amqp_connection import (
     ERRORS,
@@ -70,7 +71,7 @@ class RabbitMQBroker(Broker):
         self._outcomes: list[Outcome] = []
         self._outcome_ready = asyncio.Event()
         self._settled = asyncio.Event()
-        self._background: list[asyncio.Task[None]] = []
+        self._background: list[SupervisedTask] = []
         self._relay: outbox.Relay | None = None
         self._records: RecordWriter | None = None
         self._interrupted = False
@@ -171,7 +172,8 @@ class RabbitMQBroker(Broker):
             self._records = RecordWriter(
                 self.database, self._queries, worker_id, lambda: self._interrupted
             )
-        self._background = [asyncio.create_task(self._settle_loop(), name="pgqueue-settle")]
+        self._background = [SupervisedTask("pgqueue-settle", self._settle_loop)]
+        self._background[0].start()
         if self.database is not None:
             self._relay = outbox.Relay(self.database, self._publish_rows)
             self._relay.start()
@@ -180,9 +182,9 @@ class RabbitMQBroker(Broker):
 
     def _start_consuming(self, prefetch: int) -> None:
         self._prefetch = max(prefetch, 1)
-        self._background.append(
-            asyncio.create_task(self._stay_connected(), name="pgqueue-rabbitmq")
-        )
+        connection = SupervisedTask("pgqueue-rabbitmq", self._stay_connected)
+        connection.start()
+        self._background.append(connection)
 
     async def claim(
         self, limit: int, wait_seconds: float, start_now: int | None = None
@@ -314,26 +316,41 @@ class RabbitMQBroker(Broker):
 
     async def _settle_loop(self) -> None:
         while True:
-            await self._outcome_ready.wait()
+            if not self._outcomes:
+                await self._outcome_ready.wait()
             self._outcome_ready.clear()
             batch, self._outcomes = self._outcomes, []
             try:
-                follow_ups = await self._decide(batch)
-                await self._publish_follow_ups(follow_ups)
-            except Exception:  # a bug, not an outage: give the messages back to the queue
-                log.exception("could not settle %d outcomes; requeueing them", len(batch))
-                for outcome in batch:
-                    entry = self._inflight.pop(outcome.task.id, None)
-                    if entry is not None and entry[0] == self._generation:
-                        with contextlib.suppress(*ERRORS):
-                            await entry[1].nack(requeue=True)
-                follow_ups = []
-            for follow_up in follow_ups:
-                entry = self._inflight.pop(follow_up.outcome.task.id, None)
-                if entry is not None:
-                    await self._settle_message(*entry)
+                await self._settle(batch)
+            except Exception:  # refused: settle each alone, so one cannot hold back the rest
+                for outcome in batch if len(batch) > 1 else ():
+                    await self._settle_alone(outcome)
+                if len(batch) == 1:
+                    await self._requeue(batch[0])
             if not self._outcomes:
                 self._settled.set()
+
+    async def _settle(self, batch: list[Outcome]) -> None:
+        follow_ups = await self._decide(batch)
+        await self._publish_follow_ups(follow_ups)
+        for follow_up in follow_ups:
+            entry = self._inflight.pop(follow_up.outcome.task.id, None)
+            if entry is not None:
+                await self._settle_message(*entry)
+
+    async def _settle_alone(self, outcome: Outcome) -> None:
+        try:
+            await self._settle([outcome])
+        except Exception:
+            await self._requeue(outcome)
+
+    async def _requeue(self, outcome: Outcome) -> None:
+        """A bug, not an outage: give the message back to its queue (logged)."""
+        log.exception("could not settle the outcome of task %s; requeueing it", outcome.task.id)
+        entry = self._inflight.pop(outcome.task.id, None)
+        if entry is not None and entry[0] == self._generation:
+            with contextlib.suppress(*ERRORS):
+                await entry[1].nack(requeue=True)
 
     async def _decide(self, batch: list[Outcome]) -> list[FollowUp]:
         """Record the outcomes (one transaction) and decide what each one publishes."""
@@ -402,9 +419,8 @@ class RabbitMQBroker(Broker):
             )
         if self._relay is not None:
             await self._relay.stop()
-        for task in self._background:
-            task.cancel()
-        await asyncio.gather(*self._background, return_exceptions=True)
+        for loop in self._background:
+            await loop.stop()
         if self._link is not None:
             await self._link.close()  # unacked deliveries go back to their queues
         self._prefetch = 0

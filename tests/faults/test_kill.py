@@ -104,11 +104,16 @@ def test_sigkill_gives_back_the_tasks_claimed_ahead(
     victim = pool.spawn(concurrency=1, lease=1.0)
     warm = faults_tm.queue_task(fault_tasks.effect, n=0)  # a short run: it now claims ahead
     wait_until(lambda: all_finished(fault_db, [warm]), timeout=30)
-    blocker = faults_tm.queue_task(fault_tasks.effect, n=1, sleep=60, max_retries=0)
+    # One commit, so one claim takes them all (a worker claims nothing ahead of a run
+    # already long): the blocker starts, the others wait in the buffer behind it.
+    with psycopg.connect(fault_db.info.dsn) as conn:
+        blocker = faults_tm.queue_task(
+            fault_tasks.effect, n=1, sleep=60, max_retries=0, connection=conn
+        )
+        held = faults_tm.queue_tasks(
+            fault_tasks.effect, [{"n": 10 + i} for i in range(5)], max_retries=0, connection=conn
+        )
     wait_until(lambda: execution_count(fault_db) == 2, timeout=30)
-    held = faults_tm.queue_tasks(
-        fault_tasks.effect, [{"n": 10 + i} for i in range(5)], max_retries=0
-    )
     # The only slot is busy: these are RUNNING only because the worker claimed ahead.
     claimed_ahead = (
         "SELECT count(*) FROM pgqueue.tasks"
@@ -126,3 +131,38 @@ def test_sigkill_gives_back_the_tasks_claimed_ahead(
     row = task_row(fault_db, blocker)
     assert (row["status"], row["attempts"]) == ("FAILED", 1)
     assert row["error"].startswith("worker lost")
+
+
+def test_sigkill_just_after_a_held_task_started_counts_its_run(
+    fault_db: psycopg.Connection[Any], faults_tm: TaskManager, pool: WorkerPool
+) -> None:
+    """A task claimed ahead whose run started a moment before its worker was SIGKILLed
+    did run: its start is written within START_RECORD_SECONDS (not at the next heartbeat,
+    seconds later), so the rescue counts the attempt and max_retries=0 means it ends
+    FAILED, run once, instead of running twice."""
+    victim = pool.spawn(concurrency=1, lease=9.0)  # a heartbeat every 3 s
+    warm = faults_tm.queue_task(fault_tasks.effect, n=0)
+    wait_until(lambda: all_finished(fault_db, [warm]), timeout=30)
+    with psycopg.connect(fault_db.info.dsn) as conn:  # one claim: `held` waits behind `first`
+        first = faults_tm.queue_task(fault_tasks.effect, n=1, sleep=0.3, connection=conn)
+        held = faults_tm.queue_task(
+            fault_tasks.effect, n=2, sleep=60, max_retries=0, connection=conn
+        )
+    wait_until(lambda: all_finished(fault_db, [first]), timeout=30)
+    wait_until(lambda: execution_count(fault_db) == 3, timeout=30)  # `held` started
+    began = time.monotonic()
+    wait_until(lambda: task_started(fault_db, held), timeout=5, interval=0.01)
+    assert time.monotonic() - began < 1.0
+    victim.kill()
+
+    pool.spawn(concurrency=2, lease=1.0)
+    wait_until(lambda: all_finished(fault_db, [held]), timeout=60)
+    row = task_row(fault_db, held)
+    assert (row["status"], row["attempts"]) == ("FAILED", 1)
+    assert row["error"].startswith("worker lost")
+    assert execution_count(fault_db) == 3  # never run again
+
+
+def task_started(db: psycopg.Connection[Any], task_id: Any) -> bool:
+    row = db.execute("SELECT started_at FROM pgqueue.tasks WHERE id = %s", (task_id,)).fetchone()
+    return row is not None and row[0] is not None

@@ -1,0 +1,230 @@
+"""Whatever a task raises is recorded, storable and bounded; one outcome the database
+refuses never holds back the others; a worker that cannot record outcomes stops claiming;
+no upkeep loop of a worker dies in silence."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+import uuid
+from typing import Any
+
+import pytest
+from conftest import wait_until
+
+from pgqueue import AsyncTask, TaskManager
+from pgqueue.background import BackgroundLoop
+from pgqueue.payload import MAX_ERROR_CHARS, error_text, storable_text
+
+QUEUE = "outcomes"
+ran: list[str] = []
+_lock = threading.Lock()
+
+
+def _ran(label: str) -> None:
+    with _lock:
+        ran.append(label)
+
+
+class BrokenStr(Exception):
+    def __str__(self) -> str:
+        raise RuntimeError("no text for you")
+
+
+RAISED: dict[str, BaseException] = {
+    "nul": ValueError("bad\x00byte"),
+    "surrogate": ValueError("lone \udc80 surrogate"),
+    "huge": ValueError("x" * (20 * 1024 * 1024)),
+    "broken_str": BrokenStr(),
+    "system_exit": SystemExit(3),
+    "keyboard_interrupt": KeyboardInterrupt(),
+}
+
+
+@AsyncTask(queue=QUEUE, max_retries=0)
+async def raise_async(kind: str) -> None:
+    _ran(kind)
+    raise RAISED[kind]
+
+
+@AsyncTask(queue=QUEUE, max_retries=0)
+def raise_sync(kind: str) -> None:
+    _ran(kind)
+    raise RAISED[kind]
+
+
+@AsyncTask(queue=QUEUE)
+async def healthy(label: str) -> str:
+    _ran(label)
+    return label
+
+
+@pytest.fixture(autouse=True)
+def _clear() -> None:
+    ran.clear()
+
+
+def final_rows(db: Any, ids: list[uuid.UUID]) -> dict[uuid.UUID, tuple[str, int, str | None]]:
+    rows = db.execute(
+        "SELECT id, status::text, attempts, error FROM pgqueue.tasks WHERE id = ANY(%s)", (ids,)
+    ).fetchall()
+    return {row[0]: tuple(row[1:]) for row in rows}
+
+
+def test_whatever_a_task_raises_is_recorded_and_the_worker_carries_on(
+    tm: TaskManager, db: Any, start_worker: Any
+) -> None:
+    kinds = list(RAISED)
+    bad = [raise_async.delay(kind=kind) for kind in kinds]
+    bad += [raise_sync.delay(kind=kind) for kind in kinds]
+    good = tm.queue_tasks(healthy, [{"label": f"ok{n}"} for n in range(20)])
+    worker = start_worker(queues=[QUEUE], concurrency=4)
+    everything = bad + good
+    wait_until(
+        lambda: (
+            all(row[0] in ("FAILED", "COMPLETED") for row in final_rows(db, everything).values())
+            and len(final_rows(db, everything)) == len(everything)
+        ),
+        timeout=30,
+    )
+    rows = final_rows(db, everything)
+    for task_id, kind in zip(bad, kinds + kinds, strict=True):
+        status, attempts, error = rows[task_id]
+        assert (status, attempts) == ("FAILED", 1), kind
+        assert error is not None and len(error) <= MAX_ERROR_CHARS, kind
+        assert error.startswith(type(RAISED[kind]).__name__), error[:200]
+    errors = {kind: rows[task_id][2] for task_id, kind in zip(bad, kinds, strict=False)}
+    assert "bad\\x00byte" in errors["nul"]
+    assert "lone \\udc80 surrogate" in errors["surrogate"]
+    assert "cut by pgqueue: this text had" in errors["huge"]
+    assert "<str() of this BrokenStr raised RuntimeError>" in errors["broken_str"]
+    assert [rows[task_id][:2] for task_id in good] == [("COMPLETED", 1)] * 20
+    assert sorted(label for label in ran if label.startswith("ok")) == sorted(
+        f"ok{n}" for n in range(20)
+    )
+    assert len(ran) == len(everything)  # each ran once: nothing waited for a lease to expire
+    worker.stop()  # the worker is still alive and stops cleanly
+
+
+def test_an_outcome_the_database_refuses_does_not_hold_back_the_others(
+    tm: TaskManager, db: Any, start_worker: Any
+) -> None:
+    """A trigger of the user's refuses to complete one task (as a constraint would): that
+    task is recorded FAILED with the reason, and every other task of the batch completes."""
+    db.execute(
+        """
+        CREATE FUNCTION refuse_one() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+            RAISE EXCEPTION 'label % may not complete', NEW.kwargs->>'label';
+        END $$;
+        CREATE TRIGGER refuse_one BEFORE UPDATE ON pgqueue.tasks FOR EACH ROW
+        WHEN (NEW.status = 'COMPLETED' AND NEW.kwargs->>'label' = 'refused')
+        EXECUTE FUNCTION refuse_one();
+        """
+    )
+    ids = tm.queue_tasks(healthy, [{"label": f"ok{n}"} for n in range(30)])
+    refused = healthy.delay(label="refused", max_retries=0)
+    ids += tm.queue_tasks(healthy, [{"label": f"k{n}"} for n in range(30)])
+    worker = start_worker(queues=[QUEUE], concurrency=8)
+    wait_until(
+        lambda: all(
+            row[0] in ("COMPLETED", "FAILED") for row in final_rows(db, [*ids, refused]).values()
+        ),
+        timeout=30,
+    )
+    rows = final_rows(db, ids)
+    assert [row[:2] for row in rows.values()] == [("COMPLETED", 1)] * 60
+    status, attempts, error = final_rows(db, [refused])[refused]
+    assert (status, attempts) == ("FAILED", 1)
+    assert error.startswith("OutcomeRefused:") and "label refused may not complete" in error
+    assert len(ran) == 61  # nothing ran twice
+    worker.stop()
+
+
+def test_a_worker_that_cannot_record_outcomes_stops_claiming(
+    tm: TaskManager, db: Any, start_worker: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Completions fail as if the database were away (SQLSTATE 55P03, an OperationalError)
+    while claims still work: the worker stops claiming and says so, then goes on once
+    they are written again, each task run once."""
+    db.execute(
+        """
+        CREATE FUNCTION unavailable() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+            RAISE EXCEPTION 'completions unavailable' USING ERRCODE = 'lock_not_available';
+        END $$;
+        CREATE TRIGGER unavailable BEFORE UPDATE ON pgqueue.tasks FOR EACH ROW
+        WHEN (NEW.status = 'COMPLETED') EXECUTE FUNCTION unavailable();
+        """
+    )
+    caplog.set_level(logging.INFO, logger="pgqueue")
+    ids = tm.queue_tasks(healthy, [{"label": f"ok{n}"} for n in range(200)])
+    worker = start_worker(queues=[QUEUE], concurrency=2)
+    wait_until(lambda: "not claiming tasks while their outcomes cannot be recorded" in caplog.text)
+    ran_when_stopped = len(ran)
+    time.sleep(1.0)  # what a worker that kept claiming would run meanwhile: all 200
+    assert len(ran) == ran_when_stopped < 20
+    assert "cannot record outcomes" in caplog.text
+    db.execute("DROP TRIGGER unavailable ON pgqueue.tasks")
+    wait_until(
+        lambda: [row[0] for row in final_rows(db, ids).values()] == ["COMPLETED"] * 200,
+        timeout=30,
+    )
+    assert sorted(ran) == sorted(f"ok{n}" for n in range(200))  # each once
+    assert "claiming tasks again" in caplog.text
+    worker.stop()
+
+
+class Flaky(BackgroundLoop):
+    name = "pgqueue-flaky"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.runs = 0
+        self.steady = asyncio.Event()
+
+    async def _run(self) -> None:
+        self.runs += 1
+        if self.runs < 3:
+            raise RuntimeError(f"bug number {self.runs}")
+        self.steady.set()
+        await asyncio.Event().wait()
+
+
+def test_a_background_loop_that_raises_is_logged_and_started_again(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pgqueue import background
+
+    monkeypatch.setattr(background, "RESTART_FIRST_SECONDS", 0.01)
+
+    async def main() -> Flaky:
+        loop = Flaky()
+        loop.start()
+        await asyncio.wait_for(loop.steady.wait(), 5)
+        assert loop.running
+        await loop.stop()
+        return loop
+
+    loop = asyncio.run(main())
+    assert (loop.runs, loop.restarts) == (3, 2)
+    crashes = [r for r in caplog.records if "pgqueue-flaky crashed" in r.getMessage()]
+    assert len(crashes) == 2
+    assert all(r.exc_info and "bug number" in str(r.exc_info[1]) for r in crashes)
+
+
+def test_error_text_is_storable_and_bounded() -> None:
+    assert storable_text("a\x00b") == "a\\x00b"
+    assert storable_text("\udc80") == "\\udc80"
+    cut = storable_text("h" * 100 + "x" * 100_000 + "t" * 100)
+    assert len(cut) <= MAX_ERROR_CHARS
+    assert cut.startswith("h" * 100) and cut.endswith("t" * 100)
+    assert "this text had 100,200 characters" in cut
+    try:
+        raise BrokenStr()
+    except BrokenStr as error:
+        text = error_text(error)
+    assert text.startswith("BrokenStr: <str() of this BrokenStr raised RuntimeError>")
+    assert "Traceback" in text
