@@ -6,6 +6,12 @@ exactly one of them queue each occurrence, however many run. Occurrences missed 
 worker ran are caught up if they fall within the task's catch-up window (`cron_catchup`,
 one hour by default); older ones are skipped, not replayed. Each occurrence's run_at is
 its scheduled time.
+
+The broker in use delivers each occurrence: the worker claims it in cron_runs and hands the
+task to `Broker.aenqueue` inside that same transaction (the database broker writes its row,
+the RabbitMQ broker its record and an outbox row, which the relay publishes after the
+commit). A worker that dies before the commit leaves nothing claimed; after it, the
+occurrence is delivered whatever happens to that worker.
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ import inspect
 import logging
 import math
 import uuid
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -26,7 +32,7 @@ from psycopg_pool import PoolTimeout
 
 from pgqueue.background import BackgroundLoop, Backoff
 from pgqueue.errors import DatabaseUnavailable, TaskDefinitionError
-from pgqueue.records import new_task_id
+from pgqueue.records import NewTask, new_task_id
 
 if TYPE_CHECKING:
     from pgqueue.async_task import TaskFunction
@@ -40,6 +46,10 @@ DEFAULT_CATCHUP_SECONDS = 3600.0
 MAX_SLEEP_SECONDS = 60.0
 #: Occurrences of cron_runs kept beyond the catch-up window (the latest is always kept).
 RUNS_RETAINED_BEYOND_WINDOW = datetime.timedelta(days=1)
+
+#: Queues tasks inside the transaction of the connection given: `Broker.aenqueue` (or
+#: `TaskStore.ainsert`, the task table only, for the test mode).
+Enqueue = Callable[[Sequence[NewTask], Any], Awaitable[None]]
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -140,10 +150,13 @@ async def queue_due_occurrences(
     task: TaskFunction[Any],
     defaults: TaskDefaults,
     now: datetime.datetime | None = None,
+    *,
+    enqueue: Enqueue,
 ) -> list[uuid.UUID]:
     """Record the task's schedule and queue its occurrences due by `now` (default: the
     database clock) that no worker queued yet, within the catch-up window; their ids.
-    `conn` is in autocommit mode: each occurrence commits on its own."""
+    `conn` is in autocommit mode: each occurrence commits on its own, its claim in
+    cron_runs together with what `enqueue` writes."""
     schedule = task.schedule
     assert schedule is not None, f"{task.name} has no cron schedule"
     queue = task.queue or defaults.queue
@@ -165,23 +178,25 @@ async def queue_due_occurrences(
     window_start = now - datetime.timedelta(seconds=schedule.catchup_seconds)
     after = max(last_scheduled_at or first_seen_at, window_start)
     for moment in schedule.occurrences(after, now):
-        cursor = await conn.execute(
-            queries["cron_queue_occurrence"],
-            {
-                "name": task.name,
-                "scheduled_at": moment,
-                "id": new_task_id(),
-                "queue": queue,
-                "priority": task.priority if task.priority is not None else defaults.priority,
-                "max_retries": (
-                    task.max_retries if task.max_retries is not None else defaults.max_retries
-                ),
-            },
+        occurrence = NewTask(
+            id=new_task_id(),
+            name=task.name,
+            queue=queue,
+            priority=task.priority if task.priority is not None else defaults.priority,
+            max_retries=task.max_retries if task.max_retries is not None else defaults.max_retries,
+            kwargs_json="{}",
+            schedule_at=moment,
         )
-        inserted = await cursor.fetchone()
-        if inserted is not None:
-            queued.append(inserted[0])
-            log.info("cron: queued %s for %s (task %s)", task.name, moment, inserted[0])
+        async with conn.transaction():
+            cursor = await conn.execute(
+                queries["cron_claim_occurrence"],
+                {"name": task.name, "scheduled_at": moment, "task_id": occurrence.id},
+            )
+            if await cursor.fetchone() is None:
+                continue  # another worker queued it
+            await enqueue([occurrence], conn)
+        queued.append(occurrence.id)
+        log.info("cron: queued %s for %s (task %s)", task.name, moment, occurrence.id)
     await conn.execute(
         queries["cron_prune_runs"],
         {"name": task.name, "before": window_start - RUNS_RETAINED_BEYOND_WINDOW},
@@ -191,17 +206,23 @@ async def queue_due_occurrences(
 
 class CronScheduler(BackgroundLoop):
     """The loop a worker runs for the cron tasks it imported: sleep until the next
-    occurrence, queue it (unless another worker did), repeat."""
+    occurrence, queue it through `enqueue` (its broker's `aenqueue`) unless another worker
+    did, repeat."""
 
     name = "pgqueue-cron"
 
     def __init__(
-        self, database: Database, tasks: Sequence[TaskFunction[Any]], defaults: TaskDefaults
+        self,
+        database: Database,
+        tasks: Sequence[TaskFunction[Any]],
+        defaults: TaskDefaults,
+        enqueue: Enqueue,
     ) -> None:
         super().__init__()
         self._database = database
         self._tasks = cron_tasks(tasks)
         self._defaults = defaults
+        self._enqueue = enqueue
 
     def start(self) -> None:
         if self._tasks:
@@ -214,7 +235,11 @@ class CronScheduler(BackgroundLoop):
                 async with self._database.async_connection() as conn:
                     for task in self._tasks:
                         await queue_due_occurrences(
-                            conn, self._database.queries, task, self._defaults
+                            conn,
+                            self._database.queries,
+                            task,
+                            self._defaults,
+                            enqueue=self._enqueue,
                         )
                 backoff.reset()
             except (psycopg.OperationalError, PoolTimeout, DatabaseUnavailable) as error:

@@ -124,8 +124,14 @@ async def aqueue_cron(
     ) as conn:
         clock = await _clock(conn, database.queries, now)
         for task in cron_tasks(tasks):
+            # The task table only, whatever the broker: drain runs what the table holds.
             queued += await queue_due_occurrences(
-                conn, database.queries, task, tm.settings.defaults, now=clock
+                conn,
+                database.queries,
+                task,
+                tm.settings.defaults,
+                now=clock,
+                enqueue=tm.store.ainsert,
             )
     return queued
 

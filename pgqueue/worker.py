@@ -371,7 +371,7 @@ class WorkerManager:
 
     def _cron_scheduler(self, broker: Broker) -> CronScheduler | None:
         """Queue the occurrences of the cron tasks this worker imported whose queue it serves
-        (database broker): a worker schedules what it could run, nothing else."""
+        (any broker with a database): a worker schedules what it could run, nothing else."""
         default_queue = self.settings.defaults.queue
         tasks = [
             task
@@ -381,7 +381,8 @@ class WorkerManager:
         database = getattr(broker, "database", None)
         if not cron_tasks(tasks) or not isinstance(database, Database):
             return None
-        scheduler = CronScheduler(database, tasks, self.settings.defaults)
+        # The broker delivers each occurrence, in the transaction that claims it (cron.py).
+        scheduler = CronScheduler(database, tasks, self.settings.defaults, broker.aenqueue)
         scheduler.start()
         return scheduler
 

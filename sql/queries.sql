@@ -337,20 +337,16 @@ RETURNING s.first_seen_at, now() AS db_now,
           (SELECT max(r.scheduled_at) FROM pgqueue.cron_runs AS r WHERE r.name = s.name)
               AS last_scheduled_at;
 
--- name: cron_queue_occurrence
--- Queue one occurrence of a schedule, run_at = its scheduled time, unless another worker
--- did: the primary key of cron_runs admits each (name, scheduled_at) once.
-WITH occurrence AS (
-    INSERT INTO pgqueue.cron_runs (name, scheduled_at, task_id)
-    VALUES (%(name)s, %(scheduled_at)s, %(id)s)
-    ON CONFLICT (name, scheduled_at) DO NOTHING
-    RETURNING task_id
-)
-INSERT INTO pgqueue.tasks (id, name, queue, priority, kwargs, max_retries, run_at)
-SELECT o.task_id, %(name)s, %(queue)s, %(priority)s, '{}'::jsonb, %(max_retries)s,
-       %(scheduled_at)s
-FROM occurrence AS o
-RETURNING id;
+-- name: cron_claim_occurrence
+-- Claim one occurrence of a schedule for a new task id, unless another worker did: the
+-- primary key of cron_runs admits each (name, scheduled_at) once, and a racer waits here
+-- for the claimer's commit. Only the claimer gets a row; it queues the task through its
+-- broker in the same transaction (pgqueue/cron.py), so the claim, the task and, with
+-- RabbitMQ, its outbox row commit together or not at all.
+INSERT INTO pgqueue.cron_runs (name, scheduled_at, task_id)
+VALUES (%(name)s, %(scheduled_at)s, %(task_id)s)
+ON CONFLICT (name, scheduled_at) DO NOTHING
+RETURNING task_id;
 
 -- name: cron_prune_runs
 -- Forget occurrences older than the catch-up window can reach; the latest is always kept.

@@ -20,7 +20,7 @@ from conftest import wait_until
 
 from pgqueue import AsyncTask, TaskManager
 from pgqueue.cli import main
-from pgqueue.cron import CronSchedule, queue_due_occurrences
+from pgqueue.cron import CronSchedule, Enqueue, queue_due_occurrences
 from pgqueue.errors import TaskDefinitionError
 from pgqueue.settings import get_settings
 
@@ -34,11 +34,26 @@ def occurrences(db: psycopg.Connection[Any], name: str) -> list[datetime.datetim
     return [row[0] for row in rows]
 
 
-def queue_due(dsn: str, tm: TaskManager, task: Any, now: datetime.datetime | None) -> list[Any]:
+def queue_due(
+    dsn: str,
+    tm: TaskManager,
+    task: Any,
+    now: datetime.datetime | None,
+    enqueue: Enqueue | None = None,
+) -> list[Any]:
+    """One pass of a worker's scheduler, through `tm`'s broker unless `enqueue` is given."""
+
     async def run() -> list[Any]:
         async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
             queries = tm.store.database.queries
-            return await queue_due_occurrences(conn, queries, task, tm.settings.defaults, now)
+            return await queue_due_occurrences(
+                conn,
+                queries,
+                task,
+                tm.settings.defaults,
+                now,
+                enqueue=enqueue or tm.broker.aenqueue,
+            )
 
     return asyncio.run(run())
 
@@ -100,6 +115,25 @@ def test_racing_schedulers_queue_each_occurrence_once(tm: TaskManager, dsn: str,
     assert len(marks) == len(set(marks)) == len(queued) == 3
     assert all(mark.second == 0 and mark.microsecond == 0 for mark in marks)
     assert db.execute("SELECT count(*) FROM pgqueue.cron_runs").fetchone()[0] == 3
+
+
+def test_an_occurrence_is_claimed_only_together_with_its_task(tm: TaskManager, dsn: str, db):
+    task = feature_tasks.every_minute
+    now = db.execute("SELECT now()").fetchone()[0] + datetime.timedelta(minutes=3)
+
+    async def broker_fails_after_the_row(tasks: Any, connection: Any) -> None:
+        await tm.store.ainsert(tasks, connection)
+        raise RuntimeError("the broker refused the task")
+
+    with pytest.raises(RuntimeError, match="refused"):
+        queue_due(dsn, tm, task, now, enqueue=broker_fails_after_the_row)
+    # The claim of the occurrence went with its row: both rolled back, nothing half-queued.
+    assert db.execute("SELECT count(*) FROM pgqueue.cron_runs").fetchone()[0] == 0
+    assert occurrences(db, task.name) == []
+    queued = queue_due(dsn, tm, task, now)  # so the next pass queues it
+    assert len(queued) == len(occurrences(db, task.name)) == 3
+    claimed = db.execute("SELECT task_id FROM pgqueue.cron_runs").fetchall()
+    assert sorted(row[0] for row in claimed) == sorted(queued)
 
 
 def test_two_worker_processes_catch_up_once(tm: TaskManager, spawn_worker, db):

@@ -4,22 +4,29 @@ faults. Runs against the real RabbitMQ (127.0.0.1:5672, or PGQUEUE_TEST_RABBITMQ
 from __future__ import annotations
 
 import asyncio
+import collections
+import datetime
 import functools
+import itertools
 import signal
 import subprocess
+import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import aio_pika
 import psycopg
 import pytest
-from broker_tasks import calls, failures_left, flaky, forget_runs, nap, record
+from broker_tasks import calls, cron_record, failures_left, flaky, forget_runs, nap, record
 from conftest import default_task_manager, statuses, wait_until
 
+from pgqueue import outbox
 from pgqueue.brokers.amqp_messages import ERROR_HEADER
 from pgqueue.brokers.amqp_records import retry_backoff
 from pgqueue.brokers.amqp_topology import MAX_QUEUE_NAME_BYTES, Topology, broker_priority
+from pgqueue.cron import queue_due_occurrences
 from pgqueue.errors import BrokerUnavailable
 from pgqueue.records import TaskStatus
 from pgqueue.settings import Settings, load_settings
@@ -221,6 +228,136 @@ def test_outbox_bulk_with_delay_inside_a_transaction(
     assert min(at for _, at in calls) - queued >= 1.0
     assert len(ids) == 50
     assert db.execute("SELECT count(*) FROM pgqueue.outbox").fetchone()[0] == 0
+
+
+# -- cron ------------------------------------------------------------------------------
+
+
+def missed_five_minutes(db: Any) -> None:
+    """cron_record's schedule, known for ten minutes while no worker ran: the next scheduler
+    pass queues the occurrences of the last five (its catch-up window), a minute apart."""
+    db.execute(
+        "INSERT INTO pgqueue.cron_schedules (name, cron, timezone, queue, catchup_seconds, "
+        "first_seen_at) VALUES (%s, '* * * * *', 'UTC', 'cron-rabbitmq', 300, "
+        "now() - interval '10 minutes')",
+        (cron_record.name,),
+    )
+
+
+def cron_rows(db: Any) -> list[tuple[uuid.UUID, str, int, Any]]:
+    """(id, status, attempts, run_at) of cron_record's tasks, oldest occurrence first."""
+    return db.execute(
+        "SELECT id, status::text, attempts, run_at FROM pgqueue.tasks WHERE name = %s "
+        "ORDER BY run_at",
+        (cron_record.name,),
+    ).fetchall()
+
+
+def assert_each_occurrence_ran_once(db: Any, ids: list[uuid.UUID]) -> None:
+    wait_until(lambda: db.execute("SELECT count(*) FROM pgqueue.outbox").fetchone()[0] == 0)
+    rows = {row[0]: row for row in cron_rows(db)}
+    assert all(rows[task_id][1:3] == ("COMPLETED", 1) for task_id in ids), rows
+    runs = collections.Counter(label for label, _ in calls)
+    assert {task_id: runs[str(task_id)] for task_id in ids} == dict.fromkeys(ids, 1)
+    claimed = db.execute(
+        "SELECT task_id FROM pgqueue.cron_runs WHERE name = %s", (cron_record.name,)
+    ).fetchall()
+    assert sorted(row[0] for row in claimed) == sorted(rows)
+
+
+def scheduler_pass(dsn: str, manager: TaskManager) -> list[uuid.UUID]:
+    """One pass of a worker's scheduler through the manager's RabbitMQ broker, from a process
+    that runs no outbox relay."""
+
+    async def run() -> list[uuid.UUID]:
+        async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+            return await queue_due_occurrences(
+                conn,
+                manager.store.database.queries,
+                cron_record,
+                manager.settings.defaults,
+                enqueue=manager.broker.aenqueue,
+            )
+
+    return asyncio.run(run())
+
+
+def test_cron_occurrences_run_once_on_two_rabbitmq_workers(
+    rtm: TaskManager, rworker: Callable[..., Any], db: Any
+) -> None:
+    missed_five_minutes(db)
+    rworker(queues=["cron-rabbitmq"])
+    rworker(queues=["cron-rabbitmq"])  # both schedulers queue the same occurrences at once
+
+    def all_completed() -> bool:
+        rows = cron_rows(db)
+        return len(rows) >= 5 and all(row[1] == "COMPLETED" for row in rows)
+
+    wait_until(all_completed, timeout=20)
+    rows = cron_rows(db)
+    assert 5 <= len(rows) <= 6  # 6 if a minute turned while the workers started
+    marks = [row[3] for row in rows]
+    assert all(b - a == datetime.timedelta(minutes=1) for a, b in itertools.pairwise(marks))
+    assert_each_occurrence_ran_once(db, [row[0] for row in rows])
+
+
+def test_rabbitmq_cron_occurrence_is_in_the_outbox_of_its_claim(
+    rtm: TaskManager, rworker: Callable[..., Any], dsn: str, db: Any
+) -> None:
+    """Schedulers that commit their occurrences and never publish (they exit, say): each
+    occurrence has its record and one outbox row, and a worker's relay delivers it."""
+    missed_five_minutes(db)
+    racers = 8
+    barrier = threading.Barrier(racers)
+    queued: list[uuid.UUID] = []
+
+    def race() -> None:
+        barrier.wait()
+        queued.extend(scheduler_pass(dsn, rtm))
+
+    threads = [threading.Thread(target=race) for _ in range(racers)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    rows = cron_rows(db)
+    assert 5 <= len(rows) <= 6  # 6 if a minute turned while they raced
+    assert sorted(queued) == sorted(row[0] for row in rows)  # each by exactly one racer
+    assert all(row[1] == "PENDING" for row in rows)
+    waiting = db.execute("SELECT task_id FROM pgqueue.outbox").fetchall()
+    assert sorted(row[0] for row in waiting) == sorted(queued)
+    rworker(queues=["cron-rabbitmq"])
+    wait_until(lambda: all(rtm.get_task(i).status is TaskStatus.COMPLETED for i in queued), 20)
+    assert_each_occurrence_ran_once(db, queued)
+
+
+def test_a_cron_occurrence_wakes_the_relay(
+    rtm: TaskManager,
+    rworker: Callable[..., Any],
+    dsn: str,
+    db: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A relay that waited for its poll would take a minute: only its wake-up at the commit
+    # of the occurrences delivers them within the wait below.
+    monkeypatch.setattr(outbox, "POLL_SECONDS", 60.0)
+    rworker(queues=["cron-rabbitmq"])  # its scheduler records the schedule: nothing missed
+    wait_until(
+        lambda: (
+            db.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                "AND application_name = 'pgqueue-outbox-relay' AND query LIKE 'LISTEN%%' "
+                "AND state = 'idle'"
+            ).fetchone()[0]
+            and db.execute("SELECT count(*) FROM pgqueue.cron_schedules").fetchone()[0]
+        )
+    )
+    db.execute("UPDATE pgqueue.cron_schedules SET first_seen_at = now() - interval '10 minutes'")
+    queued = scheduler_pass(dsn, rtm)  # the worker's own scheduler sleeps till the minute
+    ids = [row[0] for row in cron_rows(db)]  # its pass may have taken one if a minute turned
+    assert set(queued) <= set(ids) and len(ids) in (5, 6)
+    wait_until(lambda: all(rtm.get_task(i).status is TaskStatus.COMPLETED for i in ids), 20)
+    assert_each_occurrence_ran_once(db, ids)
 
 
 # -- dead letters ----------------------------------------------------------------------

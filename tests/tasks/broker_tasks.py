@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 
-from pgqueue import AsyncTask
+from pgqueue import AsyncTask, current_task
 
 calls: list[tuple[str, float]] = []  # (label, time.time()) per run, in-process workers only
 failures_left: dict[str, int] = {}
@@ -40,3 +40,11 @@ async def flaky(key: str) -> str:
 def nap(seconds: float) -> float:
     time.sleep(seconds)
     return seconds
+
+
+@AsyncTask(queue="cron-rabbitmq", cron="* * * * *", cron_catchup=300)
+async def cron_record() -> str:
+    """A cron task whose runs the test counts: its task id in `calls`, once per run."""
+    task_id = str(current_task().id)
+    calls.append((task_id, time.time()))
+    return task_id
