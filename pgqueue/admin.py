@@ -20,6 +20,7 @@ import psycopg
 from psycopg.rows import dict_row
 
 from pgqueue.database import CONNECT_TIMEOUT_SECONDS, unavailable
+from pgqueue.dsn import parse_dsn
 from pgqueue.errors import ConfigurationError, InvalidTaskOption, TaskNotFound
 from pgqueue.options import check_queue
 from pgqueue.queries import DEFAULT_SCHEMA, queries
@@ -75,6 +76,7 @@ class Admin:
     @contextlib.contextmanager
     def connect(cls, dsn: str, schema: str = DEFAULT_SCHEMA) -> Iterator[Admin]:
         """One short-lived connection; an unreachable server fails at once, in one line."""
+        parse_dsn(dsn)
         try:
             connection = psycopg.connect(
                 dsn,

@@ -13,6 +13,7 @@ import psycopg
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool, ConnectionPool, PoolTimeout
 
+from pgqueue.dsn import describe_dsn, mask_dsn, mask_psycopg_logs, parse_dsn, redact
 from pgqueue.errors import DatabaseUnavailable
 from pgqueue.queries import check_schema, queries
 
@@ -31,21 +32,9 @@ KEEPALIVES: dict[str, Any] = {
 }
 
 
-def describe_dsn(dsn: str) -> str:
-    """host:port/dbname (user) of a DSN, never its password."""
-    try:
-        params = psycopg.conninfo.conninfo_to_dict(dsn)
-    except psycopg.ProgrammingError:
-        return "<unparsable DSN>"
-    host = params.get("host") or "localhost"
-    port = params.get("port") or "5432"
-    user = params.get("user") or "(default user)"
-    return f"postgresql://{user}@{host}:{port}/{params.get('dbname') or user}"
-
-
 def unavailable(dsn: str, error: BaseException) -> DatabaseUnavailable:
     reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-    return DatabaseUnavailable(f"cannot use PostgreSQL at {describe_dsn(dsn)}: {reason}")
+    return DatabaseUnavailable(f"cannot use PostgreSQL at {describe_dsn(dsn)}: {redact(reason)}")
 
 
 #: pgqueue's sessions use UTC, so timestamps come back as datetimes in datetime.timezone.utc
@@ -71,6 +60,8 @@ class Database:
     """
 
     def __init__(self, dsn: str, schema: str = "pgqueue", max_connections: int = 10) -> None:
+        parse_dsn(dsn)  # before a pool sees it: its warnings would quote a DSN it cannot parse
+        mask_psycopg_logs()
         self.dsn = dsn
         self.schema = check_schema(schema)
         self.queries = queries(schema)
@@ -228,7 +219,7 @@ def resolve_dsn(settings: Settings) -> str:
         _printed_embedded.add(dsn)
         print(
             f"pgqueue: no database configured (PGQUEUE_DSN); using the embedded PostgreSQL "
-            f"in {settings.data_dir}: psql '{dsn}'",
+            f"in {settings.data_dir}: psql '{mask_dsn(dsn)}'",
             file=sys.stderr,
         )
     return dsn
@@ -236,10 +227,11 @@ def resolve_dsn(settings: Settings) -> str:
 
 def check_reachable(dsn: str) -> None:
     """Connect once; DatabaseUnavailable (one line naming the server) if that fails."""
+    parse_dsn(dsn)
     try:
         with psycopg.connect(dsn, connect_timeout=CONNECT_TIMEOUT_SECONDS):
             pass
-    except psycopg.OperationalError as error:
+    except psycopg.Error as error:
         raise unavailable(dsn, error) from error
 
 

@@ -20,6 +20,7 @@ from typing import Any
 
 from pgqueue import AsyncTask, TaskManager, current_task
 from pgqueue.database import resolve_dsn
+from pgqueue.dsn import mask_dsn
 from pgqueue.settings import get_settings
 
 QUEUES = ("emails", "payments", "reports")
@@ -165,7 +166,7 @@ def summarize(
         f"\n{len(expected) - len(wrong)}/{len(expected)} tasks reached their expected status in "
         f"{elapsed:.1f}s; {retried} succeeded on a retry; 1 report failed for good, as intended."
     )
-    print(f"\nLook at them yourself:  psql '{dsn}'")
+    print(f"\nLook at them yourself:  psql '{mask_dsn(dsn)}'")
     print(
         "  SELECT queue, status, count(*) FROM pgqueue.tasks GROUP BY 1, 2 ORDER BY 1, 2;\n"
         "  SELECT name, attempts, left(error, 60) FROM pgqueue.tasks WHERE status = 'FAILED';\n"

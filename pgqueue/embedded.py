@@ -304,6 +304,8 @@ def _ensure_database(info: _Postmaster) -> None:
     import psycopg
     from psycopg import errors, sql
 
+    from pgqueue.dsn import redact
+
     try:
         with psycopg.connect(_dsn(info, "postgres"), autocommit=True, connect_timeout=10) as conn:
             exists = conn.execute(
@@ -315,7 +317,8 @@ def _ensure_database(info: _Postmaster) -> None:
                     conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(DATABASE)))
     except psycopg.Error as err:
         raise EmbeddedServerError(
-            f"the embedded PostgreSQL (pid {info.pid}) is running but cannot be used: {err}"
+            f"the embedded PostgreSQL (pid {info.pid}) is running but cannot be used: "
+            f"{redact(str(err))}"
         ) from err
 
 

@@ -41,3 +41,7 @@ class UnknownTask(PgQueueError, LookupError):
 
 class EmbeddedServerError(PgQueueError, RuntimeError):
     """The embedded PostgreSQL server could not be started, stopped or used."""
+
+
+class InvalidDsn(ConfigurationError):
+    """A PostgreSQL DSN libpq cannot parse; the message shows it with its password masked."""

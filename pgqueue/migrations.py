@@ -31,7 +31,7 @@ from sqlalchemy.pool import NullPool
 
 from alembic import command
 from pgqueue.database import CONNECT_TIMEOUT_SECONDS, unavailable
-from pgqueue.errors import ConfigurationError
+from pgqueue.dsn import parse_dsn
 from pgqueue.queries import DEFAULT_SCHEMA, check_schema, resource_dir, sql_file
 
 
@@ -50,16 +50,8 @@ def sqlalchemy_url(dsn: str) -> str:
 
 
 def check_dsn(dsn: str) -> dict[str, str]:
-    """The parameters of a libpq DSN (URL or key=value); an unparsable one is a clear error."""
-    try:
-        return {key: str(value) for key, value in psycopg.conninfo.conninfo_to_dict(dsn).items()}
-    except psycopg.ProgrammingError as error:
-        # libpq's message never quotes the DSN itself, which may hold a password.
-        reason = str(error).strip().splitlines()[0]
-        raise ConfigurationError(
-            f"the PostgreSQL DSN (PGQUEUE_DSN / task.dsn) cannot be parsed: {reason}; "
-            "use postgresql://user:password@host:port/dbname"
-        ) from None
+    """The parameters of a libpq DSN (URL or key=value); an unparsable one is InvalidDsn."""
+    return parse_dsn(dsn)
 
 
 def alembic_config(schema: str = DEFAULT_SCHEMA, **attributes: Any) -> Config:

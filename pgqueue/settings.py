@@ -14,6 +14,7 @@ from dataclasses import Field, dataclass, field, fields
 from pathlib import Path
 from typing import Any, ClassVar, Literal, NoReturn, TypeVar
 
+from pgqueue.dsn import mask_dsn, parse_dsn
 from pgqueue.errors import ConfigurationError
 
 DEFAULT_CONFIG_PATH = Path("config/services.yaml")
@@ -129,6 +130,15 @@ def _one_of(*options: str) -> Callable[[Any], str]:
     return parse
 
 
+def _dsn(value: Any) -> str | None:
+    """A DSN libpq can parse, checked here so that no pool or message ever gets a bad one;
+    InvalidDsn (its own message, the DSN masked) rather than a problem that quotes it."""
+    dsn = _optional_text(value)
+    if dsn is not None:
+        parse_dsn(dsn)
+    return dsn
+
+
 def _names(value: Any) -> list[str]:
     """A list of strings, or one string of comma-separated names."""
     if isinstance(value, str):
@@ -212,8 +222,16 @@ def _parse(cls: type[_Section], data: Mapping[str, Any]) -> tuple[dict[str, Any]
 
 def _describe(problems: list[Problem]) -> str:
     return "invalid settings: " + "; ".join(
-        f"{key}={value!r}: {words}" for key, value, words in problems
+        f"{key}={_shown(key, value)!r}: {words}" for key, value, words in problems
     )
+
+
+def _shown(key: str, value: Any) -> Any:
+    """A refused value as the message may quote it: a password never (YAML reads
+    `password: 12345` as a number, refused as not a string), a URL's masked."""
+    if "password" in key.rsplit(".", 1)[-1]:
+        return "****"
+    return mask_dsn(value) if isinstance(value, str) else value
 
 
 class _Section:
@@ -283,7 +301,7 @@ class Settings(_Section):
     #: Sections: PGQUEUE_<NAME>__<KEY> sets one key, PGQUEUE_<NAME> a JSON object.
     SECTIONS: ClassVar[tuple[str, ...]] = ("rabbitmq", "defaults")
 
-    dsn: str | None = field(default=None, metadata=rule(_optional_text))
+    dsn: str | None = field(default=None, metadata=rule(_dsn))
     broker: Literal["database", "rabbitmq"] = field(
         default="database", metadata=rule(_one_of("database", "rabbitmq"))
     )

@@ -20,6 +20,7 @@ from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractExchange, 
 from pgqueue import outbox
 from pgqueue.brokers.amqp_messages import build_message, new_message, run_at_of
 from pgqueue.brokers.amqp_topology import Topology, delay_routing_key
+from pgqueue.dsn import mask_dsn, redact
 from pgqueue.errors import BrokerUnavailable
 from pgqueue.records import NewTask
 
@@ -34,9 +35,13 @@ ERRORS = (OSError, aiormq.exceptions.AMQPError, RuntimeError, TimeoutError)
 
 def safe_url(url: str) -> str:
     """The AMQP URL without its password."""
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+        port = parts.port or 5672
+    except ValueError:  # a port that is no number, an unclosed [IPv6]: shown as written
+        return mask_dsn(url)
     user = f"{parts.username}@" if parts.username else ""
-    return f"{parts.scheme}://{user}{parts.hostname}:{parts.port or 5672}{parts.path or '/'}"
+    return f"{parts.scheme}://{user}{parts.hostname}:{port}{parts.path or '/'}"
 
 
 class Link:
@@ -57,7 +62,7 @@ class Link:
         return self.channel is not None and not self.channel.is_closed
 
     def unavailable(self, error: BaseException) -> BrokerUnavailable:
-        reason = str(error).strip() or type(error).__name__
+        reason = redact(str(error).strip()) or type(error).__name__
         return BrokerUnavailable(
             f"cannot use RabbitMQ at {safe_url(self.url)}: {reason} "
             "(check PGQUEUE_RABBITMQ_URL or the task.rabbitmq settings)"

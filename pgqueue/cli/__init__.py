@@ -11,6 +11,7 @@ from typing import Any
 import click
 import psycopg
 
+from pgqueue.dsn import redact
 from pgqueue.errors import PgQueueError
 
 
@@ -34,9 +35,9 @@ class Main(click.Group):
         except PgQueueError as error:
             raise click.ClickException(str(error)) from None
         except psycopg.Error as error:
-            raise click.ClickException(
-                f"database error: {str(error).strip().splitlines()[0]}"
-            ) from None
+            # libpq's text may quote a DSN, or the piece of one it stopped at.
+            text = str(error).strip() or type(error).__name__
+            raise click.ClickException(f"database error: {redact(text.splitlines()[0])}") from None
 
 
 @click.group(cls=Main, context_settings={"help_option_names": ["-h", "--help"]})

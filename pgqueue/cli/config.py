@@ -4,19 +4,17 @@ from __future__ import annotations
 
 import json
 import os
-import re
 
 import click
 
+from pgqueue.dsn import mask_dsn
 from pgqueue.settings import Settings, config_path, get_settings, read_config_file
-
-_URL_PASSWORD = re.compile(r"(://[^:/@]*:)[^@]*@")
 
 
 def mask(value: object) -> object:
-    """Hide passwords in URLs and secrets."""
+    """Hide passwords: in DSNs and URLs (every form), and the values of password keys."""
     if isinstance(value, str):
-        return _URL_PASSWORD.sub(r"\1****@", value)
+        return mask_dsn(value)
     if isinstance(value, dict):
         return {key: "****" if "password" in key else mask(item) for key, item in value.items()}
     return value
