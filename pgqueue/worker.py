@@ -138,6 +138,7 @@ class WorkerManager:
         self._loop = asyncio.get_running_loop()
         # A programmatic worker (the seed's worker.py) gets the `imports` setting's tasks too.
         import_task_modules(list(self.settings.imports))
+        registry.require_tasks()
         self._slot_freed = asyncio.Event()
         self._buffer.clear()
         self._run_seconds = CLAIM_AHEAD_MAX_RUN_SECONDS
