@@ -204,8 +204,8 @@ class Admin:
     def explain(self, task_id: Any) -> dict[str, Any]:
         """Why a task is not running: {"task": Task, "reasons": [{"code", "message"}]}.
 
-        Codes: finished, running, scheduled, retrying, paused, no_worker, not_registered,
-        behind, ready (nothing holds it back).
+        Codes: finished, running, unknown_name, scheduled, retrying, paused, no_worker,
+        not_registered, behind, ready (nothing holds it back).
         """
         parsed = parse_task_id(task_id)
         rows = self._rows("explain_task", {"id": parsed})
@@ -278,7 +278,9 @@ def explain_reasons(task: Task, facts: dict[str, Any]) -> list[dict[str, str]]:
         ]
     reasons = []
     due = task.run_at <= now
-    if task.status is TaskStatus.RETRYING and last_error:
+    if facts.get("unknown_since") is not None:
+        reasons.append(_unknown_name_reason(task, facts))
+    elif task.status is TaskStatus.RETRYING and last_error:
         reasons.append(
             _reason(
                 "retrying",
@@ -318,6 +320,21 @@ def explain_reasons(task: Task, facts: dict[str, Any]) -> list[dict[str, str]]:
             _reason("ready", "nothing holds it back: a worker should start it at its next claim")
         )
     return reasons
+
+
+def _unknown_name_reason(task: Task, facts: dict[str, Any]) -> dict[str, str]:
+    """Given back by workers that had not registered its name (give_back_unknown_tasks)."""
+    now, fails_at = facts["db_now"], facts["unknown_fails_at"]
+    again = "due now" if task.run_at <= now else f"due again {_ago(task.run_at, now)}"
+    count = facts["unknown_give_backs"]
+    times = "once" if count == 1 else f"{count} times"
+    return _reason(
+        "unknown_name",
+        f"given back {times} since {facts['unknown_since']}, "
+        f"last by worker {task.worker_id}, which has not registered task {task.name!r} (no "
+        f"attempt spent; {again}); a worker that imports its module (--import) runs it at "
+        f"its next claim; it ends FAILED at {fails_at} ({_ago(fails_at, now)}) if none has",
+    )
 
 
 def _reason(code: str, message: str) -> dict[str, str]:

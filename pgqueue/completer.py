@@ -18,6 +18,7 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from pgqueue.background import BackgroundLoop, Backoff, first_line
 from pgqueue.errors import DatabaseUnavailable
+from pgqueue.executor import log_unknown_given_back
 from pgqueue.payload import error_summary, storable_text
 from pgqueue.records import Outcome, OutcomeKind
 
@@ -45,11 +46,13 @@ class Completer(BackgroundLoop):
         pool: AsyncConnectionPool,
         queries: dict[str, str],
         on_retry_scheduled: Callable[[], None],
+        unknown_task_grace_seconds: float = 3600.0,
     ) -> None:
         super().__init__()
         self._pool = pool
         self._queries = queries
         self._on_retry_scheduled = on_retry_scheduled
+        self._unknown_task_grace_seconds = unknown_task_grace_seconds
         self._pending: list[Outcome] = []
         self._ready = asyncio.Event()
         self._idle = asyncio.Event()
@@ -160,6 +163,9 @@ class Completer(BackgroundLoop):
                 if completed:
                     await self._complete(conn, completed)
                 await self._release(conn, [o for o in batch if o.kind is OutcomeKind.RELEASED])
+                await self._give_back_unknown(
+                    conn, [o for o in batch if o.kind is OutcomeKind.UNKNOWN]
+                )
                 for outcome in batch:
                     if outcome.kind is OutcomeKind.FAILED:
                         await self._fail(conn, outcome)
@@ -192,6 +198,20 @@ class Completer(BackgroundLoop):
                     "tokens": [o.task.lease_token for o in outcomes],
                 },
             )
+
+    async def _give_back_unknown(
+        self, conn: psycopg.AsyncConnection[Any], outcomes: list[Outcome]
+    ) -> None:
+        if outcomes:
+            cursor = await conn.execute(
+                self._queries["give_back_unknown_tasks"],
+                {
+                    "ids": [o.task.id for o in outcomes],
+                    "tokens": [o.task.lease_token for o in outcomes],
+                    "grace_seconds": self._unknown_task_grace_seconds,
+                },
+            )
+            log_unknown_given_back(outcomes, await cursor.fetchall())
 
     async def _fail(self, conn: psycopg.AsyncConnection[Any], outcome: Outcome) -> None:
         cursor = await conn.execute(

@@ -9,7 +9,7 @@ import functools
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Protocol
 
 from pgqueue import events, registry
@@ -180,12 +180,11 @@ class Executor:
         return Outcome(task, OutcomeKind.FAILED, error=error_text(error))
 
     def _unknown(self, task: Task) -> Outcome:
-        message = (
-            f"UnknownTask: no task named {task.name!r} is registered in this worker; "
-            "import the module that defines it with --import (or the imports setting)"
-        )
-        log.error("task %s: %s", task.id, message)
-        return Outcome(task, OutcomeKind.FAILED, error=message, retryable=False)
+        # Not this worker's to fail: during a rolling deploy, or on a worker started without
+        # one of its modules, another worker may know the name. The broker gives it back (and
+        # fails it only after the grace); the name is never imported nor called.
+        log.debug("task %s: no task named %r is registered in this worker", task.id, task.name)
+        return Outcome(task, OutcomeKind.UNKNOWN)
 
 
 class TransactionUnsupported(RuntimeError):
@@ -210,3 +209,21 @@ def _undecodable(function: TaskFunction[Any], task: Task) -> Outcome | None:
     )
     log.error("task %s: %s", task.id, message)
     return Outcome(task, OutcomeKind.FAILED, error=message, retryable=False)
+
+
+def log_unknown_given_back(outcomes: Sequence[Outcome], rows: Sequence[tuple[Any, ...]]) -> None:
+    """One line per batch, not per task: a backlog of unknown tasks is given back in
+    thousands, and each comes back every few seconds until a worker that knows it runs it."""
+    names = {o.task.id: o.task.name for o in outcomes}
+    failed = [row for row in rows if row[1] == "FAILED"]
+    given_back = sorted({names[row[0]] for row in rows if row[1] != "FAILED"})
+    if given_back:
+        log.warning(
+            "gave back %d tasks whose names this worker has not registered (%s); a worker "
+            "that imports their modules (--import, PGQUEUE_IMPORTS) will run them",
+            len(rows) - len(failed),
+            ", ".join(repr(name) for name in given_back[:5])
+            + (f" and {len(given_back) - 5} more" if len(given_back) > 5 else ""),
+        )
+    for row in failed:
+        log.error("task %s %s is FAILED: %s", row[0], names[row[0]], row[3])

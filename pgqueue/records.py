@@ -98,6 +98,9 @@ class OutcomeKind(enum.StrEnum):
     FAILED = "failed"  # retried while attempts remain (unless retryable is False)
     RESCHEDULED = "rescheduled"  # Retry/Snooze: back later, no failure recorded
     RELEASED = "released"  # shutdown: back to PENDING, the attempt not counted
+    #: The worker has not registered the task's name: given back for a worker that has, the
+    #: attempt not counted; FAILED once none has for the grace (give_back_unknown_tasks).
+    UNKNOWN = "unknown"
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

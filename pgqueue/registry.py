@@ -26,6 +26,16 @@ def registered_names() -> list[str]:
     return sorted(_tasks)
 
 
+def require_tasks() -> None:
+    """A worker with no task registered could only give back what it claims: refuse it."""
+    if not _tasks:
+        raise ConfigurationError(
+            "no task is registered, so this worker could run nothing: import the modules "
+            "that define your tasks with --import (pgqueue worker --import myapp.tasks) or "
+            "the PGQUEUE_IMPORTS setting"
+        )
+
+
 def import_task_modules(modules: list[str]) -> None:
     """Import the modules that define tasks (`--import`, the `imports` setting)."""
     for module in modules:

@@ -320,6 +320,9 @@ class Settings(_Section):
     lease_seconds: float = field(default=30.0, metadata=rule(_number, gt=0))
     shutdown_grace_seconds: float = field(default=30.0, metadata=rule(_number, ge=0))
     max_payload_bytes: int = field(default=1_048_576, metadata=rule(_integer, gt=0))
+    # How long a task may be given back by workers that have not registered its name before
+    # it ends FAILED (0: at the first such claim).
+    unknown_task_grace_seconds: float = field(default=3600.0, metadata=rule(_number, ge=0))
     schema_name: str = field(
         default="pgqueue", metadata=rule(_text, pattern=r"^[a-z_][a-z0-9_]{0,62}$")
     )

@@ -20,7 +20,9 @@ real clock plus its back-off, so a later `now` reaches it).
 `queue_cron(tm, now=...)` queues the occurrences of cron tasks due by `now` (within their
 catch-up window), as a worker's scheduler would; drain then runs them.
 
-Transactional tasks (`transactional=True`) need a real worker; drain fails them.
+Transactional tasks (`transactional=True`) need a real worker; drain fails them. A task
+whose name this process has not registered ends FAILED (UnknownTask) at once: a drain has
+no other worker that could know it.
 """
 
 from __future__ import annotations
@@ -204,6 +206,13 @@ async def _record(
                 "error": outcome.error,
                 "retryable": outcome.retryable,
             },
+        )
+    elif outcome.kind is OutcomeKind.UNKNOWN:
+        # This process is the only worker of a drain: no other could know the name, and a
+        # give-back would come due again within the drain's clock. It fails at once.
+        await conn.execute(
+            queries["give_back_unknown_tasks"],
+            {"ids": [task.id], "tokens": [task.lease_token], "grace_seconds": 0.0},
         )
     elif outcome.kind is OutcomeKind.RESCHEDULED:
         await conn.execute(

@@ -151,6 +151,7 @@ class WorkerManager:
         self._loop = asyncio.get_running_loop()
         # A programmatic worker (the seed's worker.py) gets the `imports` setting's tasks too.
         import_task_modules(list(self.settings.imports))
+        registry.require_tasks()
         self._slot_freed = asyncio.Event()
         self._starts_to_record = asyncio.Event()
         self._unrecorded_starts.clear()

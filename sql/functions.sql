@@ -101,7 +101,9 @@ LANGUAGE sql AS $$
                       ELSE t.run_at END,
         finished_at = CASE WHEN d.will_retry THEN NULL ELSE now() END,
         error = p_error,
-        lease_expires_at = NULL
+        lease_expires_at = NULL,
+        -- This worker knew the name: a later give-back by one that does not starts a new grace.
+        unknown_since = NULL, unknown_fails_at = NULL, unknown_give_backs = 0
     FROM decision AS d
     WHERE t.id = d.id
     RETURNING t.status, t.run_at;
@@ -118,9 +120,95 @@ LANGUAGE sql AS $$
     SET status = 'RETRYING',
         run_at = now() + make_interval(secs => p_delay_seconds),
         attempts = CASE WHEN p_refund_attempt THEN greatest(t.attempts - 1, 0) ELSE t.attempts END,
-        lease_expires_at = NULL
+        lease_expires_at = NULL,
+        unknown_since = NULL, unknown_fails_at = NULL, unknown_give_backs = 0
     WHERE t.id = p_id AND t.lease_token = p_token AND t.status = 'RUNNING'
     RETURNING t.run_at;
+$$;
+
+-- name: unknown_task_backoff
+-- Delay before a task given back by a worker that does not know its name is due again, after
+-- p_give_backs give-backs: 1 s, 2 s, 4 s, ... capped at 30 s, +/-25% jitter. Growing, so
+-- workers that do not know it claim it a bounded number of times (about 120 an hour) and
+-- a backlog of such tasks leaves the head of its queue; capped, so a worker that knows it
+-- runs it soon.
+CREATE OR REPLACE FUNCTION pgqueue.unknown_task_backoff(p_give_backs integer) RETURNS interval
+LANGUAGE sql VOLATILE AS $$
+    SELECT make_interval(secs => least(power(2, greatest(p_give_backs, 1) - 1), 30)
+                                 * (0.75 + random() * 0.5));
+$$;
+
+-- name: give_back_unknown_tasks
+-- Running tasks whose name the worker holding them has not registered: that worker never
+-- calls them, and they are not its to fail. Each goes back PENDING, its attempt refunded,
+-- due again after unknown_task_backoff, with an error naming the worker (worker_id, kept,
+-- is the one the lease token proves claimed it). Once it has been given back for
+-- p_grace_seconds since the first give-back (no worker knowing the name ran it meanwhile:
+-- that clears unknown_since), it ends FAILED instead. Fenced like the other writes;
+-- returns (id, new status, new run_at, error) of those accepted, and wakes the workers of
+-- their queues, so that an idle worker that knows the name sets its timer to the new run_at.
+CREATE OR REPLACE FUNCTION pgqueue.give_back_unknown_tasks(
+    p_ids uuid[], p_tokens integer[], p_grace_seconds double precision
+) RETURNS TABLE (
+    task_id uuid, new_status pgqueue.task_status, new_run_at timestamptz, task_error text
+)
+LANGUAGE plpgsql AS $$
+DECLARE
+    ids uuid[];
+    statuses pgqueue.task_status[];
+    run_ats timestamptz[];
+    errors text[];
+    queues text[];
+BEGIN
+    WITH held AS (
+        SELECT h.id, since, since + make_interval(secs => p_grace_seconds) AS fails_at,
+               since + make_interval(secs => p_grace_seconds) <= now() AS expired
+        FROM unnest(p_ids, p_tokens) AS h(id, token)
+        -- status::text: a primary-key lookup per element (see complete_tasks).
+        JOIN pgqueue.tasks AS t
+          ON t.id = h.id AND t.lease_token = h.token AND t.status::text = 'RUNNING'
+        CROSS JOIN LATERAL (SELECT coalesce(t.unknown_since, now()) AS since) AS began
+    ), moved AS (
+        UPDATE pgqueue.tasks AS t
+        SET status = CASE WHEN held.expired THEN 'FAILED'
+                          ELSE 'PENDING' END::pgqueue.task_status,
+            attempts = greatest(t.attempts - 1, 0),
+            run_at = CASE WHEN held.expired THEN t.run_at
+                          ELSE now() + pgqueue.unknown_task_backoff(t.unknown_give_backs + 1)
+                     END,
+            started_at = NULL,
+            finished_at = CASE WHEN held.expired THEN now() END,
+            lease_expires_at = NULL,
+            unknown_since = held.since,
+            unknown_fails_at = held.fails_at,
+            unknown_give_backs = t.unknown_give_backs + 1,
+            error = CASE
+                WHEN held.expired THEN format(
+                    'UnknownTask: no worker knew task name %L for %s s (given back %s '
+                    'time%s since %s, last by worker %s); start a worker that imports the '
+                    'module defining it (--import or PGQUEUE_IMPORTS), then '
+                    '`pgqueue tasks retry`',
+                    t.name, round(EXTRACT(epoch FROM now() - held.since)),
+                    t.unknown_give_backs + 1,
+                    CASE WHEN t.unknown_give_backs = 0 THEN '' ELSE 's' END,
+                    date_trunc('second', held.since), t.worker_id)
+                ELSE format(
+                    'UnknownTask: worker %s has no task named %L registered; given back '
+                    'without spending an attempt, for a worker that imports the module '
+                    'defining it (--import or PGQUEUE_IMPORTS); FAILED at %s if none has',
+                    t.worker_id, t.name, date_trunc('second', held.fails_at))
+            END
+        FROM held
+        WHERE t.id = held.id
+        RETURNING t.id, t.status, t.run_at, t.error, t.queue
+    )
+    SELECT array_agg(m.id), array_agg(m.status), array_agg(m.run_at), array_agg(m.error),
+           array_agg(DISTINCT m.queue) FILTER (WHERE m.status = 'PENDING')
+    INTO ids, statuses, run_ats, errors, queues
+    FROM moved AS m;
+    PERFORM pg_notify('pgqueue.tasks', q) FROM unnest(queues) AS q;
+    RETURN QUERY SELECT * FROM unnest(ids, statuses, run_ats, errors);
+END;
 $$;
 
 -- name: extend_leases
@@ -247,6 +335,7 @@ BEGIN
     UPDATE pgqueue.tasks AS t
     SET status = 'PENDING', run_at = now(), started_at = NULL, finished_at = NULL,
         result = NULL, lease_expires_at = NULL,
+        unknown_since = NULL, unknown_fails_at = NULL, unknown_give_backs = 0,
         -- It keeps its unique_key (sql/features.sql) unless another task holds it now.
         unique_key = CASE WHEN EXISTS (
             SELECT 1 FROM pgqueue.tasks AS o
@@ -381,6 +470,7 @@ BEGIN
         UPDATE pgqueue.tasks AS t
         SET status = 'PENDING', run_at = now(), started_at = NULL, finished_at = NULL,
             result = NULL, lease_expires_at = NULL,
+            unknown_since = NULL, unknown_fails_at = NULL, unknown_give_backs = 0,
             unique_key = CASE WHEN f.rank > 1 OR EXISTS (
                 SELECT 1 FROM pgqueue.tasks AS o
                 WHERE o.unique_key = t.unique_key

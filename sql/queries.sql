@@ -100,6 +100,10 @@ SELECT * FROM pgqueue.fail_task(%(id)s, %(token)s, %(error)s, %(retryable)s);
 -- Put a running task back for later without recording a failure.
 SELECT pgqueue.reschedule_task(%(id)s, %(token)s, %(delay)s, %(refund_attempt)s);
 
+-- name: give_back_unknown_tasks
+-- Give back tasks whose name this worker has not registered (FAILED after the grace).
+SELECT * FROM pgqueue.give_back_unknown_tasks(%(ids)s, %(tokens)s, %(grace_seconds)s);
+
 -- name: extend_leases
 -- Heartbeat; returns the ids still held.
 SELECT pgqueue.extend_leases(

@@ -31,7 +31,15 @@ CREATE TABLE pgqueue.tasks (
     -- Rescues that gave back the attempt of a task claimed ahead by a lost worker and not
     -- started (started_at NULL): bounded, so a task that kills its worker before its start
     -- is recorded still ends FAILED (rescue_expired_leases).
-    unstarted_rescues integer NOT NULL DEFAULT 0
+    unstarted_rescues integer NOT NULL DEFAULT 0,
+    -- Claims by workers that had not registered the task's name (give_back_unknown_tasks):
+    -- each is given back without spending an attempt. The first sets unknown_since; the
+    -- task ends FAILED at unknown_fails_at (unknown_since + the grace of the worker that
+    -- gave it back last) if no worker knowing the name ran it meanwhile. A knowing worker's
+    -- failure or reschedule clears them (fail_task, reschedule_task).
+    unknown_since      timestamptz,
+    unknown_fails_at   timestamptz,
+    unknown_give_backs integer NOT NULL DEFAULT 0
 );
 
 -- Only runnable rows: finished tasks never slow the claim, however many pile up.

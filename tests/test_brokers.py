@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import re
 import signal
 import time
 from collections.abc import Callable, Iterator
@@ -15,7 +16,7 @@ from conftest import default_task_manager, statuses, wait_until
 
 from pgqueue import events
 from pgqueue.records import TaskStatus
-from pgqueue.settings import Settings
+from pgqueue.settings import Settings, load_settings
 from pgqueue.task_manager import TaskManager
 
 
@@ -131,13 +132,68 @@ def test_events_fire_around_runs(btm: TaskManager, bworker: Callable[..., Any]) 
     assert ("error", "planned failure of ev") in seen
 
 
-def test_unknown_task_fails_without_retry(btm: TaskManager, bworker: Callable[..., Any]) -> None:
+def test_unknown_task_is_given_back_then_fails_after_the_grace(
+    btm: TaskManager, bworker: Callable[..., Any], broker_settings: Settings, db: Any
+) -> None:
+    """A worker that has not registered a name never calls it and spends no attempt on it;
+    it gives it back, and the task ends FAILED only once the grace is over."""
     task_id = btm.queue_task("nowhere.missing_task", max_retries=5, x=1)
-    bworker()
+    tiny_grace = load_settings(**{**broker_settings.to_dict(), "unknown_task_grace_seconds": 1})
+    worker_id = bworker(worker_settings=tiny_grace).manager.worker_id
+    given_back = wait_until(lambda: given_back_by(db, task_id, worker_id))
+    assert given_back["status"] == "PENDING" and given_back["attempts"] == 0
+    assert "'nowhere.missing_task'" in given_back["error"]
     wait_until(lambda: btm.get_task(task_id).status is TaskStatus.FAILED)
     task = btm.get_task(task_id)
-    assert task.attempts == 1
-    assert "UnknownTask" in (task.error or "") and "nowhere.missing_task" in (task.error or "")
+    assert task.attempts == 0 and task.finished_at is not None
+    assert (task.error or "").startswith(
+        "UnknownTask: no worker knew task name 'nowhere.missing_task' for "
+    )
+    assert f"last by worker {worker_id}" in (task.error or "")
+    # Claimed a few times over the grace (back-off 1 s, 2 s), not in a loop.
+    assert 2 <= task.lease_token <= 4, task.lease_token
+
+
+def given_back_by(db: Any, task_id: Any, worker_id: str) -> dict[str, Any] | None:
+    """The task's row once `worker_id` gave it back (its error names that worker)."""
+    row = db.execute(
+        "SELECT status::text, attempts, error FROM pgqueue.tasks WHERE id = %s", (task_id,)
+    ).fetchone()
+    if row is None or f"UnknownTask: worker {worker_id} " not in (row[2] or ""):
+        return None
+    return {"status": row[0], "attempts": row[1], "error": row[2]}
+
+
+def test_a_worker_that_knows_the_name_runs_what_another_gave_back(
+    btm: TaskManager,
+    broker_settings: Settings,
+    spawn_worker: Callable[..., Any],
+    db: Any,
+) -> None:
+    """A rolling deploy: the producer queues a new kind of task that the running worker (A)
+    does not know; A gives it back, and the new worker (B), A still running, runs it."""
+    task_id = btm.queue_task(record, label="new kind")
+    env = worker_env(broker_settings)
+    old = spawn_worker("--import", "sample_tasks", "--queues", "default", env=env)
+    old_id = wait_until(lambda: started_worker_id(old))
+    given_back = wait_until(lambda: given_back_by(db, task_id, old_id), timeout=20)
+    assert given_back["status"] == "PENDING" and given_back["attempts"] == 0, old.output
+    new = spawn_worker("--import", "broker_tasks", "--queues", "default", env=env)
+    wait_until(lambda: started_worker_id(new))
+    began = time.monotonic()
+    wait_until(lambda: btm.get_task(task_id).status is TaskStatus.COMPLETED, timeout=30)
+    took = time.monotonic() - began
+    task = btm.get_task(task_id)
+    assert task.attempts == 1 and task.result == "new kind"
+    assert task.worker_id == started_worker_id(new), (task.worker_id, old.output, new.output)
+    assert took < 20, took  # the back-off is capped; in practice a few seconds
+
+
+def started_worker_id(worker: Any) -> str | None:
+    """The id a `pgqueue worker` subprocess logged when it started."""
+    found = re.search(r"worker (\S+) started: queues=", worker.output)
+    assert worker.process.poll() is None, worker.output
+    return found.group(1) if found else None
 
 
 def test_sigterm_drains_running_task(

@@ -103,6 +103,14 @@ def test_worker_unknown_import(tmp_path: Path, dsn: str) -> None:
     assert_one_line_error(result, "cannot import task module 'no_such_module_x'")
 
 
+def test_worker_without_any_task_refuses_to_start(tmp_path: Path, dsn: str) -> None:
+    # Without --import nor PGQUEUE_IMPORTS it could only give back every task it claims.
+    result = run_cli("worker", "--queues", "emails", cwd=tmp_path, timeout=30, PGQUEUE_DSN=dsn)
+    assert_one_line_error(result, "no task is registered", "--import", "PGQUEUE_IMPORTS")
+    with psycopg.connect(dsn) as conn:
+        assert conn.execute("SELECT count(*) FROM pgqueue.workers").fetchone() == (0,)
+
+
 @pytest.mark.slow
 def test_worker_unreachable_database_at_startup(tmp_path: Path) -> None:
     environment = {k: v for k, v in os.environ.items() if not k.startswith("PGQUEUE_")}

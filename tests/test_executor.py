@@ -114,11 +114,11 @@ def test_failure_carries_type_message_and_traceback() -> None:
     "name",
     ["os.system", "subprocess.run", "builtins.eval", "no_such_module.task", "", "add"],
 )
-def test_unregistered_names_are_refused_without_import(name: str) -> None:
+def test_unregistered_names_are_given_back_without_import(name: str) -> None:
     outcome = run(claimed(name, command="echo pwned"))
-    assert outcome.kind is OutcomeKind.FAILED
-    assert outcome.retryable is False
-    assert outcome.error.startswith(f"UnknownTask: no task named {name!r} is registered")
+    # Not this worker's to fail: the broker gives it back for a worker that knows the name.
+    assert outcome.kind is OutcomeKind.UNKNOWN
+    assert outcome.error is None
 
 
 def test_unregistered_module_is_never_imported() -> None:

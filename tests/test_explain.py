@@ -136,3 +136,48 @@ def test_the_cli(tm: TaskManager, dsn: str, monkeypatch: pytest.MonkeyPatch):
         assert len(result.stderr.strip().splitlines()) == 1
     finally:
         get_settings.cache_clear()
+
+
+def test_given_back_by_a_worker_that_does_not_know_the_name(
+    tm: TaskManager, admin: Admin, db, start_worker, dsn: str, monkeypatch: pytest.MonkeyPatch
+):
+    task_id = tm.queue_task("nowhere.new_kind", queue="explain-unknown")
+    worker = start_worker(queues=["explain-unknown"])
+    worker_id = worker.manager.worker_id
+    wait_until(lambda: "unknown_name" in codes(admin, task_id))
+    worker.stop()
+    found = admin.explain(task_id)
+    reason = found["reasons"][0]
+    assert reason["code"] == "unknown_name"
+    fails_at = db.execute(
+        "SELECT unknown_since + interval '1 hour' FROM pgqueue.tasks WHERE id = %s", (task_id,)
+    ).fetchone()[0]
+    for words in (
+        "given back once since ",
+        f"last by worker {worker_id}, which has not registered task 'nowhere.new_kind'",
+        "no attempt spent",
+        "a worker that imports its module (--import) runs it",
+        f"it ends FAILED at {fails_at} (in 3600 s)",
+    ):
+        assert words in reason["message"], (words, reason["message"])
+    # The same through the command line.
+    monkeypatch.setenv("PGQUEUE_DSN", dsn)
+    get_settings.cache_clear()
+    try:
+        result = CliRunner().invoke(main, ["tasks", "explain", str(task_id)])
+    finally:
+        get_settings.cache_clear()
+    assert result.exit_code == 0, result.output
+    assert f"last by worker {worker_id}" in result.stdout
+    # Once the grace is over it is FAILED, and explain gives the reason.
+    db.execute(
+        "UPDATE pgqueue.tasks SET run_at = now(), unknown_since = now() - interval '2 hours' "
+        "WHERE id = %s",
+        (task_id,),
+    )
+    start_worker(queues=["explain-unknown"])
+    wait_until(lambda: tm.get_task(task_id).status == "FAILED")
+    message = admin.explain(task_id)["reasons"][0]["message"]
+    assert message.startswith(
+        "it is FAILED (attempt 0 of 4): UnknownTask: no worker knew task name 'nowhere.new_kind'"
+    ), message

@@ -79,7 +79,7 @@ def test_cli_worker_cleanup_with_retain_days(
     spawn_worker: Any, aged_tasks: set[str], db: Any
 ) -> None:
     before = labels(db)
-    worker = spawn_worker("--retain-days", "1", "--cleanup-hours", "24")
+    worker = spawn_worker("--import", "sample_tasks", "--retain-days", "1", "--cleanup-hours", "24")
     doomed = {
         label
         for label in before

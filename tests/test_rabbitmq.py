@@ -23,8 +23,12 @@ from broker_tasks import calls, cron_record, failures_left, flaky, forget_runs, 
 from conftest import default_task_manager, statuses, wait_until
 
 from pgqueue import outbox
-from pgqueue.brokers.amqp_messages import ERROR_HEADER
-from pgqueue.brokers.amqp_records import retry_backoff
+from pgqueue.brokers.amqp_messages import (
+    ATTEMPTS_HEADER,
+    ERROR_HEADER,
+    UNKNOWN_GIVE_BACKS_HEADER,
+)
+from pgqueue.brokers.amqp_records import retry_backoff, unknown_task_backoff
 from pgqueue.brokers.amqp_topology import MAX_QUEUE_NAME_BYTES, Topology, broker_priority
 from pgqueue.cron import queue_due_occurrences
 from pgqueue.errors import BrokerUnavailable
@@ -125,6 +129,25 @@ def test_python_backoff_matches_the_sql_function(db: psycopg.Connection[Any]) ->
             assert max(sample) - min(sample) > 0.25 * base  # the jitter is there
 
 
+def test_python_unknown_task_backoff_matches_the_sql_function(
+    db: psycopg.Connection[Any],
+) -> None:
+    for give_backs in (1, 2, 4, 6, 20):
+        base = min(2 ** (give_backs - 1), 30)
+        python = [unknown_task_backoff(give_backs) for _ in range(200)]
+        sql = [
+            row[0]
+            for row in db.execute(
+                "SELECT EXTRACT(epoch FROM pgqueue.unknown_task_backoff(%s))::float8 "
+                "FROM generate_series(1, 200)",
+                (give_backs,),
+            )
+        ]
+        for sample in (python, sql):
+            assert 0.75 * base <= min(sample) and max(sample) <= 1.25 * base
+            assert max(sample) - min(sample) > 0.25 * base
+
+
 # -- delivery --------------------------------------------------------------------------
 
 
@@ -193,6 +216,36 @@ def test_without_status_tracking_tasks_run_without_records(
     assert sorted(label for label, _ in calls if label != "u") == sorted(f"u{i}" for i in range(20))
     assert statuses(db) == {}  # no record written anywhere
     assert len(ids) == 20 and flaky_id
+
+
+def test_without_status_tracking_an_unknown_task_is_given_back_then_dead_lettered(
+    rabbitmq_settings: Settings, start_worker: Callable[..., Any], db: Any
+) -> None:
+    """Without records the message carries the give-backs: delayed and redelivered with
+    no attempt spent, and dead-lettered once the grace is over."""
+    untracked = load_settings(
+        **{
+            **rabbitmq_settings.to_dict(),
+            "status_tracking": False,
+            "unknown_task_grace_seconds": 1.5,
+        }
+    )
+    manager = TaskManager(settings=untracked)
+    try:
+        task_id = manager.queue_task("nowhere.missing_task")
+        worker = start_worker(worker_settings=untracked)
+        [dead] = wait_until(lambda: dead_letters(rabbitmq_settings, "default"), timeout=20)
+    finally:
+        manager.close()
+    assert dead.message_id == str(task_id)
+    headers = dead.headers or {}
+    error = str(headers[ERROR_HEADER])
+    assert error.startswith("UnknownTask: no worker knew task name 'nowhere.missing_task' for ")
+    assert f"last by worker {worker.manager.worker_id}" in error
+    # Given back at 0 s (and about 1 s, its back-off), dead once 1.5 s have passed.
+    assert 2 <= headers[UNKNOWN_GIVE_BACKS_HEADER] <= 3, headers
+    assert headers[ATTEMPTS_HEADER] == 0
+    assert statuses(db) == {}
 
 
 # -- the outbox ------------------------------------------------------------------------

@@ -429,6 +429,92 @@ def test_heartbeat_records_the_start_once_and_fenced(db: psycopg.Connection[Any]
     assert status_of(db, task_id)["started_at"].isoformat().startswith("2026-01-02")
 
 
+# -- tasks whose name the claiming worker has not registered -------------------------------
+
+GIVE_BACK = (
+    "SELECT task_id, new_status::text, extract(epoch FROM new_run_at - now())::float, task_error "
+    "FROM pgqueue.give_back_unknown_tasks(%s, %s, %s)"
+)
+
+
+def test_give_back_refunds_the_attempt_backs_off_and_names_the_worker(
+    db: psycopg.Connection[Any], dsn: str
+) -> None:
+    task_id = add(db, max_retries=0)
+    since = None
+    with psycopg.connect(dsn, autocommit=True) as listener:
+        listener.execute('LISTEN "pgqueue.tasks"')
+        for give_back in (1, 2, 3, 4, 5, 6, 7):
+            [(_, token, attempts)] = claim(db)
+            assert attempts == 1  # every claim starts from a refunded attempt
+            [(given, status, wait, error)] = db.execute(
+                GIVE_BACK, ([task_id], [token], 3600.0)
+            ).fetchall()
+            base = min(2 ** (give_back - 1), 30)
+            assert (given, status) == (task_id, "PENDING")
+            assert 0.75 * base <= wait <= 1.25 * base, (give_back, wait)
+            assert error.startswith("UnknownTask: worker worker-1 has no task named 'tests.noop'")
+            row = status_of(db, task_id)
+            assert row["attempts"] == 0 and row["started_at"] is None
+            assert row["finished_at"] is None and row["lease_expires_at"] is None
+            assert row["worker_id"] == "worker-1" and row["unknown_give_backs"] == give_back
+            since = since or row["unknown_since"]
+            assert row["unknown_since"] == since  # the grace runs from the first give-back
+            assert (row["unknown_fails_at"] - since).total_seconds() == 3600
+            assert claim(db) == [], "a task given back must not be claimed before its back-off"
+            db.execute("UPDATE pgqueue.tasks SET run_at = now() WHERE id = %s", (task_id,))
+        # Each give-back wakes the workers of the queue once (a knowing one may be idle).
+        assert collect_notifications(listener, db) == ["default"] * 7
+
+
+def test_give_back_is_fenced_and_fails_once_the_grace_is_over(
+    db: psycopg.Connection[Any],
+) -> None:
+    task_id = add(db, max_retries=5)
+    [(_, token, _)] = claim(db)
+    assert db.execute(GIVE_BACK, ([task_id], [token + 1], 0.0)).fetchall() == []
+    assert status_of(db, task_id)["status_text"] == "RUNNING"
+    db.execute(GIVE_BACK, ([task_id], [token], 10.0))
+    # Ten seconds after the first give-back, a worker that does not know the name claims it.
+    db.execute(
+        "UPDATE pgqueue.tasks SET run_at = now(), unknown_since = now() - interval '10 s' "
+        "WHERE id = %s",
+        (task_id,),
+    )
+    [(_, token, _)] = claim(db)
+    [(_, status, _, error)] = db.execute(GIVE_BACK, ([task_id], [token], 10.0)).fetchall()
+    assert status == "FAILED"
+    assert error.startswith(
+        "UnknownTask: no worker knew task name 'tests.noop' for 10 s (given back 2 times"
+    )
+    assert "last by worker worker-1" in error and "--import or PGQUEUE_IMPORTS" in error
+    row = status_of(db, task_id)
+    assert row["status_text"] == "FAILED" and row["attempts"] == 0
+    assert row["finished_at"] is not None and row["lease_expires_at"] is None
+    # A grace of 0 fails at the first claim, as an operator may choose.
+    other = add(db)
+    [(_, token, _)] = claim(db)
+    assert db.execute(GIVE_BACK, ([other], [token], 0.0)).fetchall()[0][1] == "FAILED"
+    # `pgqueue tasks retry` gives it a new life, and a new grace.
+    assert db.execute("SELECT pgqueue.retry_task(%s)", (task_id,)).fetchone() == (True,)
+    row = status_of(db, task_id)
+    assert row["unknown_since"] is None and row["unknown_give_backs"] == 0
+
+
+def test_a_knowing_worker_restarts_the_grace(db: psycopg.Connection[Any]) -> None:
+    task_id = add(db, max_retries=3)
+    [(_, token, _)] = claim(db)
+    db.execute(GIVE_BACK, ([task_id], [token], 3600.0))
+    db.execute("UPDATE pgqueue.tasks SET run_at = now() WHERE id = %s", (task_id,))
+    [(_, token, attempts)] = claim(db)
+    assert attempts == 1
+    # A worker that knows the name ran it; it failed for a reason of its own.
+    db.execute("SELECT * FROM pgqueue.fail_task(%s, %s, 'boom')", (task_id, token))
+    row = status_of(db, task_id)
+    assert row["status_text"] == "RETRYING" and row["attempts"] == 1
+    assert row["unknown_since"] is None and row["unknown_give_backs"] == 0
+
+
 # -- notifications -------------------------------------------------------------------------
 
 

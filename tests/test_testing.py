@@ -131,3 +131,13 @@ def test_async_tests_use_adrain(tm: TaskManager):
 
     [task] = asyncio.run(main())
     assert task.result == "hello async"
+
+
+def test_an_unregistered_name_fails_at_once_without_an_attempt(tm: TaskManager):
+    # The drain is the only worker: a give-back would only come due again within its clock.
+    task_id = tm.queue_task("nowhere.never_defined", queue="testing")
+    [ran] = testing.drain(tm, ["testing"], now=datetime.timedelta(hours=2))
+    assert ran.id == task_id and ran.status == "FAILED" and ran.attempts == 0
+    assert (ran.error or "").startswith(
+        "UnknownTask: no worker knew task name 'nowhere.never_defined' for 0 s (given back 1 time"
+    )

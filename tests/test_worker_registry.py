@@ -121,8 +121,10 @@ def test_subprocess_worker_sigterm_removes_its_row_sigkill_leaves_it_to_expire(
     spawn_worker: Any, db: psycopg.Connection[Any]
 ) -> None:
     env = {"PGQUEUE_LEASE_SECONDS": "0.6"}
-    clean = spawn_worker("--queues", "ops", "--concurrent", "2", env=env)
-    killed = spawn_worker("--queues", "ops", env=env)
+    clean = spawn_worker(
+        "--import", "operations_tasks", "--queues", "ops", "--concurrent", "2", env=env
+    )
+    killed = spawn_worker("--import", "operations_tasks", "--queues", "ops", env=env)
     rows = wait_until(
         lambda: (
             (

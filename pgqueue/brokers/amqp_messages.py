@@ -21,6 +21,10 @@ ATTEMPTS_HEADER = "x-pgqueue-attempts"  # runs made before this delivery
 # would round today's epoch seconds to 128 s.
 RUN_AT_HEADER = "x-pgqueue-run-at-ms"  # never run before
 ERROR_HEADER = "x-pgqueue-error"  # on dead-lettered messages
+# Without status tracking the message remembers what the record would: since when (epoch ms)
+# and how often workers that had not registered its name gave it back.
+UNKNOWN_SINCE_HEADER = "x-pgqueue-unknown-since-ms"
+UNKNOWN_GIVE_BACKS_HEADER = "x-pgqueue-unknown-give-backs"
 
 
 def message_body(
@@ -48,10 +52,13 @@ def build_message(
     attempts: int,
     run_at: float,
     error: str | None = None,
+    extra_headers: dict[str, Any] | None = None,
 ) -> aio_pika.Message:
     headers: dict[str, Any] = {ATTEMPTS_HEADER: attempts, RUN_AT_HEADER: math.ceil(run_at * 1000)}
     if error is not None:
         headers[ERROR_HEADER] = error[:16384]
+    if extra_headers:
+        headers.update(extra_headers)
     return aio_pika.Message(
         body,
         message_id=str(task_id),
@@ -80,6 +87,12 @@ def record_message(task: Task) -> aio_pika.Message:
 def int_header(headers: dict[str, Any], name: str) -> int:
     value = headers.get(name)
     return int(value) if isinstance(value, int | float | str) else 0
+
+
+def unknown_headers(headers: dict[str, Any] | None) -> dict[str, Any]:
+    """The give-back headers of a delivery, to carry over when it is published again."""
+    carried = (UNKNOWN_SINCE_HEADER, UNKNOWN_GIVE_BACKS_HEADER)
+    return {name: value for name, value in (headers or {}).items() if name in carried}
 
 
 def decode(message: AbstractIncomingMessage) -> Task:

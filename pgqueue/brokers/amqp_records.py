@@ -6,6 +6,7 @@ import asyncio
 import dataclasses
 import json
 import logging
+import math
 import random
 import time
 import uuid
@@ -16,8 +17,14 @@ import psycopg
 from psycopg_pool import PoolTimeout
 
 from pgqueue.brokers.amqp_connection import MAX_BACKOFF_SECONDS
+from pgqueue.brokers.amqp_messages import (
+    UNKNOWN_GIVE_BACKS_HEADER,
+    UNKNOWN_SINCE_HEADER,
+    int_header,
+)
 from pgqueue.database import Database
 from pgqueue.errors import DatabaseUnavailable
+from pgqueue.executor import log_unknown_given_back
 from pgqueue.records import Outcome, OutcomeKind, Task
 
 log = logging.getLogger("pgqueue.worker")
@@ -26,6 +33,11 @@ log = logging.getLogger("pgqueue.worker")
 def retry_backoff(attempts: int) -> float:
     """The SQL function pgqueue.retry_backoff in Python (used without status tracking)."""
     return min(2.0 ** (max(attempts, 1) - 1), 3600.0) * (0.75 + random.random() * 0.5)
+
+
+def unknown_task_backoff(give_backs: int) -> float:
+    """The SQL function pgqueue.unknown_task_backoff in Python (without status tracking)."""
+    return min(2.0 ** (max(give_backs, 1) - 1), 30.0) * (0.75 + random.random() * 0.5)
 
 
 @dataclasses.dataclass(slots=True)
@@ -38,6 +50,7 @@ class FollowUp:
     run_at: float = 0.0
     error: str | None = None
     done: bool = False
+    headers: dict[str, Any] | None = None  # beyond attempts, run-at and error
 
 
 class RecordWriter:
@@ -49,11 +62,13 @@ class RecordWriter:
         queries: dict[str, str],
         worker_id: str,
         interrupted: Callable[[], bool],
+        unknown_task_grace_seconds: float = 3600.0,
     ) -> None:
         self.database = database
         self._queries = queries
         self._worker_id = worker_id
         self._interrupted = interrupted
+        self._unknown_task_grace_seconds = unknown_task_grace_seconds
 
     async def start(self, tasks: Sequence[Task]) -> dict[uuid.UUID, tuple[int, int]]:
         """Mark deliveries RUNNING in one statement: {id: (attempts, lease_token)} of those
@@ -118,6 +133,9 @@ class RecordWriter:
                         "results": [o.result_json for o in completed],
                     },
                 )
+            given_back = await self._give_back_unknown(
+                conn, [o for o in batch if o.kind is OutcomeKind.UNKNOWN]
+            )
             for outcome in batch:
                 task = outcome.task
                 fence = {"id": task.id, "token": task.lease_token}
@@ -144,12 +162,44 @@ class RecordWriter:
                         if row is None or row[0] is None
                         else FollowUp(outcome, "again", attempts, row[0].timestamp())
                     )
+                elif outcome.kind is OutcomeKind.UNKNOWN:
+                    follow_ups.append(unknown_follow_up(outcome, given_back.get(task.id)))
                 else:  # RELEASED
                     await conn.execute(
                         queries["release_tasks"], {"ids": [task.id], "tokens": [task.lease_token]}
                     )
                     follow_ups.append(FollowUp(outcome, "again", task.attempts - 1, time.time()))
         return follow_ups
+
+    async def _give_back_unknown(
+        self, conn: psycopg.AsyncConnection[Any], outcomes: list[Outcome]
+    ) -> dict[uuid.UUID, tuple[Any, ...]]:
+        """The record decides (sql/functions.sql): {id: (id, status, run_at, error)}."""
+        if not outcomes:
+            return {}
+        cursor = await conn.execute(
+            self._queries["give_back_unknown_tasks"],
+            {
+                "ids": [o.task.id for o in outcomes],
+                "tokens": [o.task.lease_token for o in outcomes],
+                "grace_seconds": self._unknown_task_grace_seconds,
+            },
+        )
+        rows = await cursor.fetchall()
+        log_unknown_given_back(outcomes, rows)
+        return {row[0]: row for row in rows}
+
+
+def unknown_follow_up(outcome: Outcome, row: tuple[Any, ...] | None) -> FollowUp:
+    """From give_back_unknown_tasks' row: again at its run_at, the attempt not counted, or
+    dead-lettered with its error once the grace is over."""
+    if row is None:  # refused: cancelled or taken over meanwhile
+        return FollowUp(outcome, "ack")
+    _, status, run_at, error = row
+    attempts = outcome.task.attempts - 1
+    if status == "FAILED":
+        return FollowUp(outcome, "dead", attempts, time.time(), error)
+    return FollowUp(outcome, "again", attempts, run_at.timestamp())
 
 
 def failed_follow_up(outcome: Outcome, row: tuple[Any, ...] | None) -> FollowUp:
@@ -173,9 +223,17 @@ def dead_follow_up(outcome: Outcome) -> FollowUp:
     return FollowUp(outcome, "dead", outcome.task.attempts, time.time(), outcome.error or "")
 
 
-def decide_untracked(outcome: Outcome) -> FollowUp:
-    """Without records the message carries everything: the same decisions in Python."""
+def decide_untracked(
+    outcome: Outcome,
+    delivered: dict[str, Any] | None = None,
+    worker_id: str = "",
+    unknown_task_grace_seconds: float = 3600.0,
+) -> FollowUp:
+    """Without records the message carries everything: the same decisions in Python.
+    `delivered`: the headers of the delivery the outcome is about."""
     task = outcome.task
+    if outcome.kind is OutcomeKind.UNKNOWN:
+        return _give_back_untracked(outcome, delivered or {}, worker_id, unknown_task_grace_seconds)
     if outcome.kind is OutcomeKind.COMPLETED:
         return FollowUp(outcome, "ack")
     if outcome.kind is OutcomeKind.FAILED:
@@ -188,3 +246,34 @@ def decide_untracked(outcome: Outcome) -> FollowUp:
         attempts = task.attempts - (1 if outcome.refund_attempt else 0)
         return FollowUp(outcome, "again", attempts, time.time() + outcome.delay)
     return FollowUp(outcome, "again", task.attempts - 1, time.time())
+
+
+def _give_back_untracked(
+    outcome: Outcome, delivered: dict[str, Any], worker_id: str, grace_seconds: float
+) -> FollowUp:
+    """give_back_unknown_tasks in Python, the message's headers standing for the record."""
+    task, now = outcome.task, time.time()
+    since = int_header(delivered, UNKNOWN_SINCE_HEADER) / 1000 or now
+    give_backs = int_header(delivered, UNKNOWN_GIVE_BACKS_HEADER) + 1
+    headers = {UNKNOWN_SINCE_HEADER: math.ceil(since * 1000), UNKNOWN_GIVE_BACKS_HEADER: give_backs}
+    if now < since + grace_seconds:
+        run_at = now + unknown_task_backoff(give_backs)
+        return FollowUp(outcome, "again", task.attempts - 1, run_at, headers=headers)
+    times = "time" if give_backs == 1 else "times"
+    error = (
+        f"UnknownTask: no worker knew task name {task.name!r} for {now - since:.0f} s (given "
+        f"back {give_backs} {times}, last by worker {worker_id}); start a worker that imports "
+        "the module defining it (--import or PGQUEUE_IMPORTS), then `pgqueue tasks retry`"
+    )
+    return FollowUp(outcome, "dead", task.attempts - 1, now, error, headers=headers)
+
+
+def log_untracked_give_backs(follow_ups: list[FollowUp]) -> None:
+    """log_unknown_given_back for decisions taken without records."""
+    unknown = [f for f in follow_ups if f.outcome.kind is OutcomeKind.UNKNOWN]
+    if unknown:
+        rows = [
+            (f.outcome.task.id, "FAILED" if f.action == "dead" else "PENDING", f.run_at, f.error)
+            for f in unknown
+        ]
+        log_unknown_given_back([f.outcome for f in unknown], rows)

@@ -96,10 +96,16 @@ class PostgresBroker(Broker):
     #: under this worker's lease, heartbeated, and released (PENDING) if not started.
     claims_ahead = True
 
-    def __init__(self, database: Database, lease_seconds: float = 30.0) -> None:
+    def __init__(
+        self,
+        database: Database,
+        lease_seconds: float = 30.0,
+        unknown_task_grace_seconds: float = 3600.0,
+    ) -> None:
         self.database = database
         self.store = TaskStore(database)
         self.lease_seconds = lease_seconds
+        self.unknown_task_grace_seconds = unknown_task_grace_seconds
         self._worker_id = ""
         self._queues: list[str] = []
         self._wake = asyncio.Event()
@@ -115,7 +121,11 @@ class PostgresBroker(Broker):
 
     @classmethod
     def from_settings(cls, settings: Settings) -> PostgresBroker:
-        return cls(database_from_settings(settings), lease_seconds=settings.lease_seconds)
+        return cls(
+            database_from_settings(settings),
+            lease_seconds=settings.lease_seconds,
+            unknown_task_grace_seconds=settings.unknown_task_grace_seconds,
+        )
 
     # -- producers ---------------------------------------------------------------------
 
@@ -166,7 +176,12 @@ class PostgresBroker(Broker):
             name="pgqueue-completer",
         )
         await self._completion_pool.open()
-        self._completer = Completer(self._completion_pool, self.database.queries, self._wake.set)
+        self._completer = Completer(
+            self._completion_pool,
+            self.database.queries,
+            self._wake.set,
+            self.unknown_task_grace_seconds,
+        )
         self._completer.start()
         self._maintenance = Maintenance(self.database, self.lease_seconds, cleanup)
         self._maintenance.start()

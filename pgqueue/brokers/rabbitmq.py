@@ -31,8 +31,19 @@ from pgqueue.brokers.amqp_connection import (
     publish_rows,
     safe_url,
 )
-from pgqueue.brokers.amqp_messages import build_message, decode, outbox_row, record_message
-from pgqueue.brokers.amqp_records import FollowUp, RecordWriter, decide_untracked
+from pgqueue.brokers.amqp_messages import (
+    build_message,
+    decode,
+    outbox_row,
+    record_message,
+    unknown_headers,
+)
+from pgqueue.brokers.amqp_records import (
+    FollowUp,
+    RecordWriter,
+    decide_untracked,
+    log_untracked_give_backs,
+)
 from pgqueue.brokers.amqp_topology import Topology
 from pgqueue.database import Database, database_from_settings
 from pgqueue.errors import BrokerUnavailable
@@ -61,6 +72,7 @@ class RabbitMQBroker(Broker):
         self._producer: Link | None = None
         self._lock = threading.Lock()
         # worker side (open .. close)
+        self._worker_id = ""
         self._queues: list[str] = []
         self._link: Link | None = None
         self._generation = 0
@@ -161,6 +173,7 @@ class RabbitMQBroker(Broker):
         cleanup: CleanupPolicy | None,
         worker: WorkerInfo | None = None,
     ) -> None:
+        self._worker_id = worker_id
         self._queues = list(queues)
         self._interrupted = False
         self._arrived, self._connected = asyncio.Event(), asyncio.Event()
@@ -170,7 +183,11 @@ class RabbitMQBroker(Broker):
         if self.tracking:
             assert self.database is not None
             self._records = RecordWriter(
-                self.database, self._queries, worker_id, lambda: self._interrupted
+                self.database,
+                self._queries,
+                worker_id,
+                lambda: self._interrupted,
+                self.settings.unknown_task_grace_seconds,
             )
         self._background = [SupervisedTask("pgqueue-settle", self._settle_loop)]
         self._background[0].start()
@@ -264,6 +281,7 @@ class RabbitMQBroker(Broker):
                         task.priority,
                         task.attempts - 1,
                         task.run_at.timestamp(),
+                        extra_headers=unknown_headers(message.headers),
                     )
                     await self._link.publish(task.queue, again, task.run_at.timestamp())
                     await self._settle_message(generation, message)
@@ -354,9 +372,16 @@ class RabbitMQBroker(Broker):
 
     async def _decide(self, batch: list[Outcome]) -> list[FollowUp]:
         """Record the outcomes (one transaction) and decide what each one publishes."""
-        if self._records is None:
-            return [decide_untracked(outcome) for outcome in batch]
-        return await self._records.record(batch)
+        if self._records is not None:
+            return await self._records.record(batch)
+        grace = self.settings.unknown_task_grace_seconds
+        follow_ups = []
+        for outcome in batch:
+            entry = self._inflight.get(outcome.task.id)
+            delivered = dict(entry[1].headers or {}) if entry else None
+            follow_ups.append(decide_untracked(outcome, delivered, self._worker_id, grace))
+        log_untracked_give_backs(follow_ups)
+        return follow_ups
 
     async def _publish_follow_ups(self, follow_ups: list[FollowUp]) -> None:
         """Publish until confirmed, across reconnects; only then are the originals acked."""
@@ -383,7 +408,13 @@ class RabbitMQBroker(Broker):
         entry = self._inflight.get(task.id)
         body = entry[1].body if entry else record_message(task).body
         message = build_message(
-            body, task.id, task.priority, follow_up.attempts, follow_up.run_at, follow_up.error
+            body,
+            task.id,
+            task.priority,
+            follow_up.attempts,
+            follow_up.run_at,
+            follow_up.error,
+            follow_up.headers,
         )
         if follow_up.action == "dead":
             await self._link.publish_dead(task.queue, message)

@@ -94,7 +94,12 @@ def test_injection_shaped_names_are_only_data(
         for i, queue in enumerate(INJECTION_SHAPED)
     ]
     by_name = faults_tm.queue_task("x'; DROP TABLE pgqueue.tasks; --", queue="faults")
-    pool.spawn(concurrency=4, queues=",".join([*INJECTION_SHAPED, "faults"]))
+    # A grace of 0: the name no worker knows fails at its first claim.
+    pool.spawn(
+        concurrency=4,
+        queues=",".join([*INJECTION_SHAPED, "faults"]),
+        extra_env={"PGQUEUE_UNKNOWN_TASK_GRACE_SECONDS": "0"},
+    )
     wait_until(lambda: all_finished(fault_db, [*ids, by_name]), timeout=30)
     stored = fault_db.execute(
         "SELECT queue, status::text FROM pgqueue.tasks WHERE id = ANY(%s) ORDER BY result",
