@@ -165,7 +165,8 @@ def test_a_worker_that_cannot_record_outcomes_stops_claiming(
     wait_until(lambda: "not claiming tasks while their outcomes cannot be recorded" in caplog.text)
     ran_when_stopped = len(ran)
     time.sleep(1.0)  # what a worker that kept claiming would run meanwhile: all 200
-    assert len(ran) == ran_when_stopped < 20
+    # Runs before the first write failed may have run (instant tasks), none after it.
+    assert len(ran) == ran_when_stopped < 100
     assert "cannot record outcomes" in caplog.text
     db.execute("DROP TRIGGER unavailable ON pgqueue.tasks")
     wait_until(
