@@ -19,13 +19,13 @@ $(STAMP): pyproject.toml
 install: $(STAMP) ## Create .venv and install pgqueue with its dev tools
 
 lint: $(STAMP) ## ruff (lint and format check) and mypy
-	$(BIN)/ruff check pgqueue tests alembic
-	$(BIN)/ruff format --check pgqueue tests alembic
+	$(BIN)/ruff check pgqueue tests
+	$(BIN)/ruff format --check pgqueue tests
 	$(BIN)/mypy
 
 format: $(STAMP) ## Format the code with ruff
-	$(BIN)/ruff format pgqueue tests alembic
-	$(BIN)/ruff check --fix pgqueue tests alembic
+	$(BIN)/ruff format pgqueue tests
+	$(BIN)/ruff check --fix pgqueue tests
 
 typecheck: $(STAMP) ## mypy on the public API
 	$(BIN)/mypy

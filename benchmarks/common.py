@@ -79,9 +79,19 @@ def checkpoint() -> None:
 
 def pg_facts() -> dict:
     names = (
-        "server_version", "shared_buffers", "synchronous_commit", "max_connections", "fsync",
-        "wal_level", "work_mem", "max_wal_size", "checkpoint_timeout", "full_page_writes",
-        "autovacuum", "commit_delay", "wal_buffers",
+        "server_version",
+        "shared_buffers",
+        "synchronous_commit",
+        "max_connections",
+        "fsync",
+        "wal_level",
+        "work_mem",
+        "max_wal_size",
+        "checkpoint_timeout",
+        "full_page_writes",
+        "autovacuum",
+        "commit_delay",
+        "wal_buffers",
     )
     with connect() as conn:
         rows = conn.execute(
@@ -112,18 +122,30 @@ def machine_facts() -> dict:
             if line.startswith("MemTotal"):
                 mem_kb = int(line.split()[1])
     versions = {}
-    for pkg in ("pgqueue", "procrastinate", "pgqueuer", "psycopg", "psycopg-pool", "asyncpg",
-                "matplotlib"):
+    for pkg in (
+        "pgqueue",
+        "procrastinate",
+        "pgqueuer",
+        "psycopg",
+        "psycopg-pool",
+        "asyncpg",
+        "matplotlib",
+    ):
         try:
             versions[pkg] = metadata.version(pkg)
         except metadata.PackageNotFoundError:
             versions[pkg] = None
     git_rev = None
     with contextlib.suppress(Exception):
-        git_rev = subprocess.run(
-            ["git", "-C", str(REPO_ROOT), "rev-parse", "--short", "HEAD"],
-            capture_output=True, text=True, timeout=5,
-        ).stdout.strip() or None
+        git_rev = (
+            subprocess.run(
+                ["git", "-C", str(REPO_ROOT), "rev-parse", "--short", "HEAD"],
+                capture_output=True,
+                text=True,
+                timeout=5,
+            ).stdout.strip()
+            or None
+        )
     return {
         "nproc": os.cpu_count(),
         "memory_gb": round(mem_kb / 1024 / 1024, 1),
@@ -194,15 +216,20 @@ class Worker:
     def __init__(self, system: str, dsn: str, concurrency: int, env: dict | None = None):
         full_env = dict(os.environ)
         full_env["PYTHONPATH"] = os.pathsep.join(
-            [str(BENCH_DIR), full_env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+            [str(BENCH_DIR), full_env.get("PYTHONPATH", "")]
+        ).rstrip(os.pathsep)
         full_env.update(env or {})
         self.started = time.perf_counter()
         # stderr goes to a file: a chatty worker must never block on a full pipe.
         self.errfile = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
             [sys.executable, str(BENCH_DIR / "runner.py"), system, dsn, str(concurrency)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.errfile,
-            text=True, cwd=str(BENCH_DIR), env=full_env,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self.errfile,
+            text=True,
+            cwd=str(BENCH_DIR),
+            env=full_env,
         )
         self.cpu0 = 0.0
 

@@ -14,8 +14,9 @@ import time
 
 import psycopg
 
-from pgqueue import AsyncTask, TaskManager, migrations
-from pgqueue.database import Database
+from pgqueue import AsyncTask, TaskManager
+from pgqueue.db import migrations
+from pgqueue.db.database import Database
 
 ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
 DSN = "postgresql://postgres@127.0.0.1:5432/pgqueue_probe"

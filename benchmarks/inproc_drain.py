@@ -17,9 +17,10 @@ import time
 
 import psycopg
 
-import pgqueue.completer as completer
-from pgqueue import AsyncTask, TaskManager, WorkerManager, migrations
+import pgqueue.brokers.postgres.completer as completer
+from pgqueue import AsyncTask, TaskManager, WorkerManager
 from pgqueue.brokers.postgres import PostgresBroker
+from pgqueue.db import migrations
 from pgqueue.settings import load_settings
 
 ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"

@@ -14,8 +14,9 @@ import time
 
 import psycopg
 
-from pgqueue import AsyncTask, TaskManager, WorkerManager, migrations
+from pgqueue import AsyncTask, TaskManager, WorkerManager
 from pgqueue.brokers.postgres import PostgresBroker
+from pgqueue.db import migrations
 from pgqueue.settings import load_settings
 
 ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"

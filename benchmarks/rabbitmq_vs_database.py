@@ -21,7 +21,8 @@ import uuid
 
 import psycopg
 
-from pgqueue import AsyncTask, migrations
+from pgqueue import AsyncTask
+from pgqueue.db import migrations
 from pgqueue.settings import Settings, load_settings
 from pgqueue.task_manager import TaskManager
 from pgqueue.worker import WorkerManager

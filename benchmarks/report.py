@@ -6,8 +6,13 @@ import statistics
 from pathlib import Path
 
 COLUMNS = ["pgqueue", "procrastinate", "pgqueuer", "plain-single", "plain-batch"]
-LABELS = {"pgqueue": "pgqueue", "procrastinate": "Procrastinate", "pgqueuer": "PgQueuer",
-          "plain-single": "plain 1/txn", "plain-batch": "plain batch"}
+LABELS = {
+    "pgqueue": "pgqueue",
+    "procrastinate": "Procrastinate",
+    "pgqueuer": "PgQueuer",
+    "plain-single": "plain 1/txn",
+    "plain-batch": "plain batch",
+}
 RATIO_PEERS = ["procrastinate", "pgqueuer", "plain-batch"]
 
 # (key, label, unit, higher_is_better, source) source: results or extras key
@@ -66,8 +71,9 @@ def _scale_ratio(data: dict) -> dict[str, list[float]]:
     """Per system: median drain with finished rows / median drain on an empty table."""
     empty = data["results"].get("scale_p1_c50", {})
     full = data["results"].get("scale_full_p1_c50", {})
-    return {n: [statistics.median(full[n]) / statistics.median(empty[n])]
-            for n in full if empty.get(n)}
+    return {
+        n: [statistics.median(full[n]) / statistics.median(empty[n])] for n in full if empty.get(n)
+    }
 
 
 def table(data: dict) -> str:
@@ -114,9 +120,12 @@ def markdown(data: dict) -> str:
         f" worker concurrency {m['wakeup_concurrency']}; run took {m.get('elapsed_s')} s",
         f"- Command: `{m['command']}`",
         f"- 1-minute load average at each repetition's start, then at the end:"
-        f" {m.get('load_averages')}" + (
+        f" {m.get('load_averages')}"
+        + (
             " — **the machine was busy with other jobs: figures are disturbed**"
-            if max(m.get("load_averages") or [0]) > 1.5 else ""),
+            if max(m.get("load_averages") or [0]) > 1.5
+            else ""
+        ),
         "",
         "## Method",
         "",
@@ -179,14 +188,29 @@ def plot(data: dict, path: Path) -> Path | None:
                 lo.append(med - min(vals))
                 hi.append(max(vals) - med)
         if xs:
-            ax.errorbar(xs, ys, yerr=[lo, hi], marker="o", capsize=3, color=color,
-                        label=f"{LABELS[name]} (1 process)")
+            ax.errorbar(
+                xs,
+                ys,
+                yerr=[lo, hi],
+                marker="o",
+                capsize=3,
+                color=color,
+                label=f"{LABELS[name]} (1 process)",
+            )
         vals = data["results"].get("drain_p2_c50", {}).get(name)
         if vals:
             med = statistics.median(vals)
-            ax.errorbar([50 * 1.08], [med], yerr=[[med - min(vals)], [max(vals) - med]],
-                        marker="s", mfc="none", capsize=3, color=color, linestyle="none",
-                        label=f"{LABELS[name]} (2 processes)")
+            ax.errorbar(
+                [50 * 1.08],
+                [med],
+                yerr=[[med - min(vals)], [max(vals) - med]],
+                marker="s",
+                mfc="none",
+                capsize=3,
+                color=color,
+                linestyle="none",
+                label=f"{LABELS[name]} (2 processes)",
+            )
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xticks(concs)
@@ -194,8 +218,10 @@ def plot(data: dict, path: Path) -> Path | None:
     ax.set_xlabel("worker concurrency (per process)")
     ax.set_ylabel("drain throughput, no-op tasks/s (log)")
     m = data["meta"]
-    ax.set_title(f"Drain of {m['profile']['drain']:,} tasks — median, min\u2013max bars"
-                 f" ({m['mode']}, {m['machine']['nproc']} cores)")
+    ax.set_title(
+        f"Drain of {m['profile']['drain']:,} tasks — median, min\u2013max bars"
+        f" ({m['mode']}, {m['machine']['nproc']} cores)"
+    )
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()

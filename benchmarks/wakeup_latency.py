@@ -95,7 +95,7 @@ def main() -> None:
     dsn = os.environ.get("PGQUEUE_DSN")
     if not dsn:
         raise SystemExit("set PGQUEUE_DSN to the database to measure against")
-    from pgqueue import migrations
+    from pgqueue.db import migrations
 
     migrations.upgrade(dsn)
     worker = start_worker(dsn, args.log_level)

@@ -7,15 +7,16 @@
 >>> task_id = send_email.delay(to="a@example.com", subject="Hi")
 """
 
-from pgqueue.async_task import AsyncTask, TaskFunction
-from pgqueue.control import Retry, Snooze, TaskContext, current_task
-from pgqueue.errors import PgQueueError
+from pgqueue import moved
+from pgqueue.errors import PgQueueError, TaskCancelled, TaskFailed, WaitTimeout
 from pgqueue.records import Task, TaskStatus
-from pgqueue.results import TaskCancelled, TaskFailed, WaitTimeout
 from pgqueue.task_manager import TaskManager
+from pgqueue.tasks.context import Retry, Snooze, TaskContext, current_task
+from pgqueue.tasks.definition import AsyncTask, TaskFunction
+from pgqueue.version import __version__ as __version__
 from pgqueue.worker import WorkerManager
 
-__version__ = "0.1.0"
+moved.install()
 
 __all__ = [
     "AsyncTask",

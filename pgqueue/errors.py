@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pgqueue.records import Task
+
 
 class PgQueueError(Exception):
     """Root of every error pgqueue raises on purpose."""
@@ -45,3 +50,43 @@ class EmbeddedServerError(PgQueueError, RuntimeError):
 
 class InvalidDsn(ConfigurationError):
     """A PostgreSQL DSN libpq cannot parse; the message shows it with its password masked."""
+
+
+class TaskTimeout(PgQueueError, TimeoutError):
+    """A run took longer than its task's `timeout`."""
+
+
+class LeaseLost(PgQueueError):
+    """A transactional task's completion was refused: another claim holds the task now."""
+
+
+class TransactionUnsupported(PgQueueError, RuntimeError):
+    """A transactional task ran on a broker that cannot give it a transaction."""
+
+
+class TaskFailed(PgQueueError, RuntimeError):
+    """The awaited task ended FAILED: `.task` is its record, `.error` its last error."""
+
+    def __init__(self, task: Task, message: str | None = None) -> None:
+        self.task = task
+        self.error = task.error
+        first_line = (task.error or "").strip().partition("\n")[0] or "no error text"
+        super().__init__(message or f"task {task.id} {task.name} failed: {first_line}")
+
+
+class TaskCancelled(TaskFailed):
+    """The awaited task was cancelled before it completed."""
+
+    def __init__(self, task: Task) -> None:
+        super().__init__(task, f"task {task.id} {task.name} was cancelled")
+
+
+class WaitTimeout(PgQueueError, TimeoutError):
+    """The awaited task did not finish in time; `.task` is its record as last read."""
+
+    def __init__(self, task: Task, timeout: float) -> None:
+        self.task = task
+        super().__init__(
+            f"task {task.id} {task.name} did not finish within {timeout:g} s "
+            f"(it is {task.status.value}); it keeps running: wait again or cancel it"
+        )

@@ -5,12 +5,15 @@ from __future__ import annotations
 import dataclasses
 import enum
 import os
+import socket
 import struct
 import threading
 import time
 import uuid
 from datetime import datetime
 from typing import Any
+
+from pgqueue.version import __version__
 
 
 class TaskStatus(enum.StrEnum):
@@ -114,6 +117,26 @@ class Outcome:
     retryable: bool = True
     delay: float = 0.0
     refund_attempt: bool = False
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class CleanupPolicy:
+    """Delete finished tasks older than `retain_days`, every `interval_hours`."""
+
+    interval_hours: float = 1.0
+    retain_days: float = 7.0
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class WorkerInfo:
+    """What a worker tells its broker about itself beyond its id and queues (the worker
+    registry shows it; `pgqueue tasks explain` reads which task names it can run)."""
+
+    concurrency: int = 1
+    task_names: tuple[str, ...] = ()
+    version: str = __version__
+    host: str = dataclasses.field(default_factory=socket.gethostname)
+    pid: int = dataclasses.field(default_factory=os.getpid)
 
 
 _id_lock = threading.Lock()

@@ -21,45 +21,18 @@ from typing import Any
 import psycopg
 from psycopg.rows import dict_row
 
-from pgqueue.database import Database, unavailable
-from pgqueue.errors import InvalidTaskOption, PgQueueError, TaskNotFound
+from pgqueue.db.database import Database, unavailable
+from pgqueue.db.store import parse_task_id
+from pgqueue.errors import (
+    InvalidTaskOption,
+    TaskCancelled,
+    TaskFailed,
+    TaskNotFound,
+    WaitTimeout,
+)
 from pgqueue.records import Task, TaskStatus
-from pgqueue.store import parse_task_id
 
 RECHECK_SECONDS = 5.0
-
-
-class TaskFailed(PgQueueError, RuntimeError):
-    """The awaited task ended FAILED: `.task` is its record, `.error` its last error."""
-
-    def __init__(self, task: Task, message: str | None = None) -> None:
-        self.task = task
-        self.error = task.error
-        first_line = (task.error or "").strip().splitlines()[0] if task.error else "no error text"
-        super().__init__(message or f"task {task.id} {task.name} failed: {first_line}")
-
-
-class TaskCancelled(TaskFailed):
-    """The awaited task was cancelled before it completed."""
-
-    def __init__(self, task: Task) -> None:
-        super().__init__(task, f"task {task.id} {task.name} was cancelled")
-
-
-class WaitTimeout(PgQueueError, TimeoutError):
-    """The awaited task did not finish in time; `.task` is its record as last read."""
-
-    def __init__(self, task: Task, timeout: float) -> None:
-        self.task = task
-        super().__init__(
-            f"task {task.id} {task.name} did not finish within {timeout:g} s "
-            f"(it is {task.status.value}); it keeps running: wait again or cancel it"
-        )
-
-
-def results_channel(schema: str) -> str:
-    """The channel on which the ids of finished, waited-for tasks are announced."""
-    return f"{schema}.results"
 
 
 def outcome(task: Task) -> Any:

@@ -8,16 +8,18 @@ import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from pgqueue import registry, results
-from pgqueue.async_task import TaskFunction, UniqueKey, derive_unique_key
-from pgqueue.brokers import Broker, get_broker
-from pgqueue.database import Database, database_from_settings
+from pgqueue import results
+from pgqueue.brokers import get_broker
+from pgqueue.brokers.base import Broker
+from pgqueue.db.database import Database, database_from_settings
+from pgqueue.db.store import TaskStore
 from pgqueue.errors import InvalidTaskArguments, InvalidTaskOption
-from pgqueue.options import MAX_TASK_NAME_LENGTH, Delay, TaskOptions, Timing
 from pgqueue.payload import encode_kwargs
 from pgqueue.records import NewTask, Task, new_task_id, new_task_ids
 from pgqueue.settings import Settings, get_settings, load_settings
-from pgqueue.store import TaskStore
+from pgqueue.tasks import definition, registry
+from pgqueue.tasks.definition import TaskFunction, UniqueKey, derive_unique_key
+from pgqueue.tasks.options import MAX_TASK_NAME_LENGTH, Delay, TaskOptions, Timing
 
 TaskRef = TaskFunction[Any] | str
 
@@ -384,3 +386,6 @@ def set_default_task_manager(manager: TaskManager | None) -> None:
     global _default
     with _default_lock:
         _default = manager
+
+
+definition.use_default_producer(default_task_manager)

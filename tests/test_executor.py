@@ -13,10 +13,10 @@ import pytest
 
 from pgqueue import AsyncTask, Retry, Snooze, current_task
 from pgqueue.events import EventDispatcher
-from pgqueue.executor import Executor
 from pgqueue.payload import encode_result
 from pgqueue.records import OutcomeKind, Task, TaskStatus, new_task_id
-from pgqueue.threads import DaemonThreadPool
+from pgqueue.worker.executor import Executor
+from pgqueue.worker.threads import DaemonThreadPool
 
 
 @AsyncTask()

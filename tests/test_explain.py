@@ -13,8 +13,8 @@ from click.testing import CliRunner
 from conftest import wait_until
 
 from pgqueue import AsyncTask, TaskManager
-from pgqueue.admin import Admin
 from pgqueue.cli import main
+from pgqueue.ops.admin import Admin
 from pgqueue.settings import get_settings
 
 gate = threading.Event()

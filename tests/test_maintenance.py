@@ -11,8 +11,8 @@ import worker_tasks
 from conftest import InProcessWorker, statuses, wait_until
 
 from pgqueue import TaskManager, WorkerManager
-from pgqueue.database import database_from_settings
-from pgqueue.maintenance import CLEANUP_BATCH_SIZE, Maintenance, rescue_interval
+from pgqueue.brokers.postgres.maintenance import CLEANUP_BATCH_SIZE, Maintenance, rescue_interval
+from pgqueue.db.database import database_from_settings
 from pgqueue.settings import Settings
 
 LOCK = "SELECT pg_try_advisory_lock(hashtext('pgqueue.maintenance'))"

@@ -18,7 +18,7 @@ from conftest import wait_until
 from prometheus_client.parser import text_string_to_metric_families
 
 from pgqueue import TaskManager, events, metrics
-from pgqueue.metrics import QueueStatsCollector, WorkerMetrics
+from pgqueue.ops.metrics import QueueStatsCollector, WorkerMetrics
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 

@@ -13,12 +13,12 @@ from typing import Any
 
 import psycopg
 import pytest
+from alembic import command
 from alembic.config import Config
 from sqlalchemy import create_engine, text
 
-from alembic import command
 from pgqueue import AsyncTask
-from pgqueue.migrations import head_revision, sqlalchemy_url, upgrade
+from pgqueue.db.migrations import head_revision, sqlalchemy_url, upgrade
 from pgqueue.settings import Settings, load_settings
 from pgqueue.task_manager import TaskManager
 
@@ -134,7 +134,7 @@ USER_ENV = """\
 from alembic import context
 from sqlalchemy import create_engine
 
-from pgqueue.migrations import upgrade
+from pgqueue.db.migrations import upgrade
 
 engine = create_engine(context.config.get_main_option("sqlalchemy.url"))
 with engine.connect() as connection:

@@ -8,7 +8,7 @@ import math
 import pytest
 
 from pgqueue.errors import InvalidTaskArguments, InvalidTaskOption, PgQueueError
-from pgqueue.options import (
+from pgqueue.tasks.options import (
     MAX_PRIORITY,
     MIN_PRIORITY,
     TaskOptions,

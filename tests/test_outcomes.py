@@ -15,7 +15,7 @@ import pytest
 from conftest import wait_until
 
 from pgqueue import AsyncTask, TaskManager
-from pgqueue.background import BackgroundLoop
+from pgqueue.loops import BackgroundLoop
 from pgqueue.payload import MAX_ERROR_CHARS, error_text, storable_text
 
 QUEUE = "outcomes"

@@ -22,15 +22,15 @@ import pytest
 from broker_tasks import calls, cron_record, failures_left, flaky, forget_runs, nap, record
 from conftest import default_task_manager, statuses, wait_until
 
-from pgqueue import outbox
-from pgqueue.brokers.amqp_messages import (
+from pgqueue.brokers.rabbitmq import outbox
+from pgqueue.brokers.rabbitmq.messages import (
     ATTEMPTS_HEADER,
     ERROR_HEADER,
     UNKNOWN_GIVE_BACKS_HEADER,
 )
-from pgqueue.brokers.amqp_records import retry_backoff, unknown_task_backoff
-from pgqueue.brokers.amqp_topology import MAX_QUEUE_NAME_BYTES, Topology, broker_priority
-from pgqueue.cron import queue_due_occurrences
+from pgqueue.brokers.rabbitmq.status_writer import retry_backoff, unknown_task_backoff
+from pgqueue.brokers.rabbitmq.topology import MAX_QUEUE_NAME_BYTES, Topology, broker_priority
+from pgqueue.db.cron import queue_due_occurrences
 from pgqueue.errors import BrokerUnavailable
 from pgqueue.records import TaskStatus
 from pgqueue.settings import Settings, load_settings

@@ -24,13 +24,13 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
 from pgqueue import AsyncTask, TaskStatus
+from pgqueue.db.migrations import sqlalchemy_url
 from pgqueue.errors import (
     InvalidTaskArguments,
     InvalidTaskOption,
     PgQueueError,
     TaskNotFound,
 )
-from pgqueue.migrations import sqlalchemy_url
 from pgqueue.settings import Settings
 from pgqueue.task_manager import TaskManager
 

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from pgqueue.threads import DaemonThreadPool
+from pgqueue.worker.threads import DaemonThreadPool
 
 
 def test_runs_in_parallel_in_daemon_threads() -> None:
@@ -55,7 +55,7 @@ def test_exceptions_and_arguments_travel_through_futures() -> None:
 def test_a_stuck_thread_never_holds_up_process_exit() -> None:
     script = (
         "import threading, time\n"
-        "from pgqueue.threads import DaemonThreadPool\n"
+        "from pgqueue.worker.threads import DaemonThreadPool\n"
         "pool = DaemonThreadPool()\n"
         "started = threading.Event()\n"
         "pool.submit(lambda: (started.set(), time.sleep(600)))\n"

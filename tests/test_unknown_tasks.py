@@ -13,9 +13,10 @@ import psycopg
 import pytest
 from conftest import wait_until
 
-from pgqueue import AsyncTask, TaskManager, WorkerManager, registry
+from pgqueue import AsyncTask, TaskManager, WorkerManager
 from pgqueue.errors import ConfigurationError
 from pgqueue.settings import Settings
+from pgqueue.tasks import registry
 
 QUEUE = "unknown-backlog"
 

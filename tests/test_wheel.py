@@ -64,9 +64,9 @@ def test_wheel_installs_migrates_and_runs_a_task(tmp_path: Path, empty_dsn: str)
         "features.sql",
         "queries.sql",
     ):
-        assert f"pgqueue/sql/{filename}" in names
-    assert "pgqueue/alembic/env.py" in names
-    assert "pgqueue/alembic/versions/0001_initial.py" in names
+        assert f"pgqueue/db/sql/{filename}" in names
+    assert "pgqueue/db/alembic/env.py" in names
+    assert "pgqueue/db/alembic/versions/0001_initial.py" in names
     assert not [name for name in names if name.startswith("tests/")]
 
     # A fresh venv with the wheel and its declared dependencies, nothing else.
@@ -83,7 +83,7 @@ def test_wheel_installs_migrates_and_runs_a_task(tmp_path: Path, empty_dsn: str)
         [
             bin_dir / "python",
             "-c",
-            "import pgqueue, pgqueue.queries as q; print(pgqueue.__file__); "
+            "import pgqueue, pgqueue.db.queries as q; print(pgqueue.__file__); "
             "print(q.resource_dir('sql')); print(q.resource_dir('alembic'))",
         ],
         cwd=app,

@@ -30,8 +30,11 @@ def knobs(concurrency: int) -> dict:
         return {"batch_size": b, "max_concurrent_tasks": m or None, "concurrency_limit": lim}
     if concurrency <= 1:
         return {"batch_size": 1, "max_concurrent_tasks": None, "concurrency_limit": 1}
-    return {"batch_size": max(1, concurrency // 2), "max_concurrent_tasks": concurrency,
-            "concurrency_limit": 0}
+    return {
+        "batch_size": max(1, concurrency // 2),
+        "max_concurrent_tasks": concurrency,
+        "concurrency_limit": 0,
+    }
 
 
 class PgQueuerSystem(BaseSystem):
@@ -50,8 +53,13 @@ class PgQueuerSystem(BaseSystem):
 
     def install_schema(self, dsn: str) -> None:
         env = dict(os.environ, PGDSN=dsn)
-        subprocess.run([sys.executable, "-m", "pgqueuer", "install"], env=env, check=True,
-                       capture_output=True, timeout=120)
+        subprocess.run(
+            [sys.executable, "-m", "pgqueuer", "install"],
+            env=env,
+            check=True,
+            capture_output=True,
+            timeout=120,
+        )
 
     async def open(self, dsn: str) -> None:
         import asyncpg
@@ -112,7 +120,6 @@ class PgQueuerSystem(BaseSystem):
                     record(int(job.payload))
 
             asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, qm.shutdown.set)
-            await qm.run(batch_size=k["batch_size"],
-                         max_concurrent_tasks=k["max_concurrent_tasks"])
+            await qm.run(batch_size=k["batch_size"], max_concurrent_tasks=k["max_concurrent_tasks"])
 
         uvloop.run(main())

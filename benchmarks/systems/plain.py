@@ -40,13 +40,19 @@ CREATE TRIGGER jobs_notify AFTER INSERT ON jobs
     FOR EACH STATEMENT EXECUTE FUNCTION jobs_notify();
 """
 
-PICK = ("SELECT id FROM jobs WHERE status = 'pending' AND queue = 'bench' AND run_at <= now()"
-        " ORDER BY run_at, id FOR UPDATE SKIP LOCKED LIMIT {n}")
-CLAIM_ONE = ("UPDATE jobs SET status = 'running', started_at = now() "
-             f"WHERE id = ({PICK.format(n=1)}) RETURNING id, args")
+PICK = (
+    "SELECT id FROM jobs WHERE status = 'pending' AND queue = 'bench' AND run_at <= now()"
+    " ORDER BY run_at, id FOR UPDATE SKIP LOCKED LIMIT {n}"
+)
+CLAIM_ONE = (
+    "UPDATE jobs SET status = 'running', started_at = now() "
+    f"WHERE id = ({PICK.format(n=1)}) RETURNING id, args"
+)
 COMPLETE_ONE = "UPDATE jobs SET status = 'done', finished_at = now() WHERE id = %s"
-CLAIM_BATCH = ("UPDATE jobs SET status = 'running', started_at = now() "
-               f"WHERE id IN ({PICK.format(n=100)}) RETURNING id, args")
+CLAIM_BATCH = (
+    "UPDATE jobs SET status = 'running', started_at = now() "
+    f"WHERE id IN ({PICK.format(n=100)}) RETURNING id, args"
+)
 COMPLETE_BATCH = "UPDATE jobs SET status = 'done', finished_at = now() WHERE id = ANY(%s)"
 INSERT_ONE = "INSERT INTO jobs (args) VALUES (%s)"
 
@@ -92,7 +98,9 @@ class _Plain(BaseSystem):
     async def seed_finished(self, n: int) -> None:
         await self.conn.execute(
             "INSERT INTO jobs (status, started_at, finished_at) "
-            "SELECT 'done', now(), now() FROM generate_series(1, %s)", [n])
+            "SELECT 'done', now(), now() FROM generate_series(1, %s)",
+            [n],
+        )
         await self.conn.commit()
 
     # ------------------------------------------------------------ worker side
@@ -171,8 +179,8 @@ class PlainSingle(_Plain):
         for start in range(0, n, batch):
             k = min(batch, n - start)
             await self.conn.execute(
-                "INSERT INTO jobs (args) SELECT a FROM unnest(%s::jsonb[]) AS a",
-                [[Jsonb({})] * k])
+                "INSERT INTO jobs (args) SELECT a FROM unnest(%s::jsonb[]) AS a", [[Jsonb({})] * k]
+            )
             await self.conn.commit()
 
 

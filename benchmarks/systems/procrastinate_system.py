@@ -26,7 +26,8 @@ def make_app(dsn: str, pool_size: int = 4):
     global _app
     app = procrastinate.App(
         connector=procrastinate.PsycopgConnector(
-            conninfo=dsn, min_size=pool_size, max_size=pool_size),
+            conninfo=dsn, min_size=pool_size, max_size=pool_size
+        ),
     )
 
     @app.task(name="noop", queue=QUEUE)
@@ -91,7 +92,8 @@ class ProcrastinateSystem(BaseSystem):
         await conn.execute_query_async(
             "INSERT INTO procrastinate_jobs (queue_name, task_name, args, status) "
             "SELECT 'bench', 'noop', '{}'::jsonb, 'succeeded' FROM generate_series(1, %(n)s)",
-            n=n)
+            n=n,
+        )
 
     # ------------------------------------------------------------ worker side
 
@@ -108,7 +110,11 @@ class ProcrastinateSystem(BaseSystem):
         async def main() -> None:
             async with app.open_async():
                 await app.run_worker_async(
-                    queues=[QUEUE], concurrency=concurrency, wait=True,
-                    install_signal_handlers=True, shutdown_graceful_timeout=2)
+                    queues=[QUEUE],
+                    concurrency=concurrency,
+                    wait=True,
+                    install_signal_handlers=True,
+                    shutdown_graceful_timeout=2,
+                )
 
         asyncio.run(main())

@@ -1,105 +1,18 @@
-"""The broker interface: how tasks travel from producers to workers, whatever the transport.
-
-A worker drives any broker through five calls: `open`, `claim`, `finish`, `heartbeat`
-and `close`; producers call `enqueue` / `aenqueue`. Implementations live beside this
-module: `postgres.py` (the default, the task table itself) and `rabbitmq.py`.
-"""
+"""Brokers: how tasks travel from producers to workers. `base.Broker` is the contract every
+broker fulfils; `postgres/` (the default: the task table is the queue) and `rabbitmq/`
+implement it. `get_broker` is the one place that names a concrete broker."""
 
 from __future__ import annotations
 
-import abc
-import dataclasses
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from pgqueue.records import NewTask, Outcome, Task
+from pgqueue.brokers.base import Broker
+from pgqueue.records import CleanupPolicy
 
 if TYPE_CHECKING:
-    import uuid
-
     from pgqueue.settings import Settings
-    from pgqueue.worker_registry import WorkerInfo
 
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class CleanupPolicy:
-    """Delete finished tasks older than `retain_days`, every `interval_hours`."""
-
-    interval_hours: float = 1.0
-    retain_days: float = 7.0
-
-
-class Broker(abc.ABC):
-    """A transport for tasks. The worker knows only these methods."""
-
-    # -- producers ---------------------------------------------------------------------
-
-    @abc.abstractmethod
-    def enqueue(self, tasks: Sequence[NewTask], connection: Any = None) -> None:
-        """Deliver new tasks; with `connection`, inside the caller's transaction."""
-
-    @abc.abstractmethod
-    async def aenqueue(self, tasks: Sequence[NewTask], connection: Any = None) -> None:
-        """Deliver new tasks from async code."""
-
-    def resubmit(self, task_id: uuid.UUID) -> None:  # noqa: B027 - optional hook
-        """Deliver again a task whose record `retry` put back to PENDING (database: nothing)."""
-
-    # -- workers -----------------------------------------------------------------------
-
-    @abc.abstractmethod
-    async def open(
-        self,
-        worker_id: str,
-        queues: Sequence[str],
-        cleanup: CleanupPolicy | None,
-        worker: WorkerInfo | None = None,
-    ) -> None:
-        """Connect and subscribe to `queues`; start the broker's own upkeep (leases, cleanup).
-
-        `worker` (concurrency, version, host, pid) is for the worker registry, if any.
-        """
-
-    @abc.abstractmethod
-    async def claim(
-        self, limit: int, wait_seconds: float, start_now: int | None = None
-    ) -> list[Task]:
-        """Up to `limit` tasks, waiting up to `wait_seconds` for the first one.
-
-        The first `start_now` (None: all) start at once; the others wait in the worker's
-        buffer (claimed ahead) until `heartbeat` reports them among the running.
-        """
-
-    @abc.abstractmethod
-    async def finish(self, outcome: Outcome) -> None:
-        """Record how a run ended; a worker that lost the task's lease is refused (logged)."""
-
-    @abc.abstractmethod
-    async def heartbeat(
-        self, running: Sequence[Task], claimed_ahead: Sequence[Task] = ()
-    ) -> set[uuid.UUID]:
-        """Renew the leases of running tasks and of those claimed ahead (not started yet);
-        returns the ids of those this worker lost."""
-
-    @abc.abstractmethod
-    async def close(self) -> None:
-        """Flush what is buffered and disconnect."""
-
-    def wake(self) -> None:  # noqa: B027 - optional hook
-        """Make a pending `claim` return now (shutdown)."""
-
-    async def record_starts(self, tasks: Sequence[Task]) -> None:  # noqa: B027 - optional hook
-        """Record that these tasks, claimed ahead (not started by their claim), started:
-        a broker whose rescue tells unstarted tasks apart needs it (database: started_at)."""
-
-    @property
-    def recording(self) -> bool:
-        """False while outcomes given to `finish` cannot be recorded: the worker claims
-        nothing meanwhile (the broker logs why)."""
-        return True
-
-    async def until_recording(self) -> None:  # noqa: B027 - optional hook
-        """Return once `recording` is True."""
+__all__ = ["Broker", "CleanupPolicy", "get_broker"]
 
 
 def get_broker(settings: Settings | None = None) -> Broker:
@@ -107,10 +20,12 @@ def get_broker(settings: Settings | None = None) -> Broker:
     from pgqueue.settings import get_settings
 
     settings = settings or get_settings()
+    # Imported here: the RabbitMQ broker needs the optional aio-pika, and a worker or
+    # producer loads only the broker it uses.
     if settings.broker == "rabbitmq":
-        from pgqueue.brokers.rabbitmq import RabbitMQBroker
+        from pgqueue.brokers.rabbitmq.broker import RabbitMQBroker
 
         return RabbitMQBroker.from_settings(settings)
-    from pgqueue.brokers.postgres import PostgresBroker
+    from pgqueue.brokers.postgres.broker import PostgresBroker
 
     return PostgresBroker.from_settings(settings)

@@ -8,7 +8,7 @@ from typing import Any, TypeVar
 
 import click
 
-from pgqueue import embedded
+from pgqueue.contrib import embedded
 from pgqueue.errors import PgQueueError
 
 F = TypeVar("F", bound=Callable[..., Any])

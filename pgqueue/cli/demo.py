@@ -10,6 +10,6 @@ import click
 @click.command()
 def demo() -> None:
     """Queue a realistic mixed workload and watch a worker drain it."""
-    from pgqueue.demo import main
+    from pgqueue.contrib.demo import main
 
     sys.exit(main())

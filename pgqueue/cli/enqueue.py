@@ -7,12 +7,12 @@ from typing import Any
 
 import click
 
-from pgqueue.admin import parse_duration
-from pgqueue.async_task import RESERVED_OPTIONS
 from pgqueue.cli.output import admin_session, json_option, print_json
-from pgqueue.registry import import_task_modules
+from pgqueue.ops.admin import parse_duration
 from pgqueue.settings import get_settings
 from pgqueue.task_manager import TaskManager
+from pgqueue.tasks.definition import RESERVED_OPTIONS
+from pgqueue.tasks.registry import import_task_modules
 
 
 def _kwargs(text: str) -> dict[str, Any]:

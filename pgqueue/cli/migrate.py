@@ -6,8 +6,8 @@ import logging
 
 import click
 
-from pgqueue import migrations
-from pgqueue.database import resolve_dsn
+from pgqueue.db import migrations
+from pgqueue.db.database import resolve_dsn
 from pgqueue.settings import get_settings
 
 

@@ -19,8 +19,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from pgqueue.admin import Admin, parse_status
-from pgqueue.database import resolve_dsn
+from pgqueue.db.database import resolve_dsn
+from pgqueue.ops.admin import Admin, parse_status
 from pgqueue.records import TaskStatus
 from pgqueue.settings import Settings, get_settings
 

@@ -12,9 +12,9 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from pgqueue.admin import Admin
 from pgqueue.cli.output import admin_session, cell, console, duration, json_option, print_json
 from pgqueue.cli.output import table as make_table
+from pgqueue.ops.admin import Admin
 
 COLUMNS = (
     "Queue",

@@ -12,7 +12,6 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from pgqueue.admin import Admin, parse_duration
 from pgqueue.brokers import get_broker
 from pgqueue.cli.output import (
     STATUS,
@@ -28,9 +27,10 @@ from pgqueue.cli.output import (
     status_text,
     table,
 )
+from pgqueue.db.store import parse_task_id
+from pgqueue.ops.admin import Admin, parse_duration
 from pgqueue.records import Task, TaskStatus
 from pgqueue.settings import get_settings
-from pgqueue.store import parse_task_id
 
 LIST_COLUMNS = ("ID", "Name", "Queue", "Status", "Priority", "Attempts", "Run at", "Error")
 

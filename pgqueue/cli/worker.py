@@ -9,13 +9,13 @@ from typing import TYPE_CHECKING
 
 import click
 
-from pgqueue.database import check_reachable, resolve_dsn
-from pgqueue.registry import import_task_modules
+from pgqueue.db.database import check_reachable, resolve_dsn
 from pgqueue.settings import get_settings
+from pgqueue.tasks.registry import import_task_modules
 from pgqueue.worker import WorkerManager
 
 if TYPE_CHECKING:
-    from pgqueue.metrics import WorkerMetrics
+    from pgqueue.ops.metrics import WorkerMetrics
 
 
 def _split(value: str) -> list[str]:
@@ -24,7 +24,7 @@ def _split(value: str) -> list[str]:
 
 def serve_metrics(manager: WorkerManager, port: int, host: str) -> WorkerMetrics:
     """Start the /metrics server; a port in use is a one-line error, not a traceback."""
-    from pgqueue.metrics import WorkerMetrics
+    from pgqueue.ops.metrics import WorkerMetrics
 
     metrics = WorkerMetrics(manager)
     try:

@@ -7,8 +7,8 @@ from typing import Any
 
 import psycopg
 
-from pgqueue.database import Database
-from pgqueue.maintenance import CLEANUP_BATCH_SIZE, Maintenance
+from pgqueue.brokers.postgres.maintenance import CLEANUP_BATCH_SIZE, Maintenance
+from pgqueue.db.database import Database
 
 
 def _finished_rows(db: psycopg.Connection[Any], count: int) -> None:

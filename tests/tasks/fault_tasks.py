@@ -19,8 +19,8 @@ from typing import Any
 import psycopg
 
 from pgqueue import AsyncTask
-from pgqueue.control import current_task
 from pgqueue.events import TASK_AFTER_EXECUTION, dispatcher
+from pgqueue.tasks.context import current_task
 
 QUEUE = "faults"
 

@@ -1,0 +1,64 @@
+"""Named SQL blocks from the `sql/` folder beside this module, parsed once per schema name."""
+
+from __future__ import annotations
+
+import functools
+import re
+from pathlib import Path
+
+from pgqueue.errors import ConfigurationError
+
+DEFAULT_SCHEMA = "pgqueue"
+SCHEMA_PATTERN = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+_BLOCK_NAME = re.compile(r"^-- name: (\w+)\s*$", re.MULTILINE)
+
+
+def resource_dir(name: str) -> Path:
+    """The folder `sql` or `alembic` beside this module, installed or in a checkout."""
+    folder = Path(__file__).resolve().parent / name
+    if not folder.is_dir():
+        raise FileNotFoundError(f"pgqueue is missing its {name!r} folder; reinstall the package")
+    return folder
+
+
+def check_schema(schema: str) -> str:
+    if not SCHEMA_PATTERN.match(schema):
+        raise ConfigurationError(
+            f"schema {schema!r} is not a valid schema name: use lowercase letters, digits "
+            "and underscores, starting with a letter or underscore, at most 63 characters"
+        )
+    return schema
+
+
+@functools.cache
+def sql_file(filename: str, schema: str = DEFAULT_SCHEMA) -> str:
+    """The text of one file of `sql/`, its `pgqueue.` prefixes pointed at `schema`."""
+    text = (resource_dir("sql") / filename).read_text(encoding="utf-8")
+    if schema != DEFAULT_SCHEMA:
+        text = text.replace(f"{DEFAULT_SCHEMA}.", f"{check_schema(schema)}.")
+        text = text.replace(
+            f"SCHEMA IF NOT EXISTS {DEFAULT_SCHEMA};", f"SCHEMA IF NOT EXISTS {schema};"
+        )
+    return text
+
+
+def parse_blocks(text: str) -> dict[str, str]:
+    """Split a file of `-- name: x` blocks into {name: statement}, comments dropped."""
+    blocks: dict[str, str] = {}
+    parts = _BLOCK_NAME.split(text)
+    for name, body in zip(parts[1::2], parts[2::2], strict=True):
+        lines = [line for line in body.splitlines() if not line.lstrip().startswith("--")]
+        statement = "\n".join(lines).strip()
+        blocks[name] = statement.removesuffix(";")
+    return blocks
+
+
+@functools.cache
+def queries(schema: str = DEFAULT_SCHEMA) -> dict[str, str]:
+    """Every named query of `sql/queries.sql` for the given schema."""
+    return parse_blocks(sql_file("queries.sql", schema))
+
+
+def notify_channel(schema: str = DEFAULT_SCHEMA) -> str:
+    """The LISTEN/NOTIFY channel on which new work is announced (payload: queue name)."""
+    return f"{schema}.tasks"

@@ -1,0 +1,382 @@
+-- pgqueue queries: every statement Python sends, one named block each.
+-- Parameters are bound (%(name)s); names of queues and tasks never reach SQL as text.
+
+-- name: insert_task
+-- Queue one task; run_at is computed with the database clock.
+INSERT INTO pgqueue.tasks (id, name, queue, priority, kwargs, max_retries, run_at)
+VALUES (%(id)s, %(name)s, %(queue)s, %(priority)s, %(kwargs)s::jsonb, %(max_retries)s,
+        COALESCE(%(schedule_at)s::timestamptz, now() + %(delay)s * interval '1 second'));
+
+-- name: copy_tasks
+-- Bulk queueing: COPY is an order of magnitude faster than multi-row INSERT.
+-- run_at is the column default, now(): the rows run at once (see copy_tasks_with_run_at).
+COPY pgqueue.tasks (id, name, queue, priority, kwargs, max_retries) FROM STDIN;
+
+-- name: copy_tasks_with_run_at
+-- Bulk queueing of delayed or scheduled rows; run_at computed from the database's now().
+COPY pgqueue.tasks (id, name, queue, priority, kwargs, max_retries, run_at) FROM STDIN;
+
+-- name: get_task
+-- One task by id.
+SELECT * FROM pgqueue.tasks WHERE id = %(id)s;
+
+-- name: claim_tasks
+-- The body of the claim_tasks function (sql/functions.sql; tests/test_claim_ahead.py keeps
+-- the two identical), as a statement the worker prepares: PostgreSQL 15 plans a SQL
+-- function's body at every call, 0.3-0.4 ms of a claim's 1.5 ms on an idle server, which
+-- is most of a wake-up. Returns the columns a run needs, in the order brokers/postgres.py
+-- reads them, kwargs as text, and the claim's time as started_at of the tasks claimed ahead
+-- (the worker moves it on to their real start).
+WITH candidates AS (
+    SELECT due.id, due.priority, due.run_at
+    FROM (
+        SELECT requested.queue FROM unnest(%(queues)s::text[]) AS requested(queue)
+        WHERE requested.queue <> ALL (ARRAY(SELECT queue FROM pgqueue.paused_queues))
+    ) AS wanted
+    CROSS JOIN LATERAL (
+        SELECT t.id, t.priority, t.run_at
+        FROM pgqueue.tasks AS t
+        WHERE t.queue = wanted.queue
+          AND t.status IN ('PENDING', 'RETRYING')
+          AND t.run_at <= now()
+        ORDER BY t.priority DESC, t.run_at, t.id
+        LIMIT %(limit)s::integer
+        FOR UPDATE SKIP LOCKED
+    ) AS due
+    ORDER BY due.priority DESC, due.run_at, due.id
+    LIMIT %(limit)s::integer
+), claimed AS (
+    UPDATE pgqueue.tasks AS t
+    SET status = 'RUNNING',
+        attempts = t.attempts + 1,
+        -- Rows past the first start_now wait in the worker's buffer (claimed ahead):
+        -- started_at stays NULL until their start is recorded (by the heartbeat or the
+        -- completion), so a rescue knows they never ran. NULL: all start now.
+        started_at = CASE WHEN %(start_now)s::integer IS NULL
+                            OR t.id = ANY (ARRAY(SELECT c.id FROM candidates AS c
+                                                 ORDER BY c.priority DESC, c.run_at, c.id
+                                                 LIMIT %(start_now)s::integer))
+                          THEN now() END,
+        worker_id = %(worker_id)s::text,
+        lease_expires_at = now() + make_interval(secs => %(lease_seconds)s::double precision),
+        lease_token = t.lease_token + 1
+    WHERE t.id = ANY (ARRAY(SELECT candidates.id FROM candidates))
+    RETURNING t.*
+)
+SELECT id, name, queue, priority, kwargs::text, attempts, max_retries, run_at, created_at,
+       coalesce(started_at, now()), error, worker_id, lease_expires_at, lease_token, unique_key
+FROM claimed ORDER BY priority DESC, run_at, id;
+
+-- name: seconds_until_next_task
+-- How long until the earliest runnable task of these queues is due (negative: overdue).
+-- Paused queues do not count: their overdue tasks would make the claim loop spin.
+SELECT EXTRACT(epoch FROM min(run_at) - now())::double precision
+FROM pgqueue.tasks
+WHERE queue = ANY(%(queues)s) AND status IN ('PENDING', 'RETRYING')
+  AND queue <> ALL (ARRAY(SELECT queue FROM pgqueue.paused_queues));
+
+-- name: complete_tasks
+-- Record many results in one statement; returns the ids accepted.
+SELECT pgqueue.complete_tasks(%(ids)s, %(tokens)s, %(results)s::jsonb[]);
+
+-- name: complete_started_tasks
+-- complete_tasks, with when each run started (later than its claim if claimed ahead).
+-- Binary parameters (%%b): psycopg's text dumping of arrays quotes each element with a
+-- regular expression, over a tenth of a worker's CPU at 15,000 completions a second.
+SELECT pgqueue.complete_tasks(
+    %(ids)b::uuid[], %(tokens)b::integer[], %(results)b::text[]::jsonb[],
+    %(started)b::timestamptz[]
+);
+
+-- name: fail_task
+-- Record a failed run; no row when the worker no longer holds the task.
+SELECT * FROM pgqueue.fail_task(%(id)s, %(token)s, %(error)s, %(retryable)s);
+
+-- name: reschedule_task
+-- Put a running task back for later without recording a failure.
+SELECT pgqueue.reschedule_task(%(id)s, %(token)s, %(delay)s, %(refund_attempt)s);
+
+-- name: give_back_unknown_tasks
+-- Give back tasks whose name this worker has not registered (FAILED after the grace).
+SELECT * FROM pgqueue.give_back_unknown_tasks(%(ids)s, %(tokens)s, %(grace_seconds)s);
+
+-- name: extend_leases
+-- Heartbeat; returns the ids still held.
+SELECT pgqueue.extend_leases(
+    %(ids)s, %(tokens)s, %(lease_seconds)s, %(started)s::timestamptz[]
+);
+
+-- name: release_tasks
+-- Give running tasks back at shutdown.
+SELECT pgqueue.release_tasks(%(ids)s, %(tokens)s);
+
+-- name: rescue_expired_leases
+-- Put back the tasks of vanished workers.
+SELECT pgqueue.rescue_expired_leases();
+
+-- name: cancel_task
+-- Cancel one task; true if it is now CANCELLED.
+SELECT pgqueue.cancel_task(%(id)s);
+
+-- name: retry_task
+-- Run a FAILED or CANCELLED task once more.
+SELECT pgqueue.retry_task(%(id)s);
+
+-- name: cleanup_tasks
+-- Delete one batch of old finished tasks.
+SELECT pgqueue.cleanup_tasks(%(older_than)s * interval '1 second', %(batch_size)s);
+
+-- name: try_maintenance_lock
+-- One maintenance runner at a time across all workers (session-level advisory lock).
+SELECT pg_try_advisory_lock(hashtext('pgqueue.maintenance'));
+
+-- name: release_maintenance_lock
+-- Let another worker run maintenance.
+SELECT pg_advisory_unlock(hashtext('pgqueue.maintenance'));
+
+-- name: register_worker
+-- Record this worker (again, if its row expired while the database was away).
+SELECT pgqueue.register_worker(%(id)s, %(host)s, %(pid)s, %(queues)s, %(concurrency)s,
+                               %(version)s, %(lease_seconds)s);
+
+-- name: worker_heartbeat
+-- Renew this worker's row (false: it is gone) and forget the workers that vanished.
+SELECT pgqueue.worker_heartbeat(%(id)s, %(tasks_running)s) AS found,
+       pgqueue.expire_stale_workers() AS expired;
+
+-- name: unregister_worker
+-- This worker's clean exit.
+SELECT pgqueue.unregister_worker(%(id)s);
+
+-- name: queue_stats
+-- Every queue at a glance (see the view).
+SELECT * FROM pgqueue.queue_stats ORDER BY queue;
+
+-- name: queue_stats_for
+-- The same, for some queues only (a worker's metrics).
+SELECT * FROM pgqueue.queue_stats WHERE queue = ANY(%(queues)s) ORDER BY queue;
+
+-- name: live_workers
+-- The workers alive now, oldest first.
+SELECT * FROM pgqueue.live_workers ORDER BY started_at, id;
+
+-- name: due_tasks
+-- Due tasks not yet started, the longest waiting first.
+SELECT * FROM pgqueue.due_tasks ORDER BY run_at, id LIMIT %(limit)s;
+
+-- name: recent_failures
+-- The latest failures with their last error, of one queue or all (NULL).
+SELECT * FROM pgqueue.recent_failures
+WHERE %(queue)s::text IS NULL OR queue = %(queue)s
+ORDER BY failed_at DESC NULLS LAST, id DESC
+LIMIT %(limit)s;
+
+-- name: list_tasks
+-- The newest tasks (ids are time-ordered) matching the filters that are not NULL.
+SELECT * FROM pgqueue.tasks
+WHERE (%(queue)s::text IS NULL OR queue = %(queue)s)
+  AND (%(status)s::pgqueue.task_status IS NULL OR status = %(status)s::pgqueue.task_status)
+  AND (%(name)s::text IS NULL OR name = %(name)s)
+ORDER BY id DESC
+LIMIT %(limit)s;
+
+-- name: pause_queue
+-- Make the claim skip a queue; true if it was not paused already.
+SELECT pgqueue.pause_queue(%(queue)s);
+
+-- name: resume_queue
+-- Let workers claim from the queue again; true if it was paused.
+SELECT pgqueue.resume_queue(%(queue)s);
+
+-- name: retry_failed_tasks
+-- Put every FAILED task (of one queue, or all: NULL) back to PENDING; their ids.
+SELECT pgqueue.retry_failed_tasks(%(queue)s::text);
+
+-- name: count_purgeable
+-- How many tasks purge_tasks would delete (asked before deleting).
+SELECT count(*) FROM pgqueue.tasks
+WHERE status = %(status)s::pgqueue.task_status AND status <> 'RUNNING'
+  AND coalesce(finished_at, created_at) < now() - %(older_than)s * interval '1 second';
+
+-- name: purge_tasks
+-- Delete one batch of tasks of a status older than the given age.
+SELECT pgqueue.purge_tasks(%(status)s::pgqueue.task_status,
+                           %(older_than)s * interval '1 second', %(batch_size)s);
+
+-- name: broker_start_tasks
+-- RabbitMQ worker: mark delivered tasks RUNNING; returns those to run (see the function).
+SELECT * FROM pgqueue.broker_start_tasks(
+    %(ids)s, %(names)s, %(queues)s, %(priorities)s, %(kwargs)s::jsonb[], %(max_retries)s,
+    %(run_ats)s, %(attempts)s, %(worker_id)s);
+
+-- name: held_tasks
+-- RabbitMQ worker heartbeat: which of its running tasks it still holds (cancel shows here).
+SELECT t.id
+FROM unnest(%(ids)s::uuid[], %(tokens)s::integer[]) AS held(id, token)
+JOIN pgqueue.tasks AS t ON t.id = held.id AND t.lease_token = held.token
+WHERE t.status = 'RUNNING';
+
+-- name: delete_pending_tasks
+-- RabbitMQ producer: take back the records of tasks the broker did not accept.
+DELETE FROM pgqueue.tasks WHERE id = ANY(%(ids)s) AND status = 'PENDING';
+
+-- name: outbox_insert
+-- Queue one task for the relay, inside the caller's transaction.
+INSERT INTO pgqueue.outbox (task_id, queue, priority, message, run_at)
+VALUES (%(task_id)s, %(queue)s, %(priority)s, %(message)s, to_timestamp(%(run_at)s));
+
+-- name: outbox_take
+-- The relay: the oldest outbox rows, locked until published and deleted.
+SELECT id, task_id, queue, priority, message, EXTRACT(epoch FROM run_at)::double precision
+FROM pgqueue.outbox
+ORDER BY id
+LIMIT %(limit)s
+FOR UPDATE SKIP LOCKED;
+
+-- name: outbox_delete
+-- The relay: rows the broker confirmed.
+DELETE FROM pgqueue.outbox WHERE id = ANY(%(ids)s);
+
+-- ===========================================================================================
+-- Beyond the seed (sql/features.sql, docs/features.md): unique tasks, waiting for results,
+-- cancelling running tasks, cron, `tasks explain` and the test mode.
+-- ===========================================================================================
+
+-- name: insert_unique_tasks
+-- Queue tasks that may carry a unique_key: a row whose key an unfinished task holds (or an
+-- earlier row of the same call) is skipped by the partial unique index, which decides even
+-- between concurrent producers; returns the ids written.
+INSERT INTO pgqueue.tasks (id, name, queue, priority, kwargs, max_retries, run_at, unique_key)
+SELECT n.id, n.name, n.queue, n.priority, n.kwargs, n.max_retries,
+       COALESCE(n.schedule_at, now() + n.delay * interval '1 second'), n.unique_key
+FROM unnest(%(ids)s::uuid[], %(names)s::text[], %(queues)s::text[], %(priorities)s::smallint[],
+            %(kwargs)s::jsonb[], %(max_retries)s::integer[], %(schedule_ats)s::timestamptz[],
+            %(delays)s::double precision[], %(unique_keys)s::text[])
+     WITH ORDINALITY
+     AS n(id, name, queue, priority, kwargs, max_retries, schedule_at, delay, unique_key, position)
+ORDER BY n.position
+ON CONFLICT (unique_key)
+    WHERE unique_key IS NOT NULL AND status IN ('PENDING', 'RETRYING', 'RUNNING')
+    DO NOTHING
+RETURNING id;
+
+-- name: unique_key_holders
+-- The unfinished tasks that hold these unique keys.
+SELECT unique_key, id FROM pgqueue.tasks
+WHERE unique_key = ANY(%(unique_keys)s::text[])
+  AND status IN ('PENDING', 'RETRYING', 'RUNNING');
+
+-- name: register_result_waiter
+-- A waiter for a task's result (the results trigger notifies it), or its renewal; forgets
+-- waiters that expired (they died without unregistering).
+WITH expired AS (DELETE FROM pgqueue.result_waiters WHERE expires_at < now())
+INSERT INTO pgqueue.result_waiters (id, task_id, expires_at)
+VALUES (%(id)s, %(task_id)s, now() + %(timeout)s * interval '1 second')
+ON CONFLICT (id) DO UPDATE SET expires_at = excluded.expires_at;
+
+-- name: unregister_result_waiter
+-- The waiter is done.
+DELETE FROM pgqueue.result_waiters WHERE id = %(id)s;
+
+-- name: listen_results
+-- Finished tasks that someone waits for (payload: the task id).
+LISTEN "pgqueue.results";
+
+-- name: set_worker_task_names
+-- The task names a worker can run, for `pgqueue tasks explain`.
+UPDATE pgqueue.workers SET task_names = %(task_names)s WHERE id = %(id)s;
+
+-- name: explain_task
+-- One task and what may hold it back: schedule, pause, workers and their task names, the
+-- due tasks ahead of it in its queue.
+SELECT
+    t.*,
+    now() AS db_now,
+    EXISTS (SELECT 1 FROM pgqueue.paused_queues AS p WHERE p.queue = t.queue) AS queue_paused,
+    (SELECT count(*) FROM pgqueue.live_workers AS lw WHERE t.queue = ANY(lw.queues))
+        AS workers_on_queue,
+    (SELECT count(*) FROM pgqueue.live_workers AS lw
+     JOIN pgqueue.workers AS w ON w.id = lw.id
+     WHERE t.queue = ANY(lw.queues) AND w.task_names IS NOT NULL) AS workers_reporting_names,
+    (SELECT count(*) FROM pgqueue.live_workers AS lw
+     JOIN pgqueue.workers AS w ON w.id = lw.id
+     WHERE t.queue = ANY(lw.queues) AND t.name = ANY(w.task_names)) AS workers_with_task,
+    (SELECT coalesce(sum(lw.concurrency), 0) FROM pgqueue.live_workers AS lw
+     WHERE t.queue = ANY(lw.queues)) AS capacity,
+    (SELECT count(*) FROM pgqueue.tasks AS r WHERE r.queue = t.queue AND r.status = 'RUNNING')
+        AS running_in_queue,
+    (SELECT count(*) FROM pgqueue.tasks AS a
+     WHERE a.queue = t.queue AND a.status IN ('PENDING', 'RETRYING') AND a.run_at <= now()
+       AND a.id <> t.id
+       AND (a.priority > t.priority
+            OR (a.priority = t.priority AND (a.run_at, a.id) < (t.run_at, t.id))))
+        AS tasks_ahead,
+    (SELECT count(*) FROM pgqueue.tasks AS a
+     WHERE a.queue = t.queue AND a.status IN ('PENDING', 'RETRYING') AND a.run_at <= now()
+       AND a.priority > t.priority) AS tasks_ahead_higher_priority
+FROM pgqueue.tasks AS t
+WHERE t.id = %(id)s;
+
+-- name: cron_record_schedule
+-- A worker that imports a cron task records its schedule (first_seen_at is kept).
+INSERT INTO pgqueue.cron_schedules AS s (name, cron, timezone, queue, catchup_seconds)
+VALUES (%(name)s, %(cron)s, %(timezone)s, %(queue)s, %(catchup_seconds)s)
+ON CONFLICT (name) DO UPDATE
+SET cron = excluded.cron, timezone = excluded.timezone, queue = excluded.queue,
+    catchup_seconds = excluded.catchup_seconds, last_seen_at = now()
+RETURNING s.first_seen_at, now() AS db_now,
+          (SELECT max(r.scheduled_at) FROM pgqueue.cron_runs AS r WHERE r.name = s.name)
+              AS last_scheduled_at;
+
+-- name: cron_claim_occurrence
+-- Claim one occurrence of a schedule for a new task id, unless another worker did: the
+-- primary key of cron_runs admits each (name, scheduled_at) once, and a racer waits here
+-- for the claimer's commit. Only the claimer gets a row; it queues the task through its
+-- broker in the same transaction (pgqueue/cron.py), so the claim, the task and, with
+-- RabbitMQ, its outbox row commit together or not at all.
+INSERT INTO pgqueue.cron_runs (name, scheduled_at, task_id)
+VALUES (%(name)s, %(scheduled_at)s, %(task_id)s)
+ON CONFLICT (name, scheduled_at) DO NOTHING
+RETURNING task_id;
+
+-- name: cron_prune_runs
+-- Forget occurrences older than the catch-up window can reach; the latest is always kept.
+DELETE FROM pgqueue.cron_runs AS r
+WHERE r.name = %(name)s AND r.scheduled_at < %(before)s
+  AND r.scheduled_at < (SELECT max(l.scheduled_at) FROM pgqueue.cron_runs AS l
+                        WHERE l.name = %(name)s);
+
+-- name: cron_schedules
+-- Every recorded schedule with its latest queued occurrence.
+SELECT s.*, (SELECT max(r.scheduled_at) FROM pgqueue.cron_runs AS r WHERE r.name = s.name)
+           AS last_scheduled_at,
+       now() AS db_now
+FROM pgqueue.cron_schedules AS s
+ORDER BY s.name;
+
+-- name: testing_claim_tasks
+-- The test mode (pgqueue.testing): claim_tasks with the clock given, not now().
+WITH due AS (
+    SELECT t.id FROM pgqueue.tasks AS t
+    WHERE t.queue = ANY(%(queues)s::text[]) AND t.status IN ('PENDING', 'RETRYING')
+      AND t.run_at <= %(now)s
+      AND t.queue <> ALL (ARRAY(SELECT queue FROM pgqueue.paused_queues))
+    ORDER BY t.priority DESC, t.run_at, t.id
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE pgqueue.tasks AS t
+SET status = 'RUNNING', attempts = t.attempts + 1, started_at = now(),
+    worker_id = %(worker_id)s, lease_expires_at = now() + interval '1 hour',
+    lease_token = t.lease_token + 1
+FROM due
+WHERE t.id = due.id
+RETURNING t.*;
+
+-- name: testing_all_queues
+-- Every queue that has waiting tasks (the test mode drains all by default).
+SELECT DISTINCT queue FROM pgqueue.tasks WHERE status IN ('PENDING', 'RETRYING');
+
+-- name: database_now
+-- The database clock.
+SELECT now();

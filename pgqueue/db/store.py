@@ -1,0 +1,351 @@
+"""The task table from the producer's side: insert (one row or COPY), read, cancel, retry."""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import uuid
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import psycopg
+
+from pgqueue.db.database import Database
+from pgqueue.errors import DatabaseUnavailable, InvalidTaskArguments, TaskNotFound
+from pgqueue.records import NewTask, Task
+
+
+def parse_task_id(task_id: Any) -> uuid.UUID:
+    """A task id from a UUID or its str(); anything else is a clear error."""
+    if isinstance(task_id, uuid.UUID):
+        return task_id
+    try:
+        return uuid.UUID(str(task_id))
+    except ValueError:
+        raise TaskNotFound(
+            f"{task_id!r} is not a task id (a UUID such as the one .delay() returns)"
+        ) from None
+
+
+def insert_params(task: NewTask) -> dict[str, Any]:
+    return {
+        "id": task.id,
+        "name": task.name,
+        "queue": task.queue,
+        "priority": task.priority,
+        "kwargs": task.kwargs_json,
+        "max_retries": task.max_retries,
+        "schedule_at": task.schedule_at,
+        "delay": task.delay,
+    }
+
+
+def unique_insert_params(tasks: Sequence[NewTask]) -> dict[str, Any]:
+    """Column arrays for `insert_unique_tasks` (one statement, whatever the number of rows)."""
+    return {
+        "ids": [task.id for task in tasks],
+        "names": [task.name for task in tasks],
+        "queues": [task.queue for task in tasks],
+        "priorities": [task.priority for task in tasks],
+        "kwargs": [task.kwargs_json for task in tasks],
+        "max_retries": [task.max_retries for task in tasks],
+        "schedule_ats": [task.schedule_at for task in tasks],
+        "delays": [task.delay for task in tasks],
+        "unique_keys": [task.unique_key for task in tasks],
+    }
+
+
+#: Rounds of insert-then-look-up before giving up: a holder that finishes between the two
+#: statements frees its key, and the next round inserts the row instead.
+UNIQUE_INSERT_ROUNDS = 5
+
+
+class _UniqueInsert:
+    """Which task id each row of a unique insert ends with: its own, or its key's holder."""
+
+    def __init__(self, tasks: Sequence[NewTask]) -> None:
+        self.tasks = tasks
+        self.ids: dict[int, uuid.UUID] = {}
+        self.todo = list(range(len(tasks)))
+
+    def batch(self) -> list[NewTask]:
+        return [self.tasks[index] for index in self.todo]
+
+    def skipped_keys(self, inserted: set[uuid.UUID]) -> list[str]:
+        return sorted(
+            {
+                key
+                for task in self.batch()
+                if task.id not in inserted and (key := task.unique_key) is not None
+            }
+        )
+
+    def settle(self, inserted: set[uuid.UUID], holders: dict[str, uuid.UUID]) -> bool:
+        """Record this round; True when every row has its id."""
+        left = []
+        for index in self.todo:
+            task = self.tasks[index]
+            if task.id in inserted:
+                self.ids[index] = task.id
+            elif task.unique_key in holders:
+                self.ids[index] = holders[task.unique_key]
+            else:
+                left.append(index)
+        self.todo = left
+        return not left
+
+    def result(self) -> list[uuid.UUID]:
+        if self.todo:
+            raise DatabaseUnavailable(
+                f"could not queue {len(self.todo)} unique tasks: their keys kept changing "
+                f"hands over {UNIQUE_INSERT_ROUNDS} rounds; try again"
+            )
+        return [self.ids[index] for index in range(len(self.tasks))]
+
+
+#: COPY text format: these four characters are the only ones a field must escape here (JSON
+#: text and checked names hold no other control character, and no NUL).
+_COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\n": "\\n", "\r": "\\r", "\t": "\\t"})
+#: Rows per write to the COPY stream: small writes let the server parse one while the
+#: next is built (about 5% faster than one write per 5,000 rows).
+COPY_CHUNK_ROWS = 500
+
+
+def _copy_field(text: str) -> str:
+    if "\\" in text or not text.isprintable():
+        return text.translate(_COPY_ESCAPES)
+    return text
+
+
+def copy_text_chunks(tasks: Sequence[NewTask], run_at: bool, now: Any = None) -> Iterator[str]:
+    """The rows of `copy_tasks` (run_at: `copy_tasks_with_run_at`) as COPY text, built
+    here rather than by psycopg's per-value dumpers: at a few microseconds a row, bulk
+    queueing is bound by this loop. Ids are written as 32 hex digits (a valid uuid input)."""
+    names: dict[str, str] = {}
+    for start in range(0, len(tasks), COPY_CHUNK_ROWS):
+        lines = []
+        for task in tasks[start : start + COPY_CHUNK_ROWS]:
+            prefix = names.get(task.name + "\x00" + task.queue)
+            if prefix is None:
+                prefix = f"\t{_copy_field(task.name)}\t{_copy_field(task.queue)}\t"
+                names[task.name + "\x00" + task.queue] = prefix
+            kwargs = task.kwargs_json
+            if kwargs != "{}":
+                kwargs = _copy_field(kwargs)
+            line = f"{task.id.int:032x}{prefix}{task.priority}\t{kwargs}\t{task.max_retries}"
+            if run_at:
+                when = task.schedule_at or now + datetime.timedelta(seconds=task.delay)
+                line = f"{line}\t{when.isoformat()}"
+            lines.append(line)
+        lines.append("")
+        yield "\n".join(lines)
+
+
+def sync_driver_connection(connection: Any) -> psycopg.Connection[Any]:
+    """The psycopg connection behind a psycopg or SQLAlchemy (Session/Connection) object."""
+    if isinstance(connection, psycopg.Connection):
+        return connection
+    sa_connection = (
+        connection.connection() if callable(getattr(connection, "connection", None)) else connection
+    )
+    raw = getattr(getattr(sa_connection, "connection", None), "driver_connection", None)
+    if isinstance(raw, psycopg.Connection):
+        return raw
+    raise InvalidTaskArguments(
+        f"connection must be a psycopg 3 Connection or a SQLAlchemy Session/Connection using the "
+        f"postgresql+psycopg driver, not {type(connection).__name__}"
+    )
+
+
+async def async_driver_connection(connection: Any) -> psycopg.AsyncConnection[Any]:
+    """The psycopg async connection behind a psycopg AsyncConnection or SQLAlchemy AsyncSession."""
+    if isinstance(connection, psycopg.AsyncConnection):
+        return connection
+    if hasattr(connection, "get_raw_connection") or hasattr(connection, "connection"):
+        sa_connection = connection
+        if not hasattr(connection, "get_raw_connection"):  # AsyncSession
+            sa_connection = await connection.connection()
+        raw = (await sa_connection.get_raw_connection()).driver_connection
+        if isinstance(raw, psycopg.AsyncConnection):
+            return raw
+    raise InvalidTaskArguments(
+        f"with adelay/aqueue_task, connection must be a psycopg 3 AsyncConnection or a SQLAlchemy "
+        f"AsyncSession/AsyncConnection using postgresql+psycopg, not {type(connection).__name__}"
+    )
+
+
+def _needs_run_at(tasks: Sequence[NewTask]) -> bool:
+    """False when every row runs now: the column default, now(), is the same instant (the
+    transaction's start) that `SELECT now()` would give, without that round trip."""
+    return any(task.delay or task.schedule_at is not None for task in tasks)
+
+
+def _atomic(conn: psycopg.Connection[Any], tasks: Sequence[NewTask]) -> Any:
+    """A transaction for many rows; one row in autocommit saves the BEGIN and COMMIT trips."""
+    return conn.transaction() if len(tasks) > 1 else contextlib.nullcontext()
+
+
+def _async_atomic(conn: psycopg.AsyncConnection[Any], tasks: Sequence[NewTask]) -> Any:
+    return conn.transaction() if len(tasks) > 1 else contextlib.AsyncExitStack()
+
+
+class TaskStore:
+    """Rows of the task table, read and written by producers and operators."""
+
+    def __init__(self, database: Database) -> None:
+        self.database = database
+        self.queries = database.queries
+
+    # -- insert ------------------------------------------------------------------------
+
+    def insert(self, tasks: Sequence[NewTask], connection: Any = None) -> None:
+        """Write new tasks: in the caller's transaction when given its connection."""
+        if connection is not None:
+            self._write(sync_driver_connection(connection), tasks)
+            return
+        for attempt in (1, 2):
+            try:
+                with self.database.connection() as conn, _atomic(conn, tasks):
+                    self._write(conn, tasks)
+                return
+            except psycopg.errors.UniqueViolation:
+                if attempt == 1:
+                    raise
+                return  # the first attempt committed before its connection broke
+            except DatabaseUnavailable:
+                if attempt == 2:
+                    raise
+
+    def _write(self, conn: psycopg.Connection[Any], tasks: Sequence[NewTask]) -> None:
+        if len(tasks) == 1:
+            conn.execute(self.queries["insert_task"], insert_params(tasks[0]))
+            return
+        now = None
+        run_at = _needs_run_at(tasks)
+        if run_at:
+            now = conn.execute("SELECT now()").fetchone()[0]  # type: ignore[index]
+        query = self.queries["copy_tasks_with_run_at" if run_at else "copy_tasks"]
+        with conn.cursor() as cursor, cursor.copy(query) as copy:
+            for chunk in copy_text_chunks(tasks, run_at, now):
+                copy.write(chunk)
+
+    async def ainsert(self, tasks: Sequence[NewTask], connection: Any = None) -> None:
+        if connection is not None:
+            await self._awrite(await async_driver_connection(connection), tasks)
+            return
+        for attempt in (1, 2):
+            try:
+                async with self.database.async_connection() as conn, _async_atomic(conn, tasks):
+                    await self._awrite(conn, tasks)
+                return
+            except psycopg.errors.UniqueViolation:
+                if attempt == 1:
+                    raise
+                return
+            except DatabaseUnavailable:
+                if attempt == 2:
+                    raise
+
+    async def _awrite(self, conn: psycopg.AsyncConnection[Any], tasks: Sequence[NewTask]) -> None:
+        if len(tasks) == 1:
+            await conn.execute(self.queries["insert_task"], insert_params(tasks[0]))
+            return
+        now = None
+        run_at = _needs_run_at(tasks)
+        if run_at:
+            now = (await (await conn.execute("SELECT now()")).fetchone())[0]  # type: ignore[index]
+        query = self.queries["copy_tasks_with_run_at" if run_at else "copy_tasks"]
+        async with conn.cursor() as cursor, cursor.copy(query) as copy:
+            for chunk in copy_text_chunks(tasks, run_at, now):
+                await copy.write(chunk)
+
+    # -- unique tasks (sql/features.sql) ------------------------------------------------
+
+    def insert_unique(self, tasks: Sequence[NewTask], connection: Any = None) -> list[uuid.UUID]:
+        """Write tasks that may carry a unique_key; per row, its own id or the id of the
+        unfinished task that holds its key. In the caller's transaction when given."""
+        if connection is not None:
+            return self._write_unique(sync_driver_connection(connection), tasks)
+        for attempt in (1, 2):
+            try:
+                with self.database.connection() as conn, conn.transaction():
+                    return self._write_unique(conn, tasks)
+            except DatabaseUnavailable:
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
+
+    def _write_unique(
+        self, conn: psycopg.Connection[Any], tasks: Sequence[NewTask]
+    ) -> list[uuid.UUID]:
+        state = _UniqueInsert(tasks)
+        for _ in range(UNIQUE_INSERT_ROUNDS):
+            params = unique_insert_params(state.batch())
+            inserted = {row[0] for row in conn.execute(self.queries["insert_unique_tasks"], params)}
+            keys = state.skipped_keys(inserted)
+            holders: dict[str, uuid.UUID] = {}
+            if keys:
+                rows = conn.execute(self.queries["unique_key_holders"], {"unique_keys": keys})
+                holders = {row[0]: row[1] for row in rows}
+            if state.settle(inserted, holders):
+                break
+        return state.result()
+
+    async def ainsert_unique(
+        self, tasks: Sequence[NewTask], connection: Any = None
+    ) -> list[uuid.UUID]:
+        if connection is not None:
+            return await self._awrite_unique(await async_driver_connection(connection), tasks)
+        for attempt in (1, 2):
+            try:
+                async with self.database.async_connection() as conn, conn.transaction():
+                    return await self._awrite_unique(conn, tasks)
+            except DatabaseUnavailable:
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
+
+    async def _awrite_unique(
+        self, conn: psycopg.AsyncConnection[Any], tasks: Sequence[NewTask]
+    ) -> list[uuid.UUID]:
+        state = _UniqueInsert(tasks)
+        for _ in range(UNIQUE_INSERT_ROUNDS):
+            params = unique_insert_params(state.batch())
+            cursor = await conn.execute(self.queries["insert_unique_tasks"], params)
+            inserted = {row[0] for row in await cursor.fetchall()}
+            keys = state.skipped_keys(inserted)
+            holders: dict[str, uuid.UUID] = {}
+            if keys:
+                cursor = await conn.execute(
+                    self.queries["unique_key_holders"], {"unique_keys": keys}
+                )
+                holders = {row[0]: row[1] for row in await cursor.fetchall()}
+            if state.settle(inserted, holders):
+                break
+        return state.result()
+
+    # -- read and steer ------------------------------------------------------------------
+
+    def get(self, task_id: Any) -> Task | None:
+        row = self.database.fetch_one("get_task", {"id": parse_task_id(task_id)})
+        return Task.from_row(row) if row else None
+
+    async def aget(self, task_id: Any) -> Task | None:
+        row = await self.database.afetch_one("get_task", {"id": parse_task_id(task_id)})
+        return Task.from_row(row) if row else None
+
+    def cancel(self, task_id: Any) -> bool:
+        row = self.database.fetch_one("cancel_task", {"id": parse_task_id(task_id)})
+        return bool(row and row["cancel_task"])
+
+    async def acancel(self, task_id: Any) -> bool:
+        row = await self.database.afetch_one("cancel_task", {"id": parse_task_id(task_id)})
+        return bool(row and row["cancel_task"])
+
+    def retry(self, task_id: Any) -> bool:
+        row = self.database.fetch_one("retry_task", {"id": parse_task_id(task_id)})
+        return bool(row and row["retry_task"])
+
+    async def aretry(self, task_id: Any) -> bool:
+        row = await self.database.afetch_one("retry_task", {"id": parse_task_id(task_id)})
+        return bool(row and row["retry_task"])

@@ -1,0 +1,2 @@
+"""Running pgqueue in production: `admin` (inspection, explain, bulk retry and purge) and
+`metrics` (Prometheus)."""

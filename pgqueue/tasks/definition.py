@@ -1,0 +1,351 @@
+"""The @AsyncTask decorator: declares a task, checks its options, and queues it with .delay()."""
+
+from __future__ import annotations
+
+import datetime
+import functools
+import inspect
+import sys
+from collections.abc import Callable, Mapping
+from typing import Any, Generic, Protocol, TypeVar, overload
+
+from pgqueue.errors import InvalidTaskArguments, InvalidTaskOption, TaskDefinitionError
+from pgqueue.tasks import registry
+from pgqueue.tasks.options import (
+    Delay,
+    Timing,
+    check_max_retries,
+    check_priority,
+    check_queue,
+    check_timeout,
+)
+from pgqueue.tasks.schedule import CronSchedule
+from pgqueue.tasks.typed_arguments import TypedArguments
+
+R = TypeVar("R")
+
+#: Keyword names that .delay() takes for itself, so no task may have them as parameters.
+RESERVED_OPTIONS = frozenset(
+    {"delay", "schedule_at", "priority", "queue", "max_retries", "connection", "unique_key"}
+)
+
+#: A unique key: a string, or a callable that derives it from the task's arguments (a dict).
+UniqueKey = str | Callable[[dict[str, Any]], str]
+MAX_UNIQUE_KEY_LENGTH = 1024
+
+
+class Producer(Protocol):
+    """What `.delay()` / `.adelay()` queue through: the default TaskManager."""
+
+    def queue_task(self, task: Any, *args: Any, **options: Any) -> Any: ...
+
+    async def aqueue_task(self, task: Any, *args: Any, **options: Any) -> Any: ...
+
+
+#: Set by pgqueue.task_manager when it is imported (always, by `import pgqueue`): tasks
+#: sit below the producer in the layers, so the producer registers itself here.
+_default_producer: Callable[[], Producer] | None = None
+
+
+def use_default_producer(get: Callable[[], Producer]) -> None:
+    """Make `.delay()` queue through `get()` (pgqueue.task_manager calls it)."""
+    global _default_producer
+    _default_producer = get
+
+
+def _producer() -> Producer:
+    assert _default_producer is not None, "import pgqueue first"
+    return _default_producer()
+
+
+class TaskFunction(Generic[R]):
+    """A function declared with @AsyncTask. Calling it runs it inline; .delay() queues it."""
+
+    def __init__(
+        self,
+        fn: Callable[..., R],
+        *,
+        queue: str | None,
+        priority: int | None,
+        max_retries: int | None,
+        delay: Delay | None,
+        schedule_at: datetime.datetime | None,
+        timeout: float | None,
+        transactional: bool = False,
+        unique_key: UniqueKey | None = None,
+        cron: str | None = None,
+        timezone: str | None = None,
+        cron_catchup: Delay | None = None,
+    ) -> None:
+        self.fn = fn
+        self.name = f"{_module_name(fn)}.{fn.__qualname__}"
+        self.queue = check_queue(queue) if queue is not None else None
+        self.priority = check_priority(priority) if priority is not None else None
+        self.max_retries = check_max_retries(max_retries) if max_retries is not None else None
+        self.timing = Timing.of(delay, schedule_at)
+        self.has_timing = delay is not None or schedule_at is not None
+        self.timeout = check_timeout(timeout)
+        self.is_async = inspect.iscoroutinefunction(fn)
+        self.transactional = _check_transactional(fn, transactional, self.is_async)
+        self.signature = inspect.signature(fn)
+        _refuse_reserved_parameters(self.name, self.signature)
+        self.unique_key = _check_unique_key_spec(self.name, unique_key)
+        #: The cron schedule a worker queues this task on, or None.
+        self.schedule = CronSchedule.checked(
+            self.name, self.signature, cron, timezone, cron_catchup
+        )
+        #: Parameters annotated with pydantic models or dataclasses, or None.
+        self.typed_arguments = TypedArguments.of(self.name, fn, self.signature)
+        functools.update_wrapper(self, fn)
+        registry.register(self)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> R:
+        return self.fn(*args, **kwargs)
+
+    def __repr__(self) -> str:
+        return f"<task {self.name}>"
+
+    @functools.cached_property
+    def _parameter_sets(self) -> tuple[frozenset[str], frozenset[str], bool]:
+        """Names it accepts by keyword, names it requires, and whether it takes **kwargs."""
+        accepted, required, open_ended = set(), set(), False
+        for name, parameter in self.signature.parameters.items():
+            if parameter.kind is inspect.Parameter.VAR_KEYWORD:
+                open_ended = True
+            elif parameter.kind in (
+                inspect.Parameter.POSITIONAL_OR_KEYWORD,
+                inspect.Parameter.KEYWORD_ONLY,
+            ):
+                accepted.add(name)
+                if parameter.default is inspect.Parameter.empty:
+                    required.add(name)
+            elif parameter.kind is inspect.Parameter.POSITIONAL_ONLY and (
+                parameter.default is inspect.Parameter.empty
+            ):
+                required.add(name)  # cannot be given by keyword: never satisfiable
+        return frozenset(accepted), frozenset(required), open_ended
+
+    def kwargs_problem(self, kwargs: Mapping[str, Any]) -> str | None:
+        """Why stored arguments cannot be passed to the function, or None if they can.
+
+        A set check on the worker's hot path; signature.bind only to word the refusal.
+        """
+        accepted, required, open_ended = self._parameter_sets
+        keys = kwargs.keys()
+        if required <= keys and (open_ended or keys <= accepted):
+            return None
+        try:
+            self.signature.bind(**kwargs)
+        except TypeError as error:
+            return str(error)
+        return None
+
+    def bind_kwargs(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
+        """Arguments as a keyword dict, refused as a call of the function would refuse them."""
+        try:
+            bound = self.signature.bind(*args, **kwargs)
+        except TypeError as error:
+            raise InvalidTaskArguments(f"{self.name}: {error}") from None
+        arguments: dict[str, Any] = {}
+        for name, value in bound.arguments.items():
+            kind = self.signature.parameters[name].kind
+            if kind is inspect.Parameter.VAR_KEYWORD:
+                arguments.update(value)
+            elif kind in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.POSITIONAL_ONLY):
+                raise InvalidTaskArguments(
+                    f"{self.name}: parameter {name!r} is positional-only or *args, which a "
+                    "queued task cannot store; make it a keyword parameter"
+                )
+            else:
+                arguments[name] = value
+        if self.typed_arguments is not None:
+            return self.typed_arguments.validate(arguments)
+        return arguments
+
+    def delay(
+        self,
+        *args: Any,
+        connection: Any = None,
+        delay: Delay | None = None,
+        schedule_at: datetime.datetime | None = None,
+        priority: int | None = None,
+        queue: str | None = None,
+        max_retries: int | None = None,
+        unique_key: UniqueKey | None = None,
+        **kwargs: Any,
+    ) -> Any:
+        """Queue a run of this task; returns its id.
+
+        >>> task_id = send_email.delay(to="a@example.com", subject="Hi")
+        >>> task_id = send_email.delay(delay=3600, to="a@example.com", subject="Later")
+        >>> task_id = send_email.delay(unique_key="welcome:42", to="a@example.com")
+        """
+        return _producer().queue_task(
+            self,
+            *args,
+            connection=connection,
+            delay=delay,
+            schedule_at=schedule_at,
+            priority=priority,
+            queue=queue,
+            max_retries=max_retries,
+            unique_key=unique_key,
+            **kwargs,
+        )
+
+    async def adelay(
+        self,
+        *args: Any,
+        connection: Any = None,
+        delay: Delay | None = None,
+        schedule_at: datetime.datetime | None = None,
+        priority: int | None = None,
+        queue: str | None = None,
+        max_retries: int | None = None,
+        unique_key: UniqueKey | None = None,
+        **kwargs: Any,
+    ) -> Any:
+        """Queue a run of this task from async code; returns its id."""
+        return await _producer().aqueue_task(
+            self,
+            *args,
+            connection=connection,
+            delay=delay,
+            schedule_at=schedule_at,
+            priority=priority,
+            queue=queue,
+            max_retries=max_retries,
+            unique_key=unique_key,
+            **kwargs,
+        )
+
+
+def derive_unique_key(task_name: str, spec: UniqueKey, kwargs: dict[str, Any]) -> str:
+    """The unique key of one call: `spec` itself, or what it returns for the arguments."""
+    key = spec(dict(kwargs)) if callable(spec) else spec
+    if not isinstance(key, str):
+        raise InvalidTaskArguments(
+            f"unique_key of {task_name} must be a string (or a callable returning one), "
+            f"not {type(key).__name__}"
+        )
+    if not key or len(key) > MAX_UNIQUE_KEY_LENGTH or "\x00" in key:
+        raise InvalidTaskOption(
+            f"unique_key of {task_name} must be 1 to {MAX_UNIQUE_KEY_LENGTH} characters "
+            f"without NUL, not {key[:80]!r}"
+        )
+    return key
+
+
+def _check_unique_key_spec(task_name: str, spec: Any) -> UniqueKey | None:
+    if spec is None or callable(spec):
+        return spec
+    return derive_unique_key(task_name, spec, {})
+
+
+def _module_name(fn: Callable[..., Any]) -> str:
+    """The importable module of `fn`: under `python -m pkg.mod` that is pkg.mod, not __main__."""
+    if fn.__module__ == "__main__":
+        spec = getattr(sys.modules["__main__"], "__spec__", None)
+        if spec is not None and spec.name:
+            return str(spec.name).removesuffix(".__main__")
+    return fn.__module__
+
+
+def _check_transactional(fn: Callable[..., Any], transactional: Any, is_async: bool) -> bool:
+    if not isinstance(transactional, bool):
+        raise TaskDefinitionError(f"transactional must be True or False, not {transactional!r}")
+    if transactional and not is_async:
+        raise TaskDefinitionError(
+            f"task {fn.__qualname__} is transactional=True but not async: the completing "
+            "transaction is an async psycopg connection, so declare it with `async def`"
+        )
+    return transactional
+
+
+def _refuse_reserved_parameters(name: str, signature: inspect.Signature) -> None:
+    for parameter in signature.parameters:
+        if parameter in RESERVED_OPTIONS:
+            raise TaskDefinitionError(
+                f"task {name} has a parameter named {parameter!r}, which .delay() reserves "
+                f"for itself ({', '.join(sorted(RESERVED_OPTIONS))}); rename the parameter"
+            )
+
+
+@overload
+def AsyncTask(fn: Callable[..., R], /) -> TaskFunction[R]: ...
+
+
+@overload
+def AsyncTask(
+    *,
+    queue: str | None = None,
+    priority: int | None = None,
+    max_retries: int | None = None,
+    delay: Delay | None = None,
+    schedule_at: datetime.datetime | None = None,
+    timeout: float | None = None,
+    transactional: bool = False,
+    unique_key: UniqueKey | None = None,
+    cron: str | None = None,
+    timezone: str | None = None,
+    cron_catchup: Delay | None = None,
+) -> Callable[[Callable[..., R]], TaskFunction[R]]: ...
+
+
+def AsyncTask(
+    fn: Callable[..., Any] | None = None,
+    /,
+    *,
+    queue: str | None = None,
+    priority: int | None = None,
+    max_retries: int | None = None,
+    delay: Delay | None = None,
+    schedule_at: datetime.datetime | None = None,
+    timeout: float | None = None,
+    transactional: bool = False,
+    unique_key: UniqueKey | None = None,
+    cron: str | None = None,
+    timezone: str | None = None,
+    cron_catchup: Delay | None = None,
+) -> Any:
+    """Declare a background task; its options are checked here, at definition time.
+
+    >>> @AsyncTask(queue="emails", priority=0, max_retries=3)
+    ... async def send_email(to: str, subject: str, body: str):
+    ...     return {"status": "sent", "recipient": to}
+    >>> task_id = send_email.delay(to="a@example.com", subject="Hi", body="...")
+
+    With `transactional=True` (async tasks, database broker) the task's writes and its
+    COMPLETED status commit together or not at all, so its effect happens exactly once:
+
+    >>> @AsyncTask(transactional=True)
+    ... async def credit(account: int, cents: int):
+    ...     conn = current_task().connection   # in an open transaction; do not commit
+    ...     await conn.execute("UPDATE accounts SET cents = cents + %s WHERE id = %s",
+    ...                        (cents, account))
+
+    Beyond the seed (docs/features.md): `unique_key` (a string, or a callable taking the
+    arguments as a dict) makes .delay() return the id of the unfinished task holding the key;
+    `cron="0 9 * * *"` with `timezone="Europe/Paris"` has workers queue the task at each
+    occurrence, catching up those missed within `cron_catchup` (default one hour).
+    """
+
+    def decorate(function: Callable[..., R]) -> TaskFunction[R]:
+        if not callable(function):
+            raise TaskDefinitionError(f"@AsyncTask decorates a function, not {function!r}")
+        return TaskFunction(
+            function,
+            queue=queue,
+            priority=priority,
+            max_retries=max_retries,
+            delay=delay,
+            schedule_at=schedule_at,
+            timeout=timeout,
+            transactional=transactional,
+            unique_key=unique_key,
+            cron=cron,
+            timezone=timezone,
+            cron_catchup=cron_catchup,
+        )
+
+    return decorate(fn) if fn is not None else decorate
