@@ -18,10 +18,11 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP) ## Create .venv and install pgqueue with its dev tools
 
-lint: $(STAMP) ## ruff (lint and format check) and mypy
+lint: $(STAMP) ## ruff (lint and format check), mypy, and the import layers (import-linter)
 	$(BIN)/ruff check pgqueue tests
 	$(BIN)/ruff format --check pgqueue tests
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 format: $(STAMP) ## Format the code with ruff
 	$(BIN)/ruff format pgqueue tests
