@@ -11,7 +11,7 @@ from typing import Any
 from pgqueue import results
 from pgqueue.brokers import get_broker
 from pgqueue.brokers.base import Broker
-from pgqueue.db.database import Database, database_from_settings
+from pgqueue.db.database import database_from_settings
 from pgqueue.db.store import TaskStore
 from pgqueue.errors import InvalidTaskArguments, InvalidTaskOption
 from pgqueue.payload import encode_kwargs
@@ -59,19 +59,17 @@ class TaskManager:
     def store(self) -> TaskStore:
         with self._lock:
             if self._store is None:
-                database = getattr(self._broker, "database", None)
-                if not isinstance(database, Database):
-                    database = database_from_settings(self.settings)
-                self._store = TaskStore(database)
+                database = self._broker.database if self._broker is not None else None
+                self._store = TaskStore(database or database_from_settings(self.settings))
             return self._store
 
     def close(self) -> None:
         """Close the connection pools (a later call opens them again)."""
         for database in {
-            getattr(self._broker, "database", None),
-            getattr(self._store, "database", None),
+            self._broker.database if self._broker is not None else None,
+            self._store.database if self._store is not None else None,
         }:
-            if isinstance(database, Database):
+            if database is not None:
                 database.close()
 
     # -- queueing ----------------------------------------------------------------------
@@ -175,13 +173,8 @@ class TaskManager:
         return [new_task.id for new_task in new_tasks]
 
     def _unique_broker(self) -> Any:
-        broker = self.broker
-        if not hasattr(broker, "enqueue_unique"):
-            raise InvalidTaskOption(
-                "unique_key needs the database broker (PGQUEUE_BROKER=database): the "
-                "uniqueness is a unique index of the task table"
-            )
-        return broker
+        # A broker that cannot keep keys unique refuses in enqueue_unique (Broker's default).
+        return self.broker
 
     def _options(
         self,

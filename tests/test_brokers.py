@@ -1,7 +1,10 @@
-"""The broker contract: the same behaviour on the database and RabbitMQ brokers."""
+"""The broker contract: the same behaviour on the database and RabbitMQ brokers, and
+what each capability declared in `pgqueue/brokers/base.py` does where a broker has it
+and where it has not."""
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import re
 import signal
@@ -11,10 +14,22 @@ from typing import Any
 
 import psycopg
 import pytest
-from broker_tasks import calls, failures_left, flaky, forget_runs, nap, record
+from broker_tasks import (
+    calls,
+    cron_record,
+    failures_left,
+    flaky,
+    forget_runs,
+    long_nap,
+    nap,
+    noted,
+    record,
+)
 from conftest import default_task_manager, statuses, wait_until
 
 from pgqueue import events
+from pgqueue.brokers import Broker, get_broker
+from pgqueue.errors import InvalidTaskOption
 from pgqueue.records import TaskStatus
 from pgqueue.settings import Settings, load_settings
 from pgqueue.task_manager import TaskManager
@@ -221,3 +236,152 @@ def worker_env(settings: Settings) -> dict[str, str]:
         env["PGQUEUE_RABBITMQ_URL"] = settings.rabbitmq_url or ""
         env["PGQUEUE_RABBITMQ_PREFIX"] = settings.rabbitmq_prefix
     return env
+
+
+# -- declared capabilities ---------------------------------------------------------------
+
+
+def test_a_worker_claims_ahead_only_where_the_broker_says_it_may(
+    btm: TaskManager,
+    bworker: Callable[..., Any],
+    broker_name: str,
+    broker_settings: Settings,
+    db: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    broker_class = type(get_broker(broker_settings))
+    asked: list[tuple[int, int | None]] = []
+    claim = broker_class.claim
+
+    async def watched_claim(
+        self: Broker, limit: int, wait_seconds: float, start_now: int | None = None
+    ) -> list[Any]:
+        asked.append((limit, start_now))
+        return await claim(self, limit, wait_seconds, start_now)
+
+    monkeypatch.setattr(broker_class, "claim", watched_claim)
+    btm.queue_tasks(record, [{"label": str(n)} for n in range(300)])
+    bworker(concurrency=2)
+    wait_until(lambda: statuses(db) == {"COMPLETED": 300}, timeout=30)
+    beyond_free_slots = [(limit, start) for limit, start in asked if limit != start]
+    assert broker_class.claims_ahead is (broker_name == "database")
+    if broker_class.claims_ahead:
+        assert beyond_free_slots, asked  # short runs: it claimed for its buffer too
+    else:
+        assert not beyond_free_slots, asked
+        assert max(limit for limit, _ in asked) <= 2
+
+
+def test_cancelling_a_running_task_stops_its_run(
+    btm: TaskManager, bworker: Callable[..., Any], broker_settings: Settings, broker_name: str
+) -> None:
+    """The database broker tells the worker at once (`open(on_cancel=...)`): with a lease
+    of 60 s no heartbeat comes in time. The RabbitMQ broker reports it at the next heartbeat
+    (every third of the lease)."""
+    notifies = broker_name == "database"
+    lease = 60.0 if notifies else 3.0
+    bworker(
+        concurrency=1,
+        worker_settings=load_settings(**{**broker_settings.to_dict(), "lease_seconds": lease}),
+    )
+    task_id = long_nap.delay(seconds=30)
+    wait_until(lambda: any(label == "started" for label, _ in calls))
+    asked = time.time()
+    assert btm.cancel(task_id)
+    stopped = wait_until(lambda: next((at for label, at in calls if label == "stopped"), None))
+    assert stopped - asked < (2.0 if notifies else lease / 3 + 2.0)
+    time.sleep(0.5)  # what a stopped run might wrongly record, it records by now
+    task = btm.get_task(task_id)
+    assert task.status is TaskStatus.CANCELLED and task.result is None
+
+
+def test_a_cancelled_run_frees_its_slot(
+    btm: TaskManager,
+    bworker: Callable[..., Any],
+    broker_settings: Settings,
+    broker_name: str,
+    request: pytest.FixtureRequest,
+) -> None:
+    if broker_name == "rabbitmq":
+        # A known bug, older than the declared seam: a run the worker stops because its
+        # record was cancelled reports no outcome, so its delivery is never acked and holds
+        # one of the channel's prefetch slots (as many as the concurrency) until the
+        # connection closes. Strict: this fails once the bug is fixed.
+        reason = "RabbitMQ: the delivery of a stopped run is never acked"
+        request.applymarker(pytest.mark.xfail(reason=reason, strict=True))
+    bworker(
+        concurrency=1,
+        worker_settings=load_settings(**{**broker_settings.to_dict(), "lease_seconds": 3}),
+    )
+    task_id = long_nap.delay(seconds=30)
+    wait_until(lambda: any(label == "started" for label, _ in calls))
+    assert btm.cancel(task_id)
+    follower = record.delay(label="next")
+    wait_until(lambda: btm.get_task(follower).status is TaskStatus.COMPLETED, timeout=5)
+
+
+def test_transactional_tasks_run_where_the_broker_gives_transactions(
+    btm: TaskManager, bworker: Callable[..., Any], broker_name: str, db: Any
+) -> None:
+    db.execute("CREATE TABLE notes (label text)")
+    task_id = noted.delay(label="kept")
+    bworker()
+    wait_until(lambda: btm.get_task(task_id).status.is_finished)
+    task = btm.get_task(task_id)
+    notes = [row[0] for row in db.execute("SELECT label FROM notes")]
+    if broker_name == "database":
+        assert task.status is TaskStatus.COMPLETED and task.result == "kept"
+        assert notes == ["kept"]
+    else:  # the default completion_transaction refuses: the run fails, nothing is written
+        assert task.status is TaskStatus.FAILED and task.attempts == 1
+        assert "TransactionUnsupported" in (task.error or ""), task.error
+        assert notes == []
+
+
+def test_unique_keys_where_the_broker_keeps_them(
+    btm: TaskManager, broker_name: str, db: Any
+) -> None:
+    if broker_name == "database":
+        first = btm.queue_task(record, label="a", unique_key="only-one")
+        assert btm.queue_task(record, label="b", unique_key="only-one") == first
+        again = asyncio.run(btm.aqueue_task(record, label="c", unique_key="only-one"))
+        assert again == first
+        assert statuses(db) == {"PENDING": 1}
+        return
+    # The default enqueue_unique refuses before anything is written or published.
+    with pytest.raises(InvalidTaskOption, match="unique_key needs the database broker"):
+        btm.queue_task(record, label="a", unique_key="only-one")
+    with pytest.raises(InvalidTaskOption, match="unique_key needs the database broker"):
+        asyncio.run(btm.aqueue_task(record, label="a", unique_key="only-one"))
+    assert statuses(db) == {}
+
+
+def test_the_broker_queues_cron_occurrences_until_it_closes(
+    broker_settings: Settings, db: Any
+) -> None:
+    """`schedule_cron` after `open`: both brokers have a database, so both schedule (the
+    RabbitMQ one through its outbox); `close` stops the scheduler."""
+    db.execute(  # known for ten minutes, none queued: five occurrences are due (catch-up)
+        "INSERT INTO pgqueue.cron_schedules (name, cron, timezone, queue, catchup_seconds, "
+        "first_seen_at) VALUES (%s, '* * * * *', 'UTC', 'cron-rabbitmq', 300, "
+        "now() - interval '10 minutes')",
+        (cron_record.name,),
+    )
+
+    def queued() -> int:
+        query = "SELECT count(*) FROM pgqueue.tasks WHERE name = %s"
+        return int(db.execute(query, (cron_record.name,)).fetchone()[0])
+
+    async def scheduled_then_closed() -> list[str]:
+        broker = get_broker(broker_settings)
+        await broker.open("contract-cron", ["cron-rabbitmq"], None)
+        await broker.schedule_cron([cron_record], broker_settings.defaults)
+        deadline = time.monotonic() + 15
+        while queued() < 5 and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        await broker.close()
+        return [task.get_name() for task in asyncio.all_tasks()]
+
+    still_running = asyncio.run(scheduled_then_closed())
+    assert queued() in (5, 6)  # 6 if a minute turned meanwhile
+    assert "pgqueue-cron" not in still_running

@@ -1,17 +1,34 @@
-"""The broker interface: how tasks travel from producers to workers, whatever the transport.
+"""The broker contract: everything a worker and a producer may ask of a transport.
 
-A worker drives any broker through five calls: `open`, `claim`, `finish`, `heartbeat`
-and `close`; producers call `enqueue` / `aenqueue`. Implementations live beside this
-module: `postgres/` (the default, the task table itself) and `rabbitmq/`.
+A broker subclasses `Broker`, implements its abstract methods and overrides the
+capabilities it has; each default below is what a broker without that capability offers,
+so this module is the whole contract. Implementations live beside it: `postgres/` (the
+default: the task table is the queue) and `rabbitmq/`; `pgqueue.brokers.get_broker` is the
+one place that names them.
+
+- Producers: `enqueue` / `aenqueue` (in the caller's transaction when given its
+  connection); `enqueue_unique` / `aenqueue_unique` for tasks with a unique key (default:
+  refused); `resubmit` after `TaskManager.retry`.
+- A worker: `open` (with its callbacks, e.g. `on_cancel`), then `schedule_cron` once; then
+  `claim`, `finish`, `heartbeat` and `record_starts` while it runs; `wake` to end a pending
+  claim; `close` ends everything `open` and `schedule_cron` started.
+- Capabilities the worker reads: `claims_ahead` (may it claim beyond its free slots),
+  `lease_seconds` (its heartbeat pace), `recording` / `until_recording` (claim nothing while
+  outcomes cannot be recorded), `completion_transaction` (transactional tasks). Producers
+  read `database` (where the task records are).
+
+The contract suite, `tests/test_brokers.py`, runs against every broker.
 """
 
 from __future__ import annotations
 
 import abc
 import logging
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Sequence
+from contextlib import AbstractAsyncContextManager
+from typing import TYPE_CHECKING, Any, Protocol
 
+from pgqueue.errors import InvalidTaskOption, TransactionUnsupported
 from pgqueue.records import NewTask, Outcome, Task
 
 log = logging.getLogger("pgqueue.worker")
@@ -19,11 +36,53 @@ log = logging.getLogger("pgqueue.worker")
 if TYPE_CHECKING:
     import uuid
 
+    # A type only: at run time a broker's database is its own business (the worker,
+    # which imports this module, must not import pgqueue.db).
+    from pgqueue.db.database import Database
     from pgqueue.records import CleanupPolicy, WorkerInfo
+    from pgqueue.settings import TaskDefaults
+    from pgqueue.tasks.definition import TaskFunction
+
+#: Why `enqueue_unique` is refused by a broker that cannot keep keys unique.
+UNIQUE_KEYS_UNSUPPORTED = (
+    "unique_key needs the database broker (PGQUEUE_BROKER=database): the uniqueness is a "
+    "unique index of the task table"
+)
+
+#: What a broker calls with the id of a task that `TaskManager.cancel` cancelled while this
+#: worker held it: the worker stops the run (or drops the task from its claimed-ahead buffer).
+CancelCallback = Callable[["uuid.UUID"], None]
+
+
+class TaskTransaction(Protocol):
+    """An open transaction a transactional task writes in (`Broker.completion_transaction`)."""
+
+    #: The connection the task's code writes through (`current_task().connection`).
+    connection: Any
+
+    async def complete(self, result_json: str) -> None:
+        """Record the task COMPLETED in this transaction, so that its writes and its status
+        commit together; raise `LeaseLost` if the task is no longer this worker's."""
 
 
 class Broker(abc.ABC):
-    """A transport for tasks. The worker knows only these methods."""
+    """A transport for tasks. The worker and the producer know only what is declared here."""
+
+    # -- capabilities (class attributes a broker overrides) -----------------------------
+
+    #: True: the worker may claim more tasks than it has free slots and hold them in a
+    #: buffer (claimed tasks are this worker's, heartbeated with `claimed_ahead`, given back
+    #: with a RELEASED outcome when not started in time). False: it claims for free slots.
+    claims_ahead: bool = False
+
+    #: How long a claimed task stays this worker's without a heartbeat; the worker sends one
+    #: every third of it. None: the broker keeps no leases, and the worker heartbeats at a
+    #: third of its settings' `lease_seconds` (the heartbeat still reports cancelled tasks).
+    lease_seconds: float | None = None
+
+    #: The database that holds the task records (statuses, results) this broker writes, or
+    #: None if it keeps none. Producers read, cancel and retry tasks through it, on its pools.
+    database: Database | None = None
 
     # -- producers ---------------------------------------------------------------------
 
@@ -34,6 +93,20 @@ class Broker(abc.ABC):
     @abc.abstractmethod
     async def aenqueue(self, tasks: Sequence[NewTask], connection: Any = None) -> None:
         """Deliver new tasks from async code."""
+
+    def enqueue_unique(self, tasks: Sequence[NewTask], connection: Any = None) -> list[uuid.UUID]:
+        """Deliver tasks that carry a `unique_key`: per task, its own id, or the id of the
+        unfinished task (or earlier task of `tasks`) that holds its key, queueing nothing.
+
+        Default: refused with InvalidTaskOption before anything is written (keeping keys
+        unique takes a store that knows which keys unfinished tasks hold)."""
+        raise InvalidTaskOption(UNIQUE_KEYS_UNSUPPORTED)
+
+    async def aenqueue_unique(
+        self, tasks: Sequence[NewTask], connection: Any = None
+    ) -> list[uuid.UUID]:
+        """`enqueue_unique` from async code."""
+        raise InvalidTaskOption(UNIQUE_KEYS_UNSUPPORTED)
 
     def resubmit(self, task_id: uuid.UUID) -> None:  # noqa: B027 - optional hook
         """Deliver again a task whose record `retry` put back to PENDING (database: nothing)."""
@@ -47,11 +120,24 @@ class Broker(abc.ABC):
         queues: Sequence[str],
         cleanup: CleanupPolicy | None,
         worker: WorkerInfo | None = None,
+        *,
+        on_cancel: CancelCallback | None = None,
     ) -> None:
         """Connect and subscribe to `queues`; start the broker's own upkeep (leases, cleanup).
 
-        `worker` (concurrency, version, host, pid) is for the worker registry, if any.
+        `worker` (concurrency, version, host, pid) is for the worker registry, if any. A
+        broker that hears of cancels as they happen calls `on_cancel` with the task's id
+        (from the event loop); the others report them through `heartbeat`.
         """
+
+    async def schedule_cron(  # noqa: B027 - optional hook
+        self, tasks: Sequence[TaskFunction[Any]], defaults: TaskDefaults
+    ) -> None:
+        """Queue the occurrences of these cron tasks as they come due, through this broker,
+        until `close`; `defaults` fill the options their decorators leave out.
+
+        Default: schedules nothing (deciding which of the workers queues an occurrence takes
+        a shared database: `pgqueue.db.cron`)."""
 
     @abc.abstractmethod
     async def claim(
@@ -72,11 +158,11 @@ class Broker(abc.ABC):
         self, running: Sequence[Task], claimed_ahead: Sequence[Task] = ()
     ) -> set[uuid.UUID]:
         """Renew the leases of running tasks and of those claimed ahead (not started yet);
-        returns the ids of those this worker lost."""
+        returns the ids of those this worker lost (taken over, or cancelled)."""
 
     @abc.abstractmethod
     async def close(self) -> None:
-        """Flush what is buffered and disconnect."""
+        """Stop what `open` and `schedule_cron` started, flush what is buffered, disconnect."""
 
     def wake(self) -> None:  # noqa: B027 - optional hook
         """Make a pending `claim` return now (shutdown)."""
@@ -93,6 +179,21 @@ class Broker(abc.ABC):
 
     async def until_recording(self) -> None:  # noqa: B027 - optional hook
         """Return once `recording` is True."""
+
+    def completion_transaction(self, task: Task) -> AbstractAsyncContextManager[TaskTransaction]:
+        """A transaction for a `transactional=True` task: the worker runs the task in it and
+        calls `complete`; the body raising rolls everything back.
+
+        Default: refused with TransactionUnsupported (the run ends FAILED)."""
+        return refuse_transaction(task)
+
+
+def refuse_transaction(task: Task) -> AbstractAsyncContextManager[TaskTransaction]:
+    """What a broker without transactions (or a run without a broker) gives a
+    transactional task: TransactionUnsupported, which ends its run FAILED."""
+    raise TransactionUnsupported(
+        f"{task.name} is transactional=True, which needs the database broker"
+    )
 
 
 def log_unknown_given_back(outcomes: Sequence[Outcome], rows: Sequence[tuple[Any, ...]]) -> None:

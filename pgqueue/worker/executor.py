@@ -13,7 +13,8 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from pgqueue import events
-from pgqueue.errors import LeaseLost, TaskTimeout, TransactionUnsupported
+from pgqueue.brokers.base import TaskTransaction, refuse_transaction
+from pgqueue.errors import LeaseLost, TaskTimeout
 from pgqueue.payload import encode_result, error_summary, error_text
 from pgqueue.records import Outcome, OutcomeKind, Task
 from pgqueue.tasks import registry
@@ -24,8 +25,8 @@ from pgqueue.worker.threads import DaemonThreadPool
 log = logging.getLogger("pgqueue.worker")
 
 
-#: broker.completion_transaction(task): an async context manager; None if unsupported.
-TransactionFactory = Callable[[Task], contextlib.AbstractAsyncContextManager[Any]]
+#: Broker.completion_transaction: the transaction a transactional task runs in.
+TransactionFactory = Callable[[Task], contextlib.AbstractAsyncContextManager[TaskTransaction]]
 
 
 class Executor:
@@ -34,7 +35,8 @@ class Executor:
     def __init__(self, threads: DaemonThreadPool, dispatcher: events.EventDispatcher) -> None:
         self._threads = threads
         self._dispatcher = dispatcher
-        self.transactions: TransactionFactory | None = None
+        #: Without a broker (pgqueue.testing), transactional tasks are refused.
+        self.transactions: TransactionFactory = refuse_transaction
         self._completing: set[uuid.UUID] = set()
 
     async def run(self, task: Task) -> Outcome | None:
@@ -92,10 +94,6 @@ class Executor:
 
     async def _call_in_transaction(self, function: TaskFunction[Any], task: Task) -> Any:
         """Run the task and record it COMPLETED in one transaction (exactly-once effect)."""
-        if self.transactions is None:
-            raise TransactionUnsupported(
-                f"{task.name} is transactional=True, which needs the database broker"
-            )
         try:
             async with self.transactions(task) as transaction:
                 result = await self._call(function, task, transaction.connection)

@@ -14,18 +14,18 @@ import socket
 import time
 import uuid
 from collections.abc import Sequence
+from typing import Any
 
 from pgqueue import events
 from pgqueue.brokers import get_broker
 from pgqueue.brokers.base import Broker
-from pgqueue.db.cron import CronScheduler, cron_tasks
-from pgqueue.db.database import Database
 from pgqueue.loops import SupervisedTask
 from pgqueue.payload import error_text
 from pgqueue.records import CleanupPolicy, Outcome, OutcomeKind, Task, WorkerInfo
 from pgqueue.settings import Settings, get_settings
 from pgqueue.tasks import registry
 from pgqueue.tasks.context import request_cancel
+from pgqueue.tasks.definition import TaskFunction
 from pgqueue.tasks.options import check_queue
 from pgqueue.tasks.registry import import_task_modules
 from pgqueue.worker.executor import Executor
@@ -161,17 +161,17 @@ class WorkerManager:
         self._stopping = self._forced = False
         handled = self._install_signal_handlers()
         broker = self.broker
-        if hasattr(broker, "on_cancel"):  # the database broker hears of cancels at once
-            broker.on_cancel = self._cancel_run
         await broker.open(
             self.worker_id,
             self.queues,
             self.cleanup,
             WorkerInfo(concurrency=self.concurrency, task_names=tuple(registry.registered_names())),
+            on_cancel=self._cancel_run,
         )
-        cron = self._cron_scheduler(broker)
-        # Transactional tasks complete in their own transaction (database broker only).
-        self._executor.transactions = getattr(broker, "completion_transaction", None)
+        cron_tasks = self._cron_tasks()
+        if cron_tasks:
+            await broker.schedule_cron(cron_tasks, self.settings.defaults)
+        self._executor.transactions = broker.completion_transaction
         log.info(
             "worker %s started: queues=%s concurrency=%d",
             self.worker_id,
@@ -193,8 +193,6 @@ class WorkerManager:
         finally:
             for loop in upkeep:
                 await loop.stop()
-            if cron is not None:
-                await cron.stop()
             await broker.close()
             self._remove_signal_handlers(handled)
             log.info("worker %s stopped", self.worker_id)
@@ -222,7 +220,7 @@ class WorkerManager:
         """How many tasks to claim beyond the free slots now (0 while runs are long)."""
         most = self.prefetch
         if most is None:
-            most = MAX_CLAIM_AHEAD if getattr(self.broker, "claims_ahead", False) else 0
+            most = MAX_CLAIM_AHEAD if self.broker.claims_ahead else 0
         if not most or self._run_seconds >= CLAIM_AHEAD_MAX_RUN_SECONDS:
             return 0
         # The average counts finished runs only: a slot whose run is already long will not
@@ -374,22 +372,17 @@ class WorkerManager:
         run.abandoned = True
         run.future.cancel()
 
-    def _cron_scheduler(self, broker: Broker) -> CronScheduler | None:
-        """Queue the occurrences of the cron tasks this worker imported whose queue it serves
-        (any broker with a database): a worker schedules what it could run, nothing else."""
+    def _cron_tasks(self) -> list[TaskFunction[Any]]:
+        """The cron tasks this worker imported whose queue it serves: a worker schedules
+        what it could run, nothing else (its broker queues their occurrences)."""
         default_queue = self.settings.defaults.queue
-        tasks = [
+        return [
             task
             for name in registry.registered_names()
-            if (task := registry.lookup(name)) and (task.queue or default_queue) in self.queues
+            if (task := registry.lookup(name))
+            and task.schedule is not None
+            and (task.queue or default_queue) in self.queues
         ]
-        database = getattr(broker, "database", None)
-        if not cron_tasks(tasks) or not isinstance(database, Database):
-            return None
-        # The broker delivers each occurrence, in the transaction that claims it (cron.py).
-        scheduler = CronScheduler(database, tasks, self.settings.defaults, broker.aenqueue)
-        scheduler.start()
-        return scheduler
 
     async def _heartbeat_loop(self) -> None:
         interval = self.broker_lease_seconds() / 3
@@ -459,7 +452,8 @@ class WorkerManager:
         return self._forced
 
     def broker_lease_seconds(self) -> float:
-        return float(getattr(self.broker, "lease_seconds", self.settings.lease_seconds))
+        lease_seconds = self.broker.lease_seconds
+        return float(self.settings.lease_seconds if lease_seconds is None else lease_seconds)
 
     async def _drain(self) -> None:
         """Let running tasks finish within the grace period, then give the rest back."""

@@ -6,6 +6,7 @@ with `--import broker_tasks` and leave their traces in the task table only.
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 from pgqueue import AsyncTask, current_task
@@ -48,3 +49,22 @@ async def cron_record() -> str:
     task_id = str(current_task().id)
     calls.append((task_id, time.time()))
     return task_id
+
+
+@AsyncTask(queue="default")
+async def long_nap(seconds: float) -> float:
+    """Sleeps; leaves ("stopped", time) in `calls` if its run is stopped (cancelled)."""
+    calls.append(("started", time.time()))
+    try:
+        await asyncio.sleep(seconds)
+    except asyncio.CancelledError:
+        calls.append(("stopped", time.time()))
+        raise
+    return seconds
+
+
+@AsyncTask(queue="default", transactional=True, max_retries=0)
+async def noted(label: str) -> str:
+    """Writes `label` in the table `notes` in the transaction that completes the task."""
+    await current_task().connection.execute("INSERT INTO notes (label) VALUES (%s)", (label,))
+    return label

@@ -9,21 +9,26 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import psycopg
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
-from pgqueue.brokers.base import Broker
+from pgqueue.brokers.base import Broker, CancelCallback
 from pgqueue.brokers.postgres.completer import Completer
 from pgqueue.brokers.postgres.listener import Listener
 from pgqueue.brokers.postgres.maintenance import Maintenance
 from pgqueue.brokers.postgres.presence import WorkerRegistry
+from pgqueue.db.cron import CronScheduler
 from pgqueue.db.database import CONNECT_TIMEOUT_SECONDS, Database, database_from_settings
 from pgqueue.db.store import TaskStore
 from pgqueue.errors import DatabaseUnavailable, LeaseLost
 from pgqueue.records import CleanupPolicy, NewTask, Outcome, Task, TaskStatus, WorkerInfo
 from pgqueue.settings import Settings
+
+if TYPE_CHECKING:
+    from pgqueue.settings import TaskDefaults
+    from pgqueue.tasks.definition import TaskFunction
 
 log = logging.getLogger("pgqueue.worker")
 
@@ -34,7 +39,7 @@ MAX_BACKOFF_SECONDS = 10.0
 TASK_POOL_MAX_SIZE = 32
 
 
-class TaskTransaction:
+class PostgresTaskTransaction:
     """An open transaction that a transactional task writes in; `complete` records the task
     COMPLETED in it, fenced by the lease token, so both commit together or not at all."""
 
@@ -94,6 +99,9 @@ class PostgresBroker(Broker):
     #: The worker may claim ahead of its free slots (worker.py): buffered tasks are RUNNING
     #: under this worker's lease, heartbeated, and released (PENDING) if not started.
     claims_ahead = True
+    # The contract's optional capabilities, always there on this broker.
+    database: Database
+    lease_seconds: float
 
     def __init__(
         self,
@@ -115,8 +123,8 @@ class PostgresBroker(Broker):
         self._maintenance: Maintenance | None = None
         self._registry: WorkerRegistry | None = None
         self._task_pool: AsyncConnectionPool | None = None
-        #: Called with the id of a running task that `cancel` stopped (set by the worker).
-        self.on_cancel: Callable[[uuid.UUID], None] | None = None
+        self._on_cancel: CancelCallback | None = None
+        self._cron: CronScheduler | None = None
 
     @classmethod
     def from_settings(cls, settings: Settings) -> PostgresBroker:
@@ -151,9 +159,13 @@ class PostgresBroker(Broker):
         queues: Sequence[str],
         cleanup: CleanupPolicy | None,
         worker: WorkerInfo | None = None,
+        *,
+        on_cancel: CancelCallback | None = None,
     ) -> None:
         self._worker_id = worker_id
         self._queues = list(queues)
+        # The worker hears of a cancel at once, through the listener's control channel.
+        self._on_cancel = on_cancel
         self._wake = asyncio.Event()
         self._wake.set()  # the first claim looks at once
         self._interrupted = False
@@ -188,6 +200,13 @@ class PostgresBroker(Broker):
             self.database, worker_id, queues, worker or WorkerInfo(), self.lease_seconds
         )
         self._registry.start()
+
+    async def schedule_cron(
+        self, tasks: Sequence[TaskFunction[Any]], defaults: TaskDefaults
+    ) -> None:
+        # Each occurrence is written in the transaction that claims it in cron_runs (cron.py).
+        self._cron = CronScheduler(self.database, tasks, defaults, self.aenqueue)
+        self._cron.start()
 
     async def claim(
         self, limit: int, wait_seconds: float, start_now: int | None = None
@@ -283,7 +302,7 @@ class PostgresBroker(Broker):
             await self._completer.recording.wait()
 
     @contextlib.asynccontextmanager
-    async def completion_transaction(self, task: Task) -> AsyncIterator[TaskTransaction]:
+    async def completion_transaction(self, task: Task) -> AsyncIterator[PostgresTaskTransaction]:
         """A transaction for a transactional task; rolled back if the body raises."""
         if self._task_pool is None:
             self._task_pool = AsyncConnectionPool(
@@ -300,23 +319,26 @@ class PostgresBroker(Broker):
             )
             await self._task_pool.open()
         async with self._task_pool.connection() as conn, conn.transaction():
-            yield TaskTransaction(conn, task, self.database.queries["complete_tasks"])
+            yield PostgresTaskTransaction(conn, task, self.database.queries["complete_tasks"])
 
     def _on_control(self, payload: str) -> None:
         command, _, argument = payload.partition(" ")
-        if command == "cancel" and self.on_cancel is not None:
+        if command == "cancel" and self._on_cancel is not None:
             try:
                 task_id = uuid.UUID(argument)
             except ValueError:
                 log.warning("ignoring a malformed control message %r", payload)
                 return
-            self.on_cancel(task_id)
+            self._on_cancel(task_id)
 
     def wake(self) -> None:
         self._interrupted = True
         self._wake.set()
 
     async def close(self) -> None:
+        if self._cron is not None:
+            await self._cron.stop()
+            self._cron = None
         if self._registry is not None:
             await self._registry.close()
             self._registry = None

@@ -15,11 +15,11 @@ import threading
 import time
 import uuid
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aio_pika.abc import AbstractIncomingMessage
 
-from pgqueue.brokers.base import Broker
+from pgqueue.brokers.base import Broker, CancelCallback
 from pgqueue.brokers.rabbitmq import outbox
 from pgqueue.brokers.rabbitmq.connection import (
     ERRORS,
@@ -44,6 +44,7 @@ from pgqueue.brokers.rabbitmq.status_writer import (
     log_untracked_give_backs,
 )
 from pgqueue.brokers.rabbitmq.topology import Topology
+from pgqueue.db.cron import CronScheduler
 from pgqueue.db.database import Database, database_from_settings
 from pgqueue.db.queries import queries as named_queries
 from pgqueue.db.store import TaskStore, async_driver_connection, sync_driver_connection
@@ -52,11 +53,17 @@ from pgqueue.loops import SupervisedTask
 from pgqueue.records import CleanupPolicy, NewTask, Outcome, Task, WorkerInfo
 from pgqueue.settings import Settings
 
+if TYPE_CHECKING:
+    from pgqueue.settings import TaskDefaults
+    from pgqueue.tasks.definition import TaskFunction
+
 log = logging.getLogger("pgqueue.worker")
 
 
 class RabbitMQBroker(Broker):
     """Tasks travel as RabbitMQ messages; records (statuses) stay in the task table."""
+
+    lease_seconds: float
 
     def __init__(self, settings: Settings, database: Database | None = None) -> None:
         self.settings = settings
@@ -87,6 +94,7 @@ class RabbitMQBroker(Broker):
         self._records: RecordWriter | None = None
         self._interrupted = False
         self._prefetch = 0
+        self._cron: CronScheduler | None = None
 
     @classmethod
     def from_settings(cls, settings: Settings) -> RabbitMQBroker:
@@ -166,7 +174,10 @@ class RabbitMQBroker(Broker):
         queues: Sequence[str],
         cleanup: CleanupPolicy | None,
         worker: WorkerInfo | None = None,
+        *,
+        on_cancel: CancelCallback | None = None,
     ) -> None:
+        # `on_cancel` is not called: the heartbeat reports cancelled tasks (records.held).
         self._worker_id = worker_id
         self._queues = list(queues)
         self._interrupted = False
@@ -190,6 +201,15 @@ class RabbitMQBroker(Broker):
             self._relay.start()
         if worker is not None:  # prefetch: as many unacked messages as the worker runs
             self._start_consuming(worker.concurrency)
+
+    async def schedule_cron(
+        self, tasks: Sequence[TaskFunction[Any]], defaults: TaskDefaults
+    ) -> None:
+        """Through the database, if any: cron_runs decides which worker queues an occurrence,
+        whose record and outbox row commit with that claim (docs/rabbitmq.md)."""
+        if self.database is not None:
+            self._cron = CronScheduler(self.database, tasks, defaults, self.aenqueue)
+            self._cron.start()
 
     def _start_consuming(self, prefetch: int) -> None:
         self._prefetch = max(prefetch, 1)
@@ -435,6 +455,9 @@ class RabbitMQBroker(Broker):
         self._arrived.set()
 
     async def close(self) -> None:
+        if self._cron is not None:
+            await self._cron.stop()
+            self._cron = None
         try:
             await asyncio.wait_for(self._settled.wait(), max(self.lease_seconds / 2, 1.0))
         except TimeoutError:
