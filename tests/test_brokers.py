@@ -245,11 +245,10 @@ def test_a_worker_claims_ahead_only_where_the_broker_says_it_may(
     btm: TaskManager,
     bworker: Callable[..., Any],
     broker_name: str,
-    broker_settings: Settings,
     db: Any,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    broker_class = type(get_broker(broker_settings))
+    broker_class = type(btm.broker)
     asked: list[tuple[int, int | None]] = []
     claim = broker_class.claim
 
