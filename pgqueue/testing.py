@@ -38,6 +38,7 @@ import psycopg
 from psycopg.rows import dict_row
 
 from pgqueue import events
+from pgqueue.db.claim import claim_tasks
 from pgqueue.db.cron import cron_tasks, queue_due_occurrences
 from pgqueue.errors import InvalidTaskOption, PgQueueError
 from pgqueue.records import Outcome, OutcomeKind, Task
@@ -50,6 +51,8 @@ from pgqueue.worker.threads import DaemonThreadPool
 #: The clock: an absolute time (naive means UTC), or how far past the database's now().
 Clock = datetime.datetime | datetime.timedelta | float | int | None
 DEFAULT_MAX_RUNS = 10_000
+#: A drain runs one task at a time with no heartbeat: a lease no run of a test outlasts.
+TESTING_LEASE_SECONDS = 3600.0
 
 _threads = DaemonThreadPool("pgqueue-testing")
 
@@ -180,13 +183,17 @@ async def _claim_one(
     clock: datetime.datetime,
     worker_id: str,
 ) -> Task | None:
-    cursor = conn.cursor(row_factory=dict_row)
-    await cursor.execute(
-        queries["testing_claim_tasks"],
-        {"queues": queues, "now": clock, "limit": 1, "worker_id": worker_id},
+    """The workers' own claim, with the drain's clock deciding what is due."""
+    claimed = await claim_tasks(
+        conn,
+        queries,
+        queues=queues,
+        limit=1,
+        worker_id=worker_id,
+        lease_seconds=TESTING_LEASE_SECONDS,
+        now=clock,
     )
-    row = await cursor.fetchone()
-    return Task.from_row(row) if row is not None else None
+    return claimed[0] if claimed else None
 
 
 async def _record(

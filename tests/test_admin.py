@@ -13,6 +13,8 @@ import pytest
 from conftest import statuses
 
 from pgqueue.db import migrations
+from pgqueue.db.claim import claimed_task
+from pgqueue.db.queries import queries
 from pgqueue.errors import (
     ConfigurationError,
     DatabaseUnavailable,
@@ -215,11 +217,11 @@ def test_get_task_errors_name_the_id(admin: Admin) -> None:
 # -- steering ------------------------------------------------------------------------------
 
 
-def claim(db: psycopg.Connection[Any], queues: list[str]) -> list[str]:
-    rows = db.execute(
-        "SELECT queue FROM pgqueue.claim_tasks(%s, 10, 'test-worker', 30)", [queues]
-    ).fetchall()
-    return [row[0] for row in rows]
+def claim(db: psycopg.Connection[Any], queues: list[str], schema: str = "pgqueue") -> list[str]:
+    """The queues of what the workers' claim statement takes."""
+    params = {"queues": queues, "limit": 10, "worker_id": "test-worker", "lease_seconds": 30}
+    rows = db.execute(queries(schema)["claim_tasks"], {**params, "start_now": None, "now": None})
+    return [claimed_task(row).queue for row in rows]
 
 
 def test_paused_queues_are_not_claimed_until_resumed(
@@ -329,10 +331,7 @@ def test_views_and_pause_follow_a_custom_schema(dsn: str) -> None:
         assert [(row["queue"], row["paused"], row["due"]) for row in admin.queue_stats()] == [
             ("q", True, 1)
         ]
-        claimed = admin.connection.execute(
-            "SELECT count(*) FROM ops_custom.claim_tasks('{q}', 5, 'w', 30)"
-        ).fetchone()
-        assert claimed == (0,)
+        assert claim(admin.connection, ["q"], schema="ops_custom") == []
         # The default schema is untouched.
         assert admin.connection.execute("SELECT count(*) FROM pgqueue.tasks").fetchone() == (0,)
 

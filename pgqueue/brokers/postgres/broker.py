@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import time
 import uuid
@@ -19,10 +18,11 @@ from pgqueue.brokers.postgres.completer import Completer
 from pgqueue.brokers.postgres.listener import Listener
 from pgqueue.brokers.postgres.maintenance import Maintenance
 from pgqueue.brokers.postgres.presence import WorkerRegistry
+from pgqueue.db.claim import claim_tasks
 from pgqueue.db.database import CONNECT_TIMEOUT_SECONDS, Database, database_from_settings
 from pgqueue.db.store import TaskStore
 from pgqueue.errors import DatabaseUnavailable, LeaseLost
-from pgqueue.records import CleanupPolicy, NewTask, Outcome, Task, TaskStatus, WorkerInfo
+from pgqueue.records import CleanupPolicy, NewTask, Outcome, Task, WorkerInfo
 from pgqueue.settings import Settings
 
 log = logging.getLogger("pgqueue.worker")
@@ -60,36 +60,8 @@ async def _asynchronous_commit(conn: psycopg.AsyncConnection[Any]) -> None:
     await conn.execute("SET synchronous_commit = off")
 
 
-def _claimed_task(row: tuple[Any, ...]) -> Task:
-    """A Task from a row of the claim_tasks query (positional: no dict per row)."""
-    (id_, name, queue, priority, kwargs_text, attempts, max_retries, run_at, created_at) = row[:9]
-    started_at, error, worker_id, lease_expires_at, lease_token, unique_key = row[9:]
-    # Most tasks take no arguments: "{}" needs no JSON parser.
-    kwargs = {} if kwargs_text == "{}" else json.loads(kwargs_text)
-    return Task(
-        id_,
-        name,
-        queue,
-        priority,
-        TaskStatus.RUNNING,
-        kwargs,
-        attempts,
-        max_retries,
-        run_at,
-        created_at,
-        started_at,
-        None,
-        None,
-        error,
-        worker_id,
-        lease_expires_at,
-        lease_token,
-        unique_key,
-    )
-
-
 class PostgresBroker(Broker):
-    """Tasks are rows of the task table; workers claim them with `claim_tasks()`."""
+    """Tasks are rows of the task table; workers claim them with the claim of db/claim.py."""
 
     #: The worker may claim ahead of its free slots (worker.py): buffered tasks are RUNNING
     #: under this worker's lease, heartbeated, and released (PENDING) if not started.
@@ -213,18 +185,15 @@ class PostgresBroker(Broker):
 
     async def _claim(self, limit: int, start_now: int | None) -> list[Task]:
         async with self.database.async_connection() as conn:
-            cursor = await conn.execute(
-                self.database.queries["claim_tasks"],
-                {
-                    "queues": self._queues,
-                    "limit": limit,
-                    "worker_id": self._worker_id,
-                    "lease_seconds": self.lease_seconds,
-                    "start_now": start_now,
-                },
-                prepare=True,  # planned once per connection, not at every claim
+            return await claim_tasks(
+                conn,
+                self.database.queries,
+                queues=self._queues,
+                limit=limit,
+                worker_id=self._worker_id,
+                lease_seconds=self.lease_seconds,
+                start_now=start_now,
             )
-            return [_claimed_task(row) for row in await cursor.fetchall()]
 
     async def _seconds_until_next_task(self) -> float | None:
         async with self.database.async_connection() as conn:
