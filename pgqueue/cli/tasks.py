@@ -19,7 +19,6 @@ from pgqueue.cli.output import (
     cell,
     console,
     duration,
-    first_line,
     json_option,
     jsonable,
     moment,
@@ -28,6 +27,7 @@ from pgqueue.cli.output import (
     table,
 )
 from pgqueue.db.store import parse_task_id
+from pgqueue.errors import first_line
 from pgqueue.ops.admin import Admin, parse_duration
 from pgqueue.records import Task, TaskStatus
 from pgqueue.settings import get_settings

@@ -24,9 +24,8 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import psycopg
-from psycopg_pool import PoolTimeout
 
-from pgqueue.errors import DatabaseUnavailable
+from pgqueue.db.database import UNAVAILABLE
 from pgqueue.loops import BackgroundLoop, Backoff
 from pgqueue.records import NewTask, new_task_id
 
@@ -149,7 +148,7 @@ class CronScheduler(BackgroundLoop):
                             enqueue=self._enqueue,
                         )
                 backoff.reset()
-            except (psycopg.OperationalError, PoolTimeout, DatabaseUnavailable) as error:
+            except UNAVAILABLE as error:
                 await backoff.pause(log, "cron: database unavailable (%s)", error)
                 continue
             except Exception:  # a bug must not end the schedules of a running worker

@@ -23,7 +23,7 @@ from pgqueue.db.database import CONNECT_TIMEOUT_SECONDS, unavailable
 from pgqueue.db.queries import DEFAULT_SCHEMA, queries
 from pgqueue.db.store import parse_task_id
 from pgqueue.dsn import parse_dsn
-from pgqueue.errors import ConfigurationError, InvalidTaskOption, TaskNotFound
+from pgqueue.errors import ConfigurationError, InvalidTaskOption, TaskNotFound, first_line
 from pgqueue.records import Task, TaskStatus
 from pgqueue.tasks.options import check_queue
 
@@ -101,7 +101,7 @@ class Admin:
         except (psycopg.errors.UndefinedTable, psycopg.errors.UndefinedFunction) as error:
             raise ConfigurationError(
                 f"the pgqueue {self._describe} is missing or older than this pgqueue "
-                f"({str(error).strip().splitlines()[0]}); run `pgqueue migrate`"
+                f"({first_line(error)}); run `pgqueue migrate`"
             ) from error
 
     def _value(self, query: str, params: dict[str, Any] | None = None) -> Any:
@@ -265,7 +265,7 @@ def explain_reasons(task: Task, facts: dict[str, Any]) -> list[dict[str, str]]:
     """What holds a task back, each as a code and a sentence (see Admin.explain)."""
     now, queue = facts["db_now"], task.queue
     attempts = f"attempt {task.attempts} of {task.max_retries + 1}"
-    last_error = (task.error or "").strip().splitlines()[0] if task.error else None
+    last_error = first_line(task.error) or None
     if task.status.is_finished:
         detail = f": {last_error}" if task.status is TaskStatus.FAILED and last_error else ""
         return [_reason("finished", f"it is {task.status.value} ({attempts}){detail}")]

@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 import psycopg
-from psycopg_pool import AsyncConnectionPool, PoolTimeout
+from psycopg_pool import AsyncConnectionPool
 
 from pgqueue.brokers.base import Broker
 from pgqueue.brokers.postgres.completer import Completer
@@ -19,10 +19,17 @@ from pgqueue.brokers.postgres.listener import Listener
 from pgqueue.brokers.postgres.maintenance import Maintenance
 from pgqueue.brokers.postgres.presence import WorkerRegistry
 from pgqueue.db.claim import claim_tasks
-from pgqueue.db.database import CONNECT_TIMEOUT_SECONDS, Database, database_from_settings
+from pgqueue.db.database import (
+    CONNECT_TIMEOUT_SECONDS,
+    UNAVAILABLE,
+    Database,
+    database_from_settings,
+)
+from pgqueue.db.outcomes import complete_outcomes
 from pgqueue.db.store import TaskStore
-from pgqueue.errors import DatabaseUnavailable, LeaseLost
-from pgqueue.records import CleanupPolicy, NewTask, Outcome, Task, WorkerInfo
+from pgqueue.errors import LeaseLost
+from pgqueue.loops import Backoff, retrying
+from pgqueue.records import CleanupPolicy, NewTask, Outcome, OutcomeKind, Task, WorkerInfo
 from pgqueue.settings import Settings
 
 log = logging.getLogger("pgqueue.worker")
@@ -38,17 +45,16 @@ class TaskTransaction:
     """An open transaction that a transactional task writes in; `complete` records the task
     COMPLETED in it, fenced by the lease token, so both commit together or not at all."""
 
-    def __init__(self, conn: psycopg.AsyncConnection[Any], task: Task, query: str) -> None:
+    def __init__(
+        self, conn: psycopg.AsyncConnection[Any], task: Task, queries: dict[str, str]
+    ) -> None:
         self.connection = conn
         self._task = task
-        self._query = query
+        self._queries = queries
 
     async def complete(self, result_json: str) -> None:
-        cursor = await self.connection.execute(
-            self._query,
-            {"ids": [self._task.id], "tokens": [self._task.lease_token], "results": [result_json]},
-        )
-        if not await cursor.fetchall():
+        outcome = Outcome(self._task, OutcomeKind.COMPLETED, result_json)
+        if await complete_outcomes(self.connection, self._queries, [outcome]):
             raise LeaseLost(
                 f"lease lost: task {self._task.id} {self._task.name} (lease token "
                 f"{self._task.lease_token}) was taken over or cancelled; its writes are "
@@ -269,7 +275,7 @@ class PostgresBroker(Broker):
             )
             await self._task_pool.open()
         async with self._task_pool.connection() as conn, conn.transaction():
-            yield TaskTransaction(conn, task, self.database.queries["complete_tasks"])
+            yield TaskTransaction(conn, task, self.database.queries)
 
     def _on_control(self, payload: str) -> None:
         command, _, argument = payload.partition(" ")
@@ -304,15 +310,11 @@ class PostgresBroker(Broker):
 
     async def _retrying(self, what: str, call: Callable[[], Awaitable[T]]) -> T:
         """A worker never dies because the database went away: back off and try again."""
-        backoff = 0.1
-        while True:
-            try:
-                return await call()
-            except (psycopg.OperationalError, PoolTimeout, DatabaseUnavailable) as error:
-                if self._interrupted:
-                    raise
-                log.warning(
-                    "%s failed, database unavailable (%s); retrying in %.1fs", what, error, backoff
-                )
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, MAX_BACKOFF_SECONDS)
+        return await retrying(
+            call,
+            UNAVAILABLE,
+            Backoff(first=0.1, most=MAX_BACKOFF_SECONDS),
+            log,
+            f"{what} failed, database unavailable",
+            give_up=lambda: self._interrupted,
+        )

@@ -10,7 +10,8 @@ import psycopg
 
 from pgqueue.db.database import CONNECT_TIMEOUT_SECONDS, KEEPALIVES, describe_dsn
 from pgqueue.db.queries import notify_channel
-from pgqueue.loops import BackgroundLoop, Backoff, first_line
+from pgqueue.errors import first_line
+from pgqueue.loops import BackgroundLoop, Backoff
 from pgqueue.tasks.context import control_channel
 
 log = logging.getLogger("pgqueue.worker")

@@ -41,10 +41,11 @@ from pgqueue.brokers.rabbitmq.status_writer import (
     FollowUp,
     RecordWriter,
     decide_untracked,
-    log_untracked_give_backs,
+    follow_ups,
 )
 from pgqueue.brokers.rabbitmq.topology import Topology
 from pgqueue.db.database import Database, database_from_settings
+from pgqueue.db.outcomes import report
 from pgqueue.db.queries import queries as named_queries
 from pgqueue.db.store import TaskStore, async_driver_connection, sync_driver_connection
 from pgqueue.errors import BrokerUnavailable
@@ -366,16 +367,19 @@ class RabbitMQBroker(Broker):
 
     async def _decide(self, batch: list[Outcome]) -> list[FollowUp]:
         """Record the outcomes (one transaction) and decide what each one publishes."""
+        headers = None
         if self._records is not None:
-            return await self._records.record(batch)
-        grace = self.settings.unknown_task_grace_seconds
-        follow_ups = []
-        for outcome in batch:
-            entry = self._inflight.get(outcome.task.id)
-            delivered = dict(entry[1].headers or {}) if entry else None
-            follow_ups.append(decide_untracked(outcome, delivered, self._worker_id, grace))
-        log_untracked_give_backs(follow_ups)
-        return follow_ups
+            written = await self._records.record(batch)
+        else:
+            grace = self.settings.unknown_task_grace_seconds
+            untracked = decide_untracked(batch, self._delivered_headers, self._worker_id, grace)
+            written, headers = untracked.written, untracked.headers
+        report(batch, written)
+        return follow_ups(batch, written, headers)
+
+    def _delivered_headers(self, task: Task) -> dict[str, Any]:
+        entry = self._inflight.get(task.id)
+        return dict(entry[1].headers or {}) if entry else {}
 
     async def _publish_follow_ups(self, follow_ups: list[FollowUp]) -> None:
         """Publish until confirmed, across reconnects; only then are the originals acked."""
