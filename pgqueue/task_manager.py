@@ -193,21 +193,15 @@ class TaskManager:
         schedule_at: datetime.datetime | None,
     ) -> TaskOptions:
         """The call's options over the decorator's over the settings' defaults."""
-        defaults = self.settings.defaults
-        declared_queue = function.queue if function else None
-        declared_priority = function.priority if function else None
-        declared_retries = function.max_retries if function else None
-        options = TaskOptions.checked(
-            queue=_first(queue, declared_queue, defaults.queue),
-            priority=_first(priority, declared_priority, defaults.priority),
-            max_retries=_first(max_retries, declared_retries, defaults.max_retries),
+        options = TaskOptions.resolve(
+            function,
+            self.settings.defaults,
+            queue=queue,
+            priority=priority,
+            max_retries=max_retries,
             delay=delay,
             schedule_at=schedule_at,
         )
-        if delay is None and schedule_at is None and function is not None and function.has_timing:
-            options = TaskOptions(
-                options.queue, options.priority, options.max_retries, function.timing
-            )
         return options
 
     def _new_task(
@@ -346,10 +340,6 @@ class TaskManager:
         if retried:
             self.broker.resubmit(uuid.UUID(str(task_id)))
         return retried
-
-
-def _first(*values: Any) -> Any:
-    return next(value for value in values if value is not None)
 
 
 def _resolve(task: TaskRef) -> tuple[TaskFunction[Any] | None, str]:

@@ -28,6 +28,7 @@ import psycopg
 from pgqueue.db.database import UNAVAILABLE
 from pgqueue.loops import BackgroundLoop, Backoff
 from pgqueue.records import NewTask, new_task_id
+from pgqueue.tasks.options import TaskOptions
 
 if TYPE_CHECKING:
     from pgqueue.db.database import Database
@@ -65,7 +66,8 @@ async def queue_due_occurrences(
     cron_runs together with what `enqueue` writes."""
     schedule = task.schedule
     assert schedule is not None, f"{task.name} has no cron schedule"
-    queue = task.queue or defaults.queue
+    options = TaskOptions.resolve(task, defaults)
+    queue = options.queue
     queued = []
     cursor = await conn.execute(
         queries["cron_record_schedule"],
@@ -88,8 +90,8 @@ async def queue_due_occurrences(
             id=new_task_id(),
             name=task.name,
             queue=queue,
-            priority=task.priority if task.priority is not None else defaults.priority,
-            max_retries=task.max_retries if task.max_retries is not None else defaults.max_retries,
+            priority=options.priority,
+            max_retries=options.max_retries,
             kwargs_json="{}",
             schedule_at=moment,
         )

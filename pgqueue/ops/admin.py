@@ -11,7 +11,6 @@ through the named queries of `sql/queries.sql`; it keeps no SQL of its own.
 from __future__ import annotations
 
 import contextlib
-import re
 import uuid
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -28,8 +27,6 @@ from pgqueue.records import Task, TaskStatus
 from pgqueue.tasks.options import check_queue
 
 PURGE_BATCH_SIZE = 1000
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*$", re.IGNORECASE)
-_UNIT_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
 
 def parse_status(text: str | TaskStatus) -> TaskStatus:
@@ -41,23 +38,6 @@ def parse_status(text: str | TaskStatus) -> TaskStatus:
     except ValueError:
         names = ", ".join(status.value.lower() for status in TaskStatus)
         raise InvalidTaskOption(f"unknown status {text!r}: use one of {names}") from None
-
-
-def parse_duration(text: str | float) -> float:
-    """Seconds of "90", "30s", "30m", "12h", "7d" or "2w"; a clear error otherwise."""
-    if isinstance(text, int | float) and not isinstance(text, bool):
-        seconds = float(text)
-    else:
-        match = _DURATION.match(str(text))
-        if not match:
-            raise InvalidTaskOption(
-                f"{text!r} is not a duration: write a number with a unit, such as 90s, 30m, "
-                "12h, 7d or 2w"
-            )
-        seconds = float(match.group(1)) * _UNIT_SECONDS[match.group(2).lower()]
-    if seconds < 0:
-        raise InvalidTaskOption(f"a duration cannot be negative, not {text!r}")
-    return seconds
 
 
 class Admin:

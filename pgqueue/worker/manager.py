@@ -26,7 +26,7 @@ from pgqueue.records import CleanupPolicy, Outcome, OutcomeKind, Task, WorkerInf
 from pgqueue.settings import Settings, get_settings
 from pgqueue.tasks import registry
 from pgqueue.tasks.context import request_cancel
-from pgqueue.tasks.options import check_queue
+from pgqueue.tasks.options import TaskOptions, check_queue
 from pgqueue.tasks.registry import import_task_modules
 from pgqueue.worker.executor import Executor
 from pgqueue.worker.threads import DaemonThreadPool
@@ -377,11 +377,12 @@ class WorkerManager:
     def _cron_scheduler(self, broker: Broker) -> CronScheduler | None:
         """Queue the occurrences of the cron tasks this worker imported whose queue it serves
         (any broker with a database): a worker schedules what it could run, nothing else."""
-        default_queue = self.settings.defaults.queue
+        defaults = self.settings.defaults
         tasks = [
             task
             for name in registry.registered_names()
-            if (task := registry.lookup(name)) and (task.queue or default_queue) in self.queues
+            if (task := registry.lookup(name))
+            and TaskOptions.resolve(task, defaults).queue in self.queues
         ]
         database = getattr(broker, "database", None)
         if not cron_tasks(tasks) or not isinstance(database, Database):
