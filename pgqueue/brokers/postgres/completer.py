@@ -159,6 +159,7 @@ class Completer(BackgroundLoop):
             if len(completed) == len(batch):
                 await self._complete(conn, completed)
                 return
+            retries = False
             async with conn.transaction():
                 if completed:
                     await self._complete(conn, completed)
@@ -168,9 +169,13 @@ class Completer(BackgroundLoop):
                 )
                 for outcome in batch:
                     if outcome.kind is OutcomeKind.FAILED:
-                        await self._fail(conn, outcome)
+                        retries |= await self._fail(conn, outcome)
                     elif outcome.kind is OutcomeKind.RESCHEDULED:
-                        await self._reschedule(conn, outcome)
+                        retries |= await self._reschedule(conn, outcome)
+            if retries:
+                # After the commit, not before: woken earlier, the worker would look for its
+                # next due task before the retry is visible, and sleep a polling interval.
+                self._on_retry_scheduled()
 
     async def _complete(self, conn: psycopg.AsyncConnection[Any], outcomes: list[Outcome]) -> None:
         cursor = await conn.execute(
@@ -213,7 +218,8 @@ class Completer(BackgroundLoop):
             )
             log_unknown_given_back(outcomes, await cursor.fetchall())
 
-    async def _fail(self, conn: psycopg.AsyncConnection[Any], outcome: Outcome) -> None:
+    async def _fail(self, conn: psycopg.AsyncConnection[Any], outcome: Outcome) -> bool:
+        """Record a failure; True if the task will retry."""
         cursor = await conn.execute(
             self._queries["fail_task"],
             {
@@ -226,21 +232,22 @@ class Completer(BackgroundLoop):
         row = await cursor.fetchone()
         if row is None:
             _lease_lost(outcome, "failure")
-            return
+            return False
         status, run_at = row
         if status == "RETRYING":
             log.info("task %s %s will retry at %s", outcome.task.id, outcome.task.name, run_at)
-            self._on_retry_scheduled()
-        else:
-            log.error(
-                "task %s %s is %s: %s",
-                outcome.task.id,
-                outcome.task.name,
-                status,
-                (outcome.error or "").strip().partition("\n")[0][:300],
-            )
+            return True
+        log.error(
+            "task %s %s is %s: %s",
+            outcome.task.id,
+            outcome.task.name,
+            status,
+            (outcome.error or "").strip().partition("\n")[0][:300],
+        )
+        return False
 
-    async def _reschedule(self, conn: psycopg.AsyncConnection[Any], outcome: Outcome) -> None:
+    async def _reschedule(self, conn: psycopg.AsyncConnection[Any], outcome: Outcome) -> bool:
+        """Record a Retry/Snooze; True if the task will run again."""
         cursor = await conn.execute(
             self._queries["reschedule_task"],
             {
@@ -253,8 +260,8 @@ class Completer(BackgroundLoop):
         row = await cursor.fetchone()
         if row is None or row[0] is None:
             _lease_lost(outcome, "reschedule")
-        else:
-            self._on_retry_scheduled()
+            return False
+        return True
 
 
 def _lease_lost(outcome: Outcome, what: str) -> None:
