@@ -30,16 +30,20 @@ def check_schema(schema: str) -> str:
     return schema
 
 
-@functools.cache
-def sql_file(filename: str, schema: str = DEFAULT_SCHEMA) -> str:
-    """The text of one file of `sql/`, its `pgqueue.` prefixes pointed at `schema`."""
-    text = (resource_dir("sql") / filename).read_text(encoding="utf-8")
+def for_schema(text: str, schema: str) -> str:
+    """SQL written for the `pgqueue` schema, its `pgqueue.` prefixes pointed at `schema`."""
     if schema != DEFAULT_SCHEMA:
         text = text.replace(f"{DEFAULT_SCHEMA}.", f"{check_schema(schema)}.")
         text = text.replace(
             f"SCHEMA IF NOT EXISTS {DEFAULT_SCHEMA};", f"SCHEMA IF NOT EXISTS {schema};"
         )
     return text
+
+
+@functools.cache
+def sql_file(filename: str, schema: str = DEFAULT_SCHEMA) -> str:
+    """The text of one file of `sql/`, its `pgqueue.` prefixes pointed at `schema`."""
+    return for_schema((resource_dir("sql") / filename).read_text(encoding="utf-8"), schema)
 
 
 def parse_blocks(text: str) -> dict[str, str]:

@@ -157,4 +157,6 @@ class Completer(BackgroundLoop):
             )
         report(batch, written)
         if written.retries_scheduled:
+            # After the commit, not before: woken earlier, the worker would look for its
+            # next due task before the retry is visible, and sleep a polling interval.
             self._on_retry_scheduled()
