@@ -15,7 +15,8 @@ import psycopg
 import pytest
 
 from pgqueue.db.claim import claimed_task
-from pgqueue.db.queries import queries
+from pgqueue.db.migrations import schema_sql
+from pgqueue.db.queries import Channel, queries
 from pgqueue.records import Task
 
 
@@ -591,6 +592,15 @@ def test_status_updates_do_not_notify(db: psycopg.Connection[Any], dsn: str) -> 
             "SELECT pgqueue.complete_tasks(%s, %s, %s::jsonb[])", ([task_id], [token], ["1"])
         )
         assert collect_notifications(listener, db) == []
+
+
+def test_the_sql_sends_on_the_channels_python_listens_on() -> None:
+    """Channel names are written once in Python (db/queries.py) and, in SQL function
+    bodies, as literals: every pg_notify of the schema files names a Channel, and every
+    Channel is sent on, in any schema."""
+    for schema in ("pgqueue", "jobs"):
+        sent = set(re.findall(r"pg_notify\('([^']+)'", schema_sql(schema)))
+        assert sent == {channel.in_schema(schema) for channel in Channel}
 
 
 # -- plan ----------------------------------------------------------------------------------

@@ -25,6 +25,7 @@ from pgqueue.db.database import (
     Database,
     describe_dsn,
 )
+from pgqueue.db.queries import Channel
 from pgqueue.errors import BrokerUnavailable, first_line
 from pgqueue.loops import BackgroundLoop, Backoff
 
@@ -84,7 +85,6 @@ class Relay(BackgroundLoop):
         super().__init__()
         self._database = database
         self._publish = publish
-        self._channel = f"{database.schema}.outbox"
 
     async def _run(self) -> None:
         backoff = Backoff(first=0.1, most=MAX_BACKOFF_SECONDS)
@@ -97,7 +97,7 @@ class Relay(BackgroundLoop):
                     application_name="pgqueue-outbox-relay",
                     **KEEPALIVES,  # a dead network is noticed, not waited on (listener.py)
                 ) as listener:
-                    await listener.execute(f'LISTEN "{self._channel}"')
+                    await listener.execute(Channel.OUTBOX.listen(self._database.schema))
                     while True:
                         await self.relay_all()
                         backoff.reset()

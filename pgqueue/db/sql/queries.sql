@@ -287,10 +287,6 @@ ON CONFLICT (id) DO UPDATE SET expires_at = excluded.expires_at;
 -- The waiter is done.
 DELETE FROM pgqueue.result_waiters WHERE id = %(id)s;
 
--- name: listen_results
--- Finished tasks that someone waits for (payload: the task id).
-LISTEN "pgqueue.results";
-
 -- name: set_worker_task_names
 -- The task names a worker can run, for `pgqueue tasks explain`.
 UPDATE pgqueue.workers SET task_names = %(task_names)s WHERE id = %(id)s;
