@@ -87,10 +87,8 @@ async def write_outcomes(
         if unknown:
             await _give_back_unknown(conn, queries, unknown, unknown_task_grace_seconds, written)
         for outcome in batch:
-            if outcome.kind is OutcomeKind.FAILED:
-                await _fail(conn, queries, outcome, written)
-            elif outcome.kind is OutcomeKind.RESCHEDULED:
-                await _reschedule(conn, queries, outcome, written)
+            if outcome.kind in (OutcomeKind.FAILED, OutcomeKind.RESCHEDULED):
+                await _fail_or_reschedule(conn, queries, outcome, written)
     return written
 
 
@@ -144,42 +142,27 @@ async def _give_back_unknown(
     written.lease_lost += [o for o in outcomes if o.task.id not in written.decisions]
 
 
-async def _fail(
+async def _fail_or_reschedule(
     conn: psycopg.AsyncConnection[Any], queries: dict[str, str], outcome: Outcome, written: Written
 ) -> None:
-    cursor = await conn.execute(
-        queries["fail_task"],
-        {
-            "id": outcome.task.id,
-            "token": outcome.task.lease_token,
-            "error": outcome.error,
-            "retryable": outcome.retryable,
-        },
-    )
-    row = await cursor.fetchone()
-    if row is None:
-        written.lease_lost.append(outcome)
+    """One statement per outcome: the back-off of each failure and the delay of each
+    reschedule are the task's own."""
+    task = outcome.task
+    params: dict[str, Any] = {"id": task.id, "token": task.lease_token}
+    if outcome.kind is OutcomeKind.FAILED:
+        query = "fail_task"
+        params |= {"error": outcome.error, "retryable": outcome.retryable}
     else:
-        written.decisions[outcome.task.id] = Decision(TaskStatus(row[0]), row[1])
-
-
-async def _reschedule(
-    conn: psycopg.AsyncConnection[Any], queries: dict[str, str], outcome: Outcome, written: Written
-) -> None:
-    cursor = await conn.execute(
-        queries["reschedule_task"],
-        {
-            "id": outcome.task.id,
-            "token": outcome.task.lease_token,
-            "delay": outcome.delay,
-            "refund_attempt": outcome.refund_attempt,
-        },
-    )
+        query = "reschedule_task"
+        params |= {"delay": outcome.delay, "refund_attempt": outcome.refund_attempt}
+    cursor = await conn.execute(queries[query], params)
     row = await cursor.fetchone()
-    if row is None or row[0] is None:
+    if row is None or row[0] is None:  # fail_task: no row; reschedule_task: a NULL
         written.lease_lost.append(outcome)
-    else:
-        written.decisions[outcome.task.id] = Decision(TaskStatus.RETRYING, row[0])
+    elif outcome.kind is OutcomeKind.FAILED:  # (new status, new run_at)
+        written.decisions[task.id] = Decision(TaskStatus(row[0]), row[1])
+    else:  # the new run_at
+        written.decisions[task.id] = Decision(TaskStatus.RETRYING, row[0])
 
 
 def report(batch: Sequence[Outcome], written: Written) -> None:
