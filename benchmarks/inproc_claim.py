@@ -36,7 +36,7 @@ async def claim_p50(conn: psycopg.AsyncConnection[object], tm: TaskManager, idle
         tm.queue_task(wake, i=i)
         time.sleep(idle)
         started = time.perf_counter()
-        cursor = await conn.execute(query, {**params, "start_now": 10}, prepare=True)
+        cursor = await conn.execute(query, {**params, "start_now": 10, "now": None}, prepare=True)
         assert len(await cursor.fetchall()) == 1
         times.append(1000 * (time.perf_counter() - started))
     return sorted(times)[SAMPLES // 2]

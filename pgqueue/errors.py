@@ -70,8 +70,8 @@ class TaskFailed(PgQueueError, RuntimeError):
     def __init__(self, task: Task, message: str | None = None) -> None:
         self.task = task
         self.error = task.error
-        first_line = (task.error or "").strip().partition("\n")[0] or "no error text"
-        super().__init__(message or f"task {task.id} {task.name} failed: {first_line}")
+        reason = first_line(task.error) or "no error text"
+        super().__init__(message or f"task {task.id} {task.name} failed: {reason}")
 
 
 class TaskCancelled(TaskFailed):
@@ -90,3 +90,26 @@ class WaitTimeout(PgQueueError, TimeoutError):
             f"task {task.id} {task.name} did not finish within {timeout:g} s "
             f"(it is {task.status.value}); it keeps running: wait again or cancel it"
         )
+
+
+def first_line(text: str | BaseException | None, limit: int | None = None) -> str:
+    """The first line of a text, or of an error's message, for a one-line log or table cell:
+    libpq's messages and tracebacks run over several lines. "" when there is no text (an
+    error without a message, or whose str() raises: its type's name); longer than `limit`:
+    cut, its last character "…"."""
+    if isinstance(text, BaseException):
+        try:
+            message = str(text)
+        except Exception:
+            message = ""
+        line = _first_line(message) or type(text).__name__
+    else:
+        line = _first_line(text or "")
+    if limit is not None and len(line) > limit:
+        return line[: limit - 1] + "…"
+    return line
+
+
+def _first_line(text: str) -> str:
+    lines = text.strip().splitlines()
+    return lines[0] if lines else ""

@@ -10,8 +10,11 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 log = logging.getLogger("pgqueue.background")
+
+T = TypeVar("T")
 
 #: Pauses before a crashed loop starts again: doubling from the first to the most; a loop
 #: that ran this long without crashing starts again after the first pause.
@@ -107,10 +110,22 @@ class Backoff:
         self.seconds = min(self.seconds * 2, self.most)
 
 
-def first_line(error: BaseException) -> str:
-    """An error as one line: libpq's messages run over several."""
-    try:
-        text = str(error).strip()
-    except Exception:
-        text = ""
-    return text.splitlines()[0] if text else type(error).__name__
+async def retrying(
+    call: Callable[[], Awaitable[T]],
+    errors: tuple[type[BaseException], ...],
+    backoff: Backoff,
+    log: logging.Logger,
+    what: str,
+    *,
+    give_up: Callable[[], bool] = lambda: False,
+) -> T:
+    """`await call()` until it raises none of `errors` (an outage: the database or broker is
+    away), each failure logged as "<what> (<error>); retrying in 0.4s" and waited out, the
+    pause doubling. A failure while `give_up()` is true is raised instead (stopping)."""
+    while True:
+        try:
+            return await call()
+        except errors as error:
+            if give_up():
+                raise
+            await backoff.pause(log, "%s (%s)", what, error)

@@ -13,7 +13,7 @@ import uuid
 from collections.abc import Mapping
 from typing import Any
 
-from pgqueue.errors import InvalidTaskArguments, InvalidTaskOption
+from pgqueue.errors import InvalidTaskArguments, InvalidTaskOption, first_line
 
 
 def _encode_extra(value: Any) -> Any:
@@ -145,8 +145,5 @@ def error_text(error: BaseException) -> str:
 
 def error_summary(error: BaseException, limit: int = 300) -> str:
     """The first line of an error's message, storable and short: for log lines."""
-    lines = error_message(error).strip().splitlines()
-    first = lines[0] if lines else ""
-    if len(first) > limit:
-        first = first[:limit] + "..."
+    first = first_line(error_message(error), limit)
     return storable_text(f"{type(error).__name__}: {first}" if first else type(error).__name__)

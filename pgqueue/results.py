@@ -22,6 +22,7 @@ import psycopg
 from psycopg.rows import dict_row
 
 from pgqueue.db.database import Database, unavailable
+from pgqueue.db.queries import Channel
 from pgqueue.db.store import parse_task_id
 from pgqueue.errors import (
     InvalidTaskOption,
@@ -91,7 +92,7 @@ def wait(database: Database, task_id: Any, timeout: float | None = None) -> Any:
     except psycopg.OperationalError as error:
         raise unavailable(database.dsn, error) from error
     with conn:
-        conn.execute(queries["listen_results"])
+        conn.execute(Channel.RESULTS.listen(database.schema))
         try:
             while True:
                 conn.execute(queries["register_result_waiter"], state.registration())
@@ -120,7 +121,7 @@ async def await_result(database: Database, task_id: Any, timeout: float | None =
     except psycopg.OperationalError as error:
         raise unavailable(database.dsn, error) from error
     async with conn:
-        await conn.execute(queries["listen_results"])
+        await conn.execute(Channel.RESULTS.listen(database.schema))
         try:
             while True:
                 await conn.execute(queries["register_result_waiter"], state.registration())

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal, NoReturn, TypeVar
 
 from pgqueue.dsn import mask_dsn, parse_dsn
-from pgqueue.errors import ConfigurationError
+from pgqueue.errors import ConfigurationError, first_line
 
 DEFAULT_CONFIG_PATH = Path("config/services.yaml")
 ENV_PREFIX = "pgqueue_"  # matched without regard to case, as PGQUEUE_DSN or pgqueue_dsn
@@ -367,7 +367,7 @@ def read_config_file(path: Path) -> dict[str, Any]:
         # One line: where the parser stopped and why, not its multi-line excerpt.
         mark = getattr(error, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(error, "problem", None) or str(error).strip().splitlines()[0]
+        problem = getattr(error, "problem", None) or first_line(error)
         raise ConfigurationError(f"{path} is not valid YAML{where}: {problem}") from error
     if not isinstance(document, dict):
         raise ConfigurationError(f"{path} must hold a mapping with a 'task:' section")

@@ -13,15 +13,12 @@ from pgqueue.brokers import get_broker
 from pgqueue.brokers.base import Broker
 from pgqueue.db.database import database_from_settings
 from pgqueue.db.store import TaskStore
-from pgqueue.errors import InvalidTaskArguments, InvalidTaskOption
-from pgqueue.payload import encode_kwargs
-from pgqueue.records import NewTask, Task, new_task_id, new_task_ids
+from pgqueue.records import NewTask, Task
 from pgqueue.settings import Settings, get_settings, load_settings
-from pgqueue.tasks import definition, registry
-from pgqueue.tasks.definition import TaskFunction, UniqueKey, derive_unique_key
-from pgqueue.tasks.options import MAX_TASK_NAME_LENGTH, Delay, TaskOptions, Timing
-
-TaskRef = TaskFunction[Any] | str
+from pgqueue.tasks import call, definition
+from pgqueue.tasks.call import UniqueKey
+from pgqueue.tasks.definition import TaskFunction, TaskRef, resolve_task
+from pgqueue.tasks.options import Delay, TaskOptions
 
 
 class TaskManager:
@@ -92,9 +89,9 @@ class TaskManager:
         With `unique_key` (a string, or a callable that takes the arguments as a dict), while
         an unfinished task holds the key this returns that task's id and queues nothing.
         """
-        function, name = _resolve(task)
-        options = self._options(function, queue, priority, max_retries, delay, schedule_at)
-        new_task = self._new_task(function, name, options, args, kwargs, unique_key)
+        new_task = self._build_task(
+            task, args, kwargs, queue, priority, max_retries, delay, schedule_at, unique_key
+        )
         if new_task.unique_key is not None:
             return self._unique_broker().enqueue_unique([new_task], connection)[0]
         self.broker.enqueue([new_task], connection)
@@ -113,9 +110,9 @@ class TaskManager:
         unique_key: UniqueKey | None = None,
         **kwargs: Any,
     ) -> uuid.UUID:
-        function, name = _resolve(task)
-        options = self._options(function, queue, priority, max_retries, delay, schedule_at)
-        new_task = self._new_task(function, name, options, args, kwargs, unique_key)
+        new_task = self._build_task(
+            task, args, kwargs, queue, priority, max_retries, delay, schedule_at, unique_key
+        )
         if new_task.unique_key is not None:
             return (await self._unique_broker().aenqueue_unique([new_task], connection))[0]
         await self.broker.aenqueue([new_task], connection)
@@ -141,7 +138,7 @@ class TaskManager:
         With `unique_key`, each row whose key an unfinished task (or an earlier row) holds
         gets that task's id instead of a new task.
         """
-        new_tasks = self._new_tasks(
+        new_tasks = self._build_tasks(
             task, rows, queue, priority, max_retries, delay, schedule_at, unique_key
         )
         if any(new_task.unique_key is not None for new_task in new_tasks):
@@ -163,7 +160,7 @@ class TaskManager:
         max_retries: int | None = None,
         unique_key: UniqueKey | None = None,
     ) -> list[uuid.UUID]:
-        new_tasks = self._new_tasks(
+        new_tasks = self._build_tasks(
             task, rows, queue, priority, max_retries, delay, schedule_at, unique_key
         )
         if any(new_task.unique_key is not None for new_task in new_tasks):
@@ -171,6 +168,42 @@ class TaskManager:
         if new_tasks:
             await self.broker.aenqueue(new_tasks, connection)
         return [new_task.id for new_task in new_tasks]
+
+    def _build_task(
+        self,
+        task: TaskRef,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        queue: str | None,
+        priority: int | None,
+        max_retries: int | None,
+        delay: Delay | None,
+        schedule_at: datetime.datetime | None,
+        unique_key: UniqueKey | None,
+    ) -> NewTask:
+        function, name = resolve_task(task)
+        options = self._options(function, queue, priority, max_retries, delay, schedule_at)
+        return call.build_task(
+            function, name, options, args, kwargs, unique_key, self.settings.max_payload_bytes
+        )
+
+    def _build_tasks(
+        self,
+        task: TaskRef,
+        rows: Iterable[Mapping[str, Any]],
+        queue: str | None,
+        priority: int | None,
+        max_retries: int | None,
+        delay: Delay | None,
+        schedule_at: datetime.datetime | None,
+        unique_key: UniqueKey | None,
+    ) -> list[NewTask]:
+        function, name = resolve_task(task)
+        options = self._options(function, queue, priority, max_retries, delay, schedule_at)
+        rows = rows if isinstance(rows, Sequence) else list(rows)
+        return call.build_tasks(
+            function, name, options, rows, unique_key, self.settings.max_payload_bytes
+        )
 
     def _unique_broker(self) -> Any:
         # A broker that cannot keep keys unique refuses in enqueue_unique (Broker's default).
@@ -186,116 +219,16 @@ class TaskManager:
         schedule_at: datetime.datetime | None,
     ) -> TaskOptions:
         """The call's options over the decorator's over the settings' defaults."""
-        defaults = self.settings.defaults
-        declared_queue = function.queue if function else None
-        declared_priority = function.priority if function else None
-        declared_retries = function.max_retries if function else None
-        options = TaskOptions.checked(
-            queue=_first(queue, declared_queue, defaults.queue),
-            priority=_first(priority, declared_priority, defaults.priority),
-            max_retries=_first(max_retries, declared_retries, defaults.max_retries),
+        options = TaskOptions.resolve(
+            function,
+            self.settings.defaults,
+            queue=queue,
+            priority=priority,
+            max_retries=max_retries,
             delay=delay,
             schedule_at=schedule_at,
         )
-        if delay is None and schedule_at is None and function is not None and function.has_timing:
-            options = TaskOptions(
-                options.queue, options.priority, options.max_retries, function.timing
-            )
         return options
-
-    def _new_task(
-        self,
-        function: TaskFunction[Any] | None,
-        name: str,
-        options: TaskOptions,
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
-        unique_key: UniqueKey | None = None,
-        task_id: uuid.UUID | None = None,
-    ) -> NewTask:
-        if function is not None:
-            if args or function.typed_arguments is not None or function.kwargs_problem(kwargs):
-                kwargs = function.bind_kwargs(args, kwargs)
-            # else: keyword arguments the signature takes as they are (a set check, the
-            # worker's own): binding them would only reorder them, at 5 us a row in bulk.
-
-        elif args:
-            raise InvalidTaskArguments(
-                f"{name} is queued by name, so its signature is unknown here: "
-                "pass keyword arguments"
-            )
-        if unique_key is None and function is not None:
-            unique_key = function.unique_key
-        timing: Timing = options.timing
-        return NewTask(
-            id=task_id or new_task_id(),
-            name=name,
-            queue=options.queue,
-            priority=options.priority,
-            max_retries=options.max_retries,
-            kwargs_json=encode_kwargs(name, kwargs, self.settings.max_payload_bytes),
-            delay=timing.delay,
-            schedule_at=timing.schedule_at,
-            unique_key=None if unique_key is None else derive_unique_key(name, unique_key, kwargs),
-        )
-
-    def _new_tasks(
-        self,
-        task: TaskRef,
-        rows: Iterable[Mapping[str, Any]],
-        queue: str | None,
-        priority: int | None,
-        max_retries: int | None,
-        delay: Delay | None,
-        schedule_at: datetime.datetime | None,
-        unique_key: UniqueKey | None = None,
-    ) -> list[NewTask]:
-        function, name = _resolve(task)
-        options = self._options(function, queue, priority, max_retries, delay, schedule_at)
-        new_tasks = []
-        rows = rows if isinstance(rows, Sequence) else list(rows)
-        ids = new_task_ids(len(rows))
-        # Rows whose stored arguments need no binding, typing or key: built right here, not
-        # through _new_task, since bulk queueing is bound by this loop (2 us a row saved).
-        plain_check = (
-            function.kwargs_problem
-            if function is not None
-            and function.typed_arguments is None
-            and unique_key is None
-            and function.unique_key is None
-            else None
-        )
-        timing = options.timing
-        max_bytes = self.settings.max_payload_bytes
-        for index, row in enumerate(rows):
-            if type(row) is not dict and not isinstance(row, Mapping):  # dict: no ABC check
-                raise InvalidTaskArguments(
-                    f"row {index} of queue_tasks is a {type(row).__name__}; "
-                    "give a dict of arguments"
-                )
-            try:
-                if plain_check is not None and plain_check(row) is None:
-                    new_tasks.append(
-                        NewTask(
-                            ids[index],
-                            name,
-                            options.queue,
-                            options.priority,
-                            options.max_retries,
-                            encode_kwargs(name, row, max_bytes),
-                            timing.delay,
-                            timing.schedule_at,
-                        )
-                    )
-                    continue
-                new_tasks.append(
-                    self._new_task(
-                        function, name, options, (), dict(row), unique_key, task_id=ids[index]
-                    )
-                )
-            except (InvalidTaskArguments, InvalidTaskOption) as error:
-                raise type(error)(f"row {index}: {error}") from error
-        return new_tasks
 
     # -- records -----------------------------------------------------------------------
 
@@ -339,26 +272,6 @@ class TaskManager:
         if retried:
             self.broker.resubmit(uuid.UUID(str(task_id)))
         return retried
-
-
-def _first(*values: Any) -> Any:
-    return next(value for value in values if value is not None)
-
-
-def _resolve(task: TaskRef) -> tuple[TaskFunction[Any] | None, str]:
-    """A decorated function, or a task name (looked up among registered tasks)."""
-    if isinstance(task, TaskFunction):
-        return task, task.name
-    if isinstance(task, str):
-        if not task or len(task) > MAX_TASK_NAME_LENGTH or "\x00" in task:
-            raise InvalidTaskOption(
-                f"task name {task[:80]!r} must be 1 to {MAX_TASK_NAME_LENGTH} characters "
-                "without NUL"
-            )
-        return registry.lookup(task), task
-    raise InvalidTaskArguments(
-        f"task must be a function decorated with @AsyncTask or a task name, not {task!r}"
-    )
 
 
 _default: TaskManager | None = None

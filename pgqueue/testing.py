@@ -38,9 +38,11 @@ import psycopg
 from psycopg.rows import dict_row
 
 from pgqueue import events
+from pgqueue.db.claim import claim_tasks
 from pgqueue.db.cron import cron_tasks, queue_due_occurrences
+from pgqueue.db.outcomes import write_outcomes
 from pgqueue.errors import InvalidTaskOption, PgQueueError
-from pgqueue.records import Outcome, OutcomeKind, Task
+from pgqueue.records import Task
 from pgqueue.task_manager import TaskManager
 from pgqueue.tasks import registry
 from pgqueue.tasks.definition import TaskFunction
@@ -50,6 +52,8 @@ from pgqueue.worker.threads import DaemonThreadPool
 #: The clock: an absolute time (naive means UTC), or how far past the database's now().
 Clock = datetime.datetime | datetime.timedelta | float | int | None
 DEFAULT_MAX_RUNS = 10_000
+#: A drain runs one task at a time with no heartbeat: a lease no run of a test outlasts.
+TESTING_LEASE_SECONDS = 3600.0
 
 _threads = DaemonThreadPool("pgqueue-testing")
 
@@ -95,7 +99,10 @@ async def adrain(
             order.setdefault(task.id)
             outcome = await executor.run(task)
             if outcome is not None:
-                await _record(conn, queries, outcome)
+                # This process is the only worker of a drain: no other could know a name it
+                # does not, and a give-back would come due again within the drain's clock.
+                # An unknown task fails at once (no grace).
+                await write_outcomes(conn, queries, [outcome], unknown_task_grace_seconds=0.0)
         cursor = conn.cursor(row_factory=dict_row)
         finished = []
         for task_id in order:
@@ -180,48 +187,14 @@ async def _claim_one(
     clock: datetime.datetime,
     worker_id: str,
 ) -> Task | None:
-    cursor = conn.cursor(row_factory=dict_row)
-    await cursor.execute(
-        queries["testing_claim_tasks"],
-        {"queues": queues, "now": clock, "limit": 1, "worker_id": worker_id},
+    """The workers' own claim, with the drain's clock deciding what is due."""
+    claimed = await claim_tasks(
+        conn,
+        queries,
+        queues=queues,
+        limit=1,
+        worker_id=worker_id,
+        lease_seconds=TESTING_LEASE_SECONDS,
+        now=clock,
     )
-    row = await cursor.fetchone()
-    return Task.from_row(row) if row is not None else None
-
-
-async def _record(
-    conn: psycopg.AsyncConnection[Any], queries: dict[str, str], outcome: Outcome
-) -> None:
-    task = outcome.task
-    if outcome.kind is OutcomeKind.COMPLETED:
-        await conn.execute(
-            queries["complete_tasks"],
-            {"ids": [task.id], "tokens": [task.lease_token], "results": [outcome.result_json]},
-        )
-    elif outcome.kind is OutcomeKind.FAILED:
-        await conn.execute(
-            queries["fail_task"],
-            {
-                "id": task.id,
-                "token": task.lease_token,
-                "error": outcome.error,
-                "retryable": outcome.retryable,
-            },
-        )
-    elif outcome.kind is OutcomeKind.UNKNOWN:
-        # This process is the only worker of a drain: no other could know the name, and a
-        # give-back would come due again within the drain's clock. It fails at once.
-        await conn.execute(
-            queries["give_back_unknown_tasks"],
-            {"ids": [task.id], "tokens": [task.lease_token], "grace_seconds": 0.0},
-        )
-    elif outcome.kind is OutcomeKind.RESCHEDULED:
-        await conn.execute(
-            queries["reschedule_task"],
-            {
-                "id": task.id,
-                "token": task.lease_token,
-                "delay": outcome.delay,
-                "refund_attempt": outcome.refund_attempt,
-            },
-        )
+    return claimed[0] if claimed else None

@@ -13,6 +13,8 @@ import pytest
 from conftest import statuses
 
 from pgqueue.db import migrations
+from pgqueue.db.claim import claimed_task
+from pgqueue.db.queries import queries
 from pgqueue.errors import (
     ConfigurationError,
     DatabaseUnavailable,
@@ -20,7 +22,7 @@ from pgqueue.errors import (
     PgQueueError,
     TaskNotFound,
 )
-from pgqueue.ops.admin import PURGE_BATCH_SIZE, Admin, parse_duration, parse_status
+from pgqueue.ops.admin import PURGE_BATCH_SIZE, Admin, parse_status
 from pgqueue.records import TaskStatus, new_task_id
 
 VIEWS = ("status_counts", "queue_stats", "due_tasks", "recent_failures", "live_workers")
@@ -82,21 +84,6 @@ def test_status_names_are_case_insensitive(text: str) -> None:
 def test_unknown_status_names_the_choices() -> None:
     with pytest.raises(InvalidTaskOption, match=r"unknown status 'done': use one of pending, "):
         parse_status("done")
-
-
-@pytest.mark.parametrize(
-    ("text", "seconds"),
-    [("90", 90), ("90s", 90), ("30m", 1800), ("12h", 43200), ("7d", 604800), ("2w", 1209600),
-     ("1.5h", 5400), ("7D", 604800)],
-)  # fmt: skip
-def test_durations(text: str, seconds: float) -> None:
-    assert parse_duration(text) == seconds
-
-
-@pytest.mark.parametrize("text", ["", "7x", "d7", "-1d", "7 days", "1e3"])
-def test_bad_durations_say_how_to_write_one(text: str) -> None:
-    with pytest.raises(InvalidTaskOption, match="is not a duration: write a number with a unit"):
-        parse_duration(text)
 
 
 # -- the views -----------------------------------------------------------------------------
@@ -215,11 +202,11 @@ def test_get_task_errors_name_the_id(admin: Admin) -> None:
 # -- steering ------------------------------------------------------------------------------
 
 
-def claim(db: psycopg.Connection[Any], queues: list[str]) -> list[str]:
-    rows = db.execute(
-        "SELECT queue FROM pgqueue.claim_tasks(%s, 10, 'test-worker', 30)", [queues]
-    ).fetchall()
-    return [row[0] for row in rows]
+def claim(db: psycopg.Connection[Any], queues: list[str], schema: str = "pgqueue") -> list[str]:
+    """The queues of what the workers' claim statement takes."""
+    params = {"queues": queues, "limit": 10, "worker_id": "test-worker", "lease_seconds": 30}
+    rows = db.execute(queries(schema)["claim_tasks"], {**params, "start_now": None, "now": None})
+    return [claimed_task(row).queue for row in rows]
 
 
 def test_paused_queues_are_not_claimed_until_resumed(
@@ -286,7 +273,7 @@ def test_purge_deletes_one_status_older_than_the_age_in_batches(
     recent_failed = add_task(db, status="FAILED", finished_ago=3600, error="E")
     old_completed = add_task(db, status="COMPLETED", finished_ago=9 * 86400)
     old_pending = add_task(db, status="PENDING", created_ago=9 * 86400)
-    week = parse_duration("7d")
+    week = 7 * 86400
     assert admin.count_purgeable("failed", week) == old_failed
     assert admin.purge("failed", week) == old_failed
     assert statuses(db) == {"FAILED": 1, "COMPLETED": 1, "PENDING": 1}
@@ -329,10 +316,7 @@ def test_views_and_pause_follow_a_custom_schema(dsn: str) -> None:
         assert [(row["queue"], row["paused"], row["due"]) for row in admin.queue_stats()] == [
             ("q", True, 1)
         ]
-        claimed = admin.connection.execute(
-            "SELECT count(*) FROM ops_custom.claim_tasks('{q}', 5, 'w', 30)"
-        ).fetchone()
-        assert claimed == (0,)
+        assert claim(admin.connection, ["q"], schema="ops_custom") == []
         # The default schema is untouched.
         assert admin.connection.execute("SELECT count(*) FROM pgqueue.tasks").fetchone() == (0,)
 

@@ -6,7 +6,6 @@ shutdown, or never run when cancelled meanwhile."""
 from __future__ import annotations
 
 import datetime
-import re
 import threading
 import time
 import uuid
@@ -17,7 +16,6 @@ import pytest
 from conftest import wait_until
 
 from pgqueue import AsyncTask, TaskManager
-from pgqueue.db.queries import queries
 from pgqueue.worker import manager as worker_module
 
 QUEUE = "ahead"
@@ -209,31 +207,6 @@ def test_long_runs_are_not_claimed_ahead(tm: TaskManager, db: Any, start_worker:
     # 8 tasks that claiming ahead (at least MIN_CLAIM_AHEAD) would hold.
     assert most_running <= 4
     worker.stop()
-
-
-def _normalized(sql: str) -> str:
-    return " ".join(re.sub(r"--[^\n]*", "", sql).split()).rstrip(";")
-
-
-def test_the_worker_claim_statement_is_the_claim_tasks_function(db: Any) -> None:
-    """The worker runs the function's body as a prepared statement (planned once): the two
-    must not drift apart. Only the final select list differs."""
-    body = db.execute(
-        "SELECT prosrc FROM pg_proc WHERE oid = 'pgqueue.claim_tasks'::regproc"
-    ).fetchone()[0]
-    for name, placeholder in {
-        "p_queues": "%(queues)s::text[]",
-        "p_limit": "%(limit)s::integer",
-        "p_worker_id": "%(worker_id)s::text",
-        "p_lease_seconds": "%(lease_seconds)s::double precision",
-        "p_start_now": "%(start_now)s::integer",
-    }.items():
-        body = body.replace(name, placeholder)
-    function_cte, _, function_tail = _normalized(body).rpartition(") SELECT ")
-    statement_cte, _, statement_tail = _normalized(queries()["claim_tasks"]).rpartition(") SELECT ")
-    assert function_cte and statement_cte == function_cte
-    order = "FROM claimed ORDER BY priority DESC, run_at, id"
-    assert function_tail.endswith(order) and statement_tail.endswith(order)
 
 
 def test_tasks_queued_behind_long_runs_go_to_an_idle_worker(

@@ -73,7 +73,7 @@ def test_schedule_is_checked_at_definition():
         define(cron="0 9 * * *", timezone="Mars/Olympus")
     with pytest.raises(TaskDefinitionError, match="go with cron"):
         define(timezone="Europe/Paris")
-    with pytest.raises(TaskDefinitionError, match="cron_catchup must be >= 0"):
+    with pytest.raises(TaskDefinitionError, match="cron_catchup must be a finite number"):
         define(cron="0 9 * * *", cron_catchup=-1)
     with pytest.raises(TaskDefinitionError, match="requires user_id"):
         AsyncTask(cron="0 9 * * *")(lambda user_id: None)

@@ -19,6 +19,7 @@ from sqlalchemy import create_engine, text
 
 from pgqueue import AsyncTask
 from pgqueue.db.migrations import head_revision, sqlalchemy_url, upgrade
+from pgqueue.db.queries import queries
 from pgqueue.settings import Settings, load_settings
 from pgqueue.task_manager import TaskManager
 
@@ -204,12 +205,12 @@ def test_non_default_schema_end_to_end(
             listener.execute('LISTEN "jobs.tasks"')
             claimed_id = manager.queue_task(double, x=2, queue="claimed")
             assert [n.payload for n in listener.notifies(timeout=5, stop_after=1)] == ["claimed"]
-        # Only the jobs schema got the row; its claim function serves it.
+        # Only the jobs schema got the row; the claim statement for that schema serves it.
         assert db.execute("SELECT count(*) FROM pgqueue.tasks").fetchone() == (0,)
-        claimed = db.execute(
-            "SELECT id, attempts FROM jobs.claim_tasks(ARRAY['claimed'], 10, 'w', 30)"
-        ).fetchall()
-        assert claimed == [(claimed_id, 1)]
+        params = {"queues": ["claimed"], "limit": 10, "worker_id": "w", "lease_seconds": 30}
+        params |= {"start_now": None, "now": None}
+        rows = db.execute(queries("jobs")["claim_tasks"], params)
+        assert [(row[0], row[5]) for row in rows] == [(claimed_id, 1)]  # id, attempts
         token = db.execute("SELECT lease_token FROM jobs.tasks").fetchone()[0]  # type: ignore[index]
         assert db.execute(
             "SELECT new_status::text FROM jobs.fail_task(%s, %s, 'x')", (claimed_id, token)

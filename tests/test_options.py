@@ -18,7 +18,7 @@ from pgqueue.tasks.options import (
     check_priority,
     check_queue,
     check_timeout,
-    delay_seconds,
+    duration_seconds,
 )
 
 
@@ -70,15 +70,30 @@ def test_max_retries() -> None:
 
 
 def test_delay_seconds() -> None:
-    assert delay_seconds(0) == 0.0
-    assert delay_seconds(1.5) == 1.5
-    assert delay_seconds(datetime.timedelta(hours=1)) == 3600.0
+    assert duration_seconds(0) == 0.0
+    assert duration_seconds(1.5) == 1.5
+    assert duration_seconds(datetime.timedelta(hours=1)) == 3600.0
     for bad in (-1, -0.001, datetime.timedelta(seconds=-1), math.inf, math.nan):
         with pytest.raises(InvalidTaskOption, match="delay must be a finite number"):
-            delay_seconds(bad)
-    for wrong_type in ("10", True, None):
+            duration_seconds(bad)
+    for wrong_type in ("10", True, None):  # text only where asked for (the command line)
         with pytest.raises(InvalidTaskArguments, match="delay must be seconds"):
-            delay_seconds(wrong_type)
+            duration_seconds(wrong_type)
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [("90", 90), ("90s", 90), ("30m", 1800), ("12h", 43200), ("7d", 604800), ("2w", 1209600),
+     ("1.5h", 5400), ("7D", 604800), (" 5 m ", 300)],
+)  # fmt: skip
+def test_durations_written_on_the_command_line(text: str, seconds: float) -> None:
+    assert duration_seconds(text, "--older-than", text=True) == seconds
+
+
+@pytest.mark.parametrize("text", ["", "7x", "d7", "-1d", "7 days", "1e3"])
+def test_bad_durations_say_how_to_write_one(text: str) -> None:
+    with pytest.raises(InvalidTaskOption, match="is not a duration: write a number with a unit"):
+        duration_seconds(text, "--older-than", text=True)
 
 
 def test_schedule_at_naive_means_utc() -> None:
@@ -103,7 +118,7 @@ def test_timeout() -> None:
     assert check_timeout(2) == 2.0
     with pytest.raises(ValueError, match="timeout must be more than 0"):
         check_timeout(0)
-    with pytest.raises(ValueError, match="delay must be a finite number"):
+    with pytest.raises(ValueError, match="timeout must be a finite number"):
         check_timeout(-3)
 
 

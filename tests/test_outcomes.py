@@ -5,18 +5,25 @@ no upkeep loop of a worker dies in silence."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import threading
 import time
 import uuid
 from typing import Any
 
+import psycopg
 import pytest
 from conftest import wait_until
 
-from pgqueue import AsyncTask, TaskManager
-from pgqueue.loops import BackgroundLoop
+from pgqueue import AsyncTask, TaskManager, TaskStatus
+from pgqueue.db.claim import claim_tasks
+from pgqueue.db.outcomes import write_outcomes
+from pgqueue.db.queries import queries
+from pgqueue.errors import first_line
+from pgqueue.loops import BackgroundLoop, Backoff, retrying
 from pgqueue.payload import MAX_ERROR_CHARS, error_text, storable_text
+from pgqueue.records import Outcome, OutcomeKind, Task
 
 QUEUE = "outcomes"
 ran: list[str] = []
@@ -178,6 +185,70 @@ def test_a_worker_that_cannot_record_outcomes_stops_claiming(
     worker.stop()
 
 
+def claim_rows(dsn: str, db: Any, labels: list[str]) -> dict[str, Task]:
+    """Queue one task per label and claim them with the workers' claim: {label: Task}."""
+    for label in labels:
+        db.execute(
+            "INSERT INTO pgqueue.tasks (name, queue, kwargs, max_retries) "
+            "VALUES ('tests.noop', %s, jsonb_build_object('label', %s::text), 1)",
+            (QUEUE, label),
+        )
+
+    async def claim() -> list[Task]:
+        async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+            return await claim_tasks(
+                conn, queries(), queues=[QUEUE], limit=100, worker_id="w", lease_seconds=30
+            )
+
+    return {task.kwargs["label"]: task for task in asyncio.run(claim())}
+
+
+def test_each_outcome_kind_is_written_by_the_one_mapping(dsn: str, db: Any) -> None:
+    """db/outcomes.py, as the completer, the RabbitMQ status writer and the test mode all
+    write through it: what each kind does to the row, and what it reports back."""
+    labels = ["done", "retry", "spent", "snooze", "released", "unknown", "stale"]
+    tasks = claim_rows(dsn, db, labels)
+    stale = dataclasses.replace(tasks["stale"], lease_token=tasks["stale"].lease_token - 1)
+    batch = [
+        Outcome(tasks["done"], OutcomeKind.COMPLETED, result_json='{"ok": true}'),
+        Outcome(tasks["retry"], OutcomeKind.FAILED, error="Boom: first"),
+        Outcome(tasks["spent"], OutcomeKind.FAILED, error="Boom: last", retryable=False),
+        Outcome(tasks["snooze"], OutcomeKind.RESCHEDULED, delay=60, refund_attempt=True),
+        Outcome(tasks["released"], OutcomeKind.RELEASED),
+        Outcome(tasks["unknown"], OutcomeKind.UNKNOWN),
+        Outcome(stale, OutcomeKind.COMPLETED),
+    ]
+
+    async def write() -> Any:
+        async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+            return await write_outcomes(conn, queries(), batch, unknown_task_grace_seconds=60)
+
+    written = asyncio.run(write())
+    rows = {
+        row[0]: row[1:]
+        for row in db.execute(
+            "SELECT kwargs->>'label', status::text, attempts, result, error, "
+            "run_at > now() + interval '30 seconds' FROM pgqueue.tasks"
+        )
+    }
+    assert rows["done"][:3] == ("COMPLETED", 1, {"ok": True})
+    assert rows["retry"][:2] == ("RETRYING", 1) and rows["retry"][3] == "Boom: first"
+    assert rows["spent"][:2] == ("FAILED", 1) and rows["spent"][3] == "Boom: last"
+    assert rows["snooze"][:2] == ("RETRYING", 0) and rows["snooze"][4]  # due in a minute
+    assert rows["released"][:2] == ("PENDING", 0)
+    assert rows["unknown"][:2] == ("PENDING", 0) and "UnknownTask: worker w " in rows["unknown"][3]
+    assert rows["stale"][:2] == ("RUNNING", 1)  # the stale token changed nothing
+    assert written.lease_lost == [batch[-1]]
+    decided = {label: written.decisions[tasks[label].id].status for label in labels[1:4]}
+    assert decided == {
+        "retry": TaskStatus.RETRYING,
+        "spent": TaskStatus.FAILED,
+        "snooze": TaskStatus.RETRYING,
+    }
+    assert written.decisions[tasks["unknown"].id].status is TaskStatus.PENDING
+    assert written.retries_scheduled
+
+
 class Flaky(BackgroundLoop):
     name = "pgqueue-flaky"
 
@@ -229,3 +300,48 @@ def test_error_text_is_storable_and_bounded() -> None:
         text = error_text(error)
     assert text.startswith("BrokenStr: <str() of this BrokenStr raised RuntimeError>")
     assert "Traceback" in text
+
+
+def test_an_outage_is_waited_out_by_the_one_retry_helper(caplog: pytest.LogCaptureFixture) -> None:
+    """loops.retrying: errors of the given set are logged and retried with a doubling pause;
+    others, and any once the caller gives up (stopping), are raised."""
+    calls: list[int] = []
+
+    async def flaky() -> str:
+        calls.append(1)
+        if len(calls) < 3:
+            raise ConnectionError("server closed the connection\nunexpectedly")
+        return "written"
+
+    log = logging.getLogger("pgqueue.test")
+    caplog.set_level(logging.WARNING, logger="pgqueue.test")
+    backoff = Backoff(first=0.01, most=0.02)
+    assert asyncio.run(retrying(flaky, (ConnectionError,), backoff, log, "cannot write")) == (
+        "written"
+    )
+    assert len(calls) == 3 and backoff.seconds == 0.02
+    messages = [r.getMessage() for r in caplog.records]
+    assert len(messages) == 2 and messages[0].startswith("cannot write (server closed the")
+    calls.clear()
+    with pytest.raises(ConnectionError):
+        asyncio.run(retrying(flaky, (ConnectionError,), backoff, log, "x", give_up=lambda: True))
+    with pytest.raises(ConnectionError):
+        asyncio.run(retrying(flaky, (TimeoutError,), backoff, log, "x"))
+
+
+@pytest.mark.parametrize(
+    ("text", "limit", "line"),
+    [
+        ("", None, ""),
+        (None, None, ""),
+        ("  \n\n", None, ""),  # splitlines()[0] raised here
+        ("\n  first\nsecond", None, "first"),
+        ("a\r\nb", None, "a"),
+        ("x" * 10, 5, "xxxx…"),
+        (ValueError("bad value\nDETAIL: more"), None, "bad value"),
+        (ValueError(), None, "ValueError"),
+        (BrokenStr(), None, "BrokenStr"),
+    ],
+)
+def test_the_first_line_of_any_text_or_error(text: Any, limit: int | None, line: str) -> None:
+    assert first_line(text, limit) == line

@@ -28,11 +28,19 @@ from pgqueue.brokers.rabbitmq.messages import (
     ERROR_HEADER,
     UNKNOWN_GIVE_BACKS_HEADER,
 )
-from pgqueue.brokers.rabbitmq.status_writer import retry_backoff, unknown_task_backoff
+from pgqueue.brokers.rabbitmq.status_writer import (
+    decide_untracked,
+    follow_ups,
+    retry_backoff,
+    unknown_task_backoff,
+)
 from pgqueue.brokers.rabbitmq.topology import MAX_QUEUE_NAME_BYTES, Topology, broker_priority
+from pgqueue.db.claim import claimed_task
 from pgqueue.db.cron import queue_due_occurrences
+from pgqueue.db.outcomes import Written, write_outcomes
+from pgqueue.db.queries import queries
 from pgqueue.errors import BrokerUnavailable
-from pgqueue.records import TaskStatus
+from pgqueue.records import Outcome, OutcomeKind, TaskStatus
 from pgqueue.settings import Settings, load_settings
 from pgqueue.task_manager import TaskManager
 
@@ -127,6 +135,51 @@ def test_python_backoff_matches_the_sql_function(db: psycopg.Connection[Any]) ->
         for sample in (python, sql):
             assert 0.75 * base <= min(sample) and max(sample) <= 1.25 * base
             assert max(sample) - min(sample) > 0.25 * base  # the jitter is there
+
+
+def test_without_records_python_decides_what_the_records_decide(
+    dsn: str, db: psycopg.Connection[Any]
+) -> None:
+    """The status writer's two homes of the same decisions, the SQL (with records) and
+    decide_untracked (without): the same follow-up for every outcome kind."""
+    for label in ("done", "retry", "spent", "snooze", "released", "unknown"):
+        db.execute(
+            "INSERT INTO pgqueue.tasks (name, queue, kwargs, max_retries) "
+            "VALUES ('tests.noop', 'decide', jsonb_build_object('label', %s::text), 1)",
+            (label,),
+        )
+    rows = db.execute(
+        queries()["claim_tasks"],
+        {"queues": ["decide"], "limit": 10, "worker_id": "w", "lease_seconds": 30}
+        | {"start_now": None, "now": None},
+    )
+    tasks = {task.kwargs["label"]: task for task in map(claimed_task, rows)}
+    batch = [
+        Outcome(tasks["done"], OutcomeKind.COMPLETED),
+        Outcome(tasks["retry"], OutcomeKind.FAILED, error="Boom"),
+        Outcome(tasks["spent"], OutcomeKind.FAILED, error="Boom", retryable=False),
+        Outcome(tasks["snooze"], OutcomeKind.RESCHEDULED, delay=60, refund_attempt=True),
+        Outcome(tasks["released"], OutcomeKind.RELEASED),
+        Outcome(tasks["unknown"], OutcomeKind.UNKNOWN),
+    ]
+
+    async def record() -> Written:
+        async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+            return await write_outcomes(conn, queries(), batch, unknown_task_grace_seconds=60)
+
+    now = time.time()
+    tracked = follow_ups(batch, asyncio.run(record()))
+    untracked = decide_untracked(batch, lambda task: {}, "w", unknown_task_grace_seconds=60)
+    in_python = follow_ups(batch, untracked.written, untracked.headers)
+    shape = [(f.action, f.attempts, f.error) for f in tracked]
+    assert shape == [(f.action, f.attempts, f.error) for f in in_python]
+    assert [f.action for f in tracked] == ["ack", "again", "dead", "again", "again", "again"]
+    for sql, python in zip(tracked, in_python, strict=True):
+        # Due at the same time but for the jitter (1 s +/-25% for the first retry or
+        # give-back) and a busy machine: the minute of the snooze, at once for the release.
+        assert abs(sql.run_at - python.run_at) <= 1.5 or sql.action != "again", sql
+        assert sql.action != "again" or sql.run_at >= now - 1
+    assert in_python[-1].headers is not None and tracked[-1].headers is None
 
 
 def test_python_unknown_task_backoff_matches_the_sql_function(

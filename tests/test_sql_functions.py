@@ -1,8 +1,11 @@
-"""The lifecycle functions of sql/functions.sql, called directly in SQL: order, exclusivity,
-back-off, fencing, cancel/retry, cleanup, lease rescue, notifications and the claim's plan."""
+"""The lifecycle functions of sql/functions.sql and the claim statement of sql/queries.sql,
+called directly in SQL: order, exclusivity, back-off, fencing, cancel/retry, cleanup, lease
+rescue, notifications and the claim's plan."""
 
 from __future__ import annotations
 
+import datetime
+import re
 import threading
 import uuid
 from collections.abc import Sequence
@@ -11,7 +14,10 @@ from typing import Any
 import psycopg
 import pytest
 
-CLAIM = "SELECT id, lease_token, attempts FROM pgqueue.claim_tasks(%s, %s, %s, %s)"
+from pgqueue.db.claim import claimed_task
+from pgqueue.db.migrations import schema_sql
+from pgqueue.db.queries import Channel, queries
+from pgqueue.records import Task
 
 
 def add(
@@ -33,10 +39,31 @@ def add(
     return row[0]
 
 
+def run_claim(
+    db: psycopg.Connection[Any],
+    queues: Sequence[str] = ("default",),
+    limit: int = 10,
+    *,
+    worker_id: str = "worker-1",
+    start_now: int | None = None,
+    now: datetime.datetime | None = None,
+) -> list[Task]:
+    """The claim statement, with the parameters a worker (or the test mode: `now`) gives."""
+    params = {
+        "queues": list(queues),
+        "limit": limit,
+        "worker_id": worker_id,
+        "lease_seconds": 30.0,
+        "start_now": start_now,
+        "now": now,
+    }
+    return [claimed_task(row) for row in db.execute(queries()["claim_tasks"], params)]
+
+
 def claim(
     db: psycopg.Connection[Any], queues: Sequence[str] = ("default",), limit: int = 10
 ) -> list[tuple[uuid.UUID, int, int]]:
-    return db.execute(CLAIM, (list(queues), limit, "worker-1", 30.0)).fetchall()
+    return [(task.id, task.lease_token, task.attempts) for task in run_claim(db, queues, limit)]
 
 
 def status_of(db: psycopg.Connection[Any], task_id: uuid.UUID) -> dict[str, Any]:
@@ -101,8 +128,8 @@ def test_two_concurrent_claimers_never_get_the_same_task(
         try:
             with psycopg.connect(dsn, autocommit=True) as conn:
                 start.wait()
-                while batch := conn.execute(CLAIM, (["default"], 7, name, 30.0)).fetchall():
-                    mine.extend(row[0] for row in batch)
+                while batch := run_claim(conn, ["default"], 7, worker_id=name):
+                    mine.extend(task.id for task in batch)
         except BaseException as error:
             errors.append(error)
         results[name] = mine
@@ -348,10 +375,7 @@ def test_rescue_counts_the_attempt_and_fails_when_retries_are_spent(
 
 
 def claim_starting(db: psycopg.Connection[Any], start_now: int) -> list[tuple[uuid.UUID, int]]:
-    return db.execute(
-        "SELECT id, lease_token FROM pgqueue.claim_tasks(%s, 10, 'worker-1', 30, %s)",
-        (["default"], start_now),
-    ).fetchall()
+    return [(task.id, task.lease_token) for task in run_claim(db, start_now=start_now)]
 
 
 def expire_leases(db: psycopg.Connection[Any]) -> None:
@@ -570,10 +594,51 @@ def test_status_updates_do_not_notify(db: psycopg.Connection[Any], dsn: str) -> 
         assert collect_notifications(listener, db) == []
 
 
+def test_the_sql_sends_on_the_channels_python_listens_on() -> None:
+    """Channel names are written once in Python (db/queries.py) and, in SQL function
+    bodies, as literals: every pg_notify of the schema files names a Channel, and every
+    Channel is sent on, in any schema."""
+    for schema in ("pgqueue", "jobs"):
+        sent = set(re.findall(r"pg_notify\('([^']+)'", schema_sql(schema)))
+        assert sent == {channel.in_schema(schema) for channel in Channel}
+
+
 # -- plan ----------------------------------------------------------------------------------
 
 
-def test_claim_inner_scan_uses_the_runnable_index(db: psycopg.Connection[Any]) -> None:
+def claim_plan(db: psycopg.Connection[Any], now: str) -> str:
+    """EXPLAIN of the claim as a worker's prepared statement runs it, generic plan (the one
+    PostgreSQL keeps after five runs): no parameter value shapes it."""
+    names: list[str] = []
+
+    def placeholder(match: re.Match[str]) -> str:
+        if match.group(1) not in names:
+            names.append(match.group(1))
+        return f"${names.index(match.group(1)) + 1}"
+
+    statement = re.sub(r"%\((\w+)\)s", placeholder, queries()["claim_tasks"])
+    db.execute(f"PREPARE claim_statement AS {statement}")
+    values = {
+        "queues": "ARRAY['q1', 'q2']",
+        "limit": "10",
+        "worker_id": "'w'",
+        "lease_seconds": "30",
+        "start_now": "2",
+        "now": now,
+    }
+    db.execute("SET plan_cache_mode = force_generic_plan")
+    try:
+        arguments = ", ".join(values[name] for name in names)
+        rows = db.execute(f"EXPLAIN EXECUTE claim_statement({arguments})").fetchall()
+    finally:
+        db.execute("RESET plan_cache_mode")
+        db.execute("DEALLOCATE claim_statement")
+    return "\n".join(row[0] for row in rows)
+
+
+@pytest.mark.parametrize("now", ["NULL", "now() + interval '1 hour'"])
+def test_claim_inner_scan_uses_the_runnable_index(db: psycopg.Connection[Any], now: str) -> None:
+    """With the database clock (workers) or a clock given (the test mode), the same plan."""
     with db.cursor() as cursor:
         cursor.execute(
             "INSERT INTO pgqueue.tasks (name, status, finished_at) "
@@ -585,19 +650,23 @@ def test_claim_inner_scan_uses_the_runnable_index(db: psycopg.Connection[Any]) -
             "FROM generate_series(1, 200) AS i"
         )
         cursor.execute("ANALYZE pgqueue.tasks")
-    # The function's own body, planned as the function would run it (EXPLAIN does not run it).
-    body = db.execute(
-        "SELECT prosrc FROM pg_proc WHERE oid = 'pgqueue.claim_tasks'::regproc"
-    ).fetchone()[0]  # type: ignore[index]
-    parameters = ("p_queues", "p_limit", "p_worker_id", "p_lease_seconds", "p_start_now")
-    for number, name in enumerate(parameters, 1):
-        body = body.replace(name, f"${number}")
-    db.execute(f"PREPARE claim_body(text[], integer, text, double precision, integer) AS {body}")
-    plan = "\n".join(
-        row[0]
-        for row in db.execute(
-            "EXPLAIN EXECUTE claim_body(ARRAY['q1', 'q2'], 10, 'w', 30, 2)"
-        ).fetchall()
-    )
+    plan = claim_plan(db, now)
     assert "tasks_runnable_idx" in plan, plan
     assert "Seq Scan on tasks" not in plan, plan
+    # The clock is an index condition of each queue's scan, not a filter applied after it.
+    assert re.search(r"Index Cond: .*run_at <= COALESCE", plan), plan
+
+
+def test_the_claim_takes_what_is_due_by_the_clock_it_is_given(
+    db: psycopg.Connection[Any],
+) -> None:
+    """`now` decides which tasks are due (the test mode's clock); what the claim writes
+    is the database's time."""
+    soon = add(db, run_at="now() + interval '1 hour'")
+    assert run_claim(db) == []
+    in_two_hours = db.execute("SELECT now() + interval '2 hours'").fetchone()[0]  # type: ignore[index]
+    [task] = run_claim(db, now=in_two_hours)
+    assert task.id == soon
+    row = status_of(db, soon)
+    assert row["status_text"] == "RUNNING" and row["started_at"] < in_two_hours
+    assert row["lease_expires_at"] < in_two_hours

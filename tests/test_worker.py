@@ -167,6 +167,29 @@ def test_retry_then_success(launch: Any, tm: TaskManager, db: Any) -> None:
     assert row["result"] == {"attempt": 3}
 
 
+def test_a_retry_wakes_the_worker_only_once_it_is_committed(
+    start_worker: Any, tm: TaskManager, db: Any
+) -> None:
+    """The retry's commit is slowed by a deferred trigger of ours (it runs at COMMIT).
+    The worker must not be woken
+    before it: it would look for its next due task, see none, and sleep its whole
+    polling interval (30 s here) instead of running the retry about a second later."""
+    db.execute(
+        """
+        CREATE FUNCTION slow_commit() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN PERFORM pg_sleep(0.5); RETURN NEW; END $$;
+        CREATE CONSTRAINT TRIGGER slow_commit AFTER UPDATE ON pgqueue.tasks
+        DEFERRABLE INITIALLY DEFERRED FOR EACH ROW
+        WHEN (NEW.status = 'RETRYING') EXECUTE FUNCTION slow_commit();
+        """
+    )
+    start_worker(concurrency=1, polling_interval=30)
+    task_id = worker_tasks.flaky.delay(failures=1)
+    wait_until(lambda: finished(db, task_id), timeout=10)
+    row = task_row(db, task_id)
+    assert (row["status"], row["attempts"]) == (TaskStatus.COMPLETED, 2)
+
+
 def test_final_failure_stores_type_message_and_traceback(
     launch: Any, tm: TaskManager, db: Any
 ) -> None:

@@ -23,15 +23,12 @@ The contract suite, `tests/test_brokers.py`, runs against every broker.
 from __future__ import annotations
 
 import abc
-import logging
 from collections.abc import Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import TYPE_CHECKING, Any, Protocol
 
 from pgqueue.errors import InvalidTaskOption, TransactionUnsupported
 from pgqueue.records import NewTask, Outcome, Task
-
-log = logging.getLogger("pgqueue.worker")
 
 if TYPE_CHECKING:
     import uuid
@@ -194,21 +191,3 @@ def refuse_transaction(task: Task) -> AbstractAsyncContextManager[TaskTransactio
     raise TransactionUnsupported(
         f"{task.name} is transactional=True, which needs the database broker"
     )
-
-
-def log_unknown_given_back(outcomes: Sequence[Outcome], rows: Sequence[tuple[Any, ...]]) -> None:
-    """One line per batch, not per task: a backlog of unknown tasks is given back in
-    thousands, and each comes back every few seconds until a worker that knows it runs it."""
-    names = {o.task.id: o.task.name for o in outcomes}
-    failed = [row for row in rows if row[1] == "FAILED"]
-    given_back = sorted({names[row[0]] for row in rows if row[1] != "FAILED"})
-    if given_back:
-        log.warning(
-            "gave back %d tasks whose names this worker has not registered (%s); a worker "
-            "that imports their modules (--import, PGQUEUE_IMPORTS) will run them",
-            len(rows) - len(failed),
-            ", ".join(repr(name) for name in given_back[:5])
-            + (f" and {len(given_back) - 5} more" if len(given_back) > 5 else ""),
-        )
-    for row in failed:
-        log.error("task %s %s is FAILED: %s", row[0], names[row[0]], row[3])

@@ -12,7 +12,7 @@ import click
 import psycopg
 
 from pgqueue.dsn import redact
-from pgqueue.errors import PgQueueError
+from pgqueue.errors import PgQueueError, first_line
 
 
 class Main(click.Group):
@@ -36,8 +36,7 @@ class Main(click.Group):
             raise click.ClickException(str(error)) from None
         except psycopg.Error as error:
             # libpq's text may quote a DSN, or the piece of one it stopped at.
-            text = str(error).strip() or type(error).__name__
-            raise click.ClickException(f"database error: {redact(text.splitlines()[0])}") from None
+            raise click.ClickException(f"database error: {redact(first_line(error))}") from None
 
 
 @click.group(cls=Main, context_settings={"help_option_names": ["-h", "--help"]})

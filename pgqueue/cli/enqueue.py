@@ -8,10 +8,10 @@ from typing import Any
 import click
 
 from pgqueue.cli.output import admin_session, json_option, print_json
-from pgqueue.ops.admin import parse_duration
 from pgqueue.settings import get_settings
 from pgqueue.task_manager import TaskManager
 from pgqueue.tasks.definition import RESERVED_OPTIONS
+from pgqueue.tasks.options import duration_seconds
 from pgqueue.tasks.registry import import_task_modules
 
 
@@ -59,7 +59,7 @@ def enqueue(
 ) -> None:
     """Queue one run of the task NAME; prints its id."""
     kwargs = _kwargs(kwargs_json)
-    seconds = None if delay is None else parse_duration(delay)
+    seconds = None if delay is None else duration_seconds(delay, "--delay", text=True)
     settings = get_settings()
     import_task_modules([module for item in imports for module in item.split(",") if module])
     manager = TaskManager(settings=settings)

@@ -148,10 +148,3 @@ def moment(value: datetime.datetime | None) -> str:
 def cell(value: Any) -> str:
     """Data in a table cell: brackets in names and errors are text, not rich markup."""
     return escape("" if value is None else str(value))
-
-
-def first_line(text: str | None, limit: int = 80) -> str:
-    if not text:
-        return ""
-    line = text.strip().splitlines()[0] if text.strip() else ""
-    return line if len(line) <= limit else line[: limit - 1] + "…"

@@ -19,7 +19,6 @@ from pgqueue.cli.output import (
     cell,
     console,
     duration,
-    first_line,
     json_option,
     jsonable,
     moment,
@@ -28,9 +27,11 @@ from pgqueue.cli.output import (
     table,
 )
 from pgqueue.db.store import parse_task_id
-from pgqueue.ops.admin import Admin, parse_duration
+from pgqueue.errors import first_line
+from pgqueue.ops.admin import Admin
 from pgqueue.records import Task, TaskStatus
 from pgqueue.settings import get_settings
+from pgqueue.tasks.options import duration_seconds
 
 LIST_COLUMNS = ("ID", "Name", "Queue", "Status", "Priority", "Attempts", "Run at", "Error")
 
@@ -228,7 +229,7 @@ def cancel(task_ids: tuple[str, ...], as_json: bool) -> None:
 @json_option
 def purge(status: TaskStatus, older_than: str, yes: bool, as_json: bool) -> None:
     """Delete the tasks of a status older than an age, in batches; asks first unless --yes."""
-    seconds = parse_duration(older_than)
+    seconds = duration_seconds(older_than, "--older-than", text=True)
     with admin_session() as admin:
         count = admin.count_purgeable(status, seconds)
         if count and not yes:

@@ -24,11 +24,11 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import psycopg
-from psycopg_pool import PoolTimeout
 
-from pgqueue.errors import DatabaseUnavailable
+from pgqueue.db.database import UNAVAILABLE
 from pgqueue.loops import BackgroundLoop, Backoff
 from pgqueue.records import NewTask, new_task_id
+from pgqueue.tasks.options import TaskOptions
 
 if TYPE_CHECKING:
     from pgqueue.db.database import Database
@@ -66,7 +66,8 @@ async def queue_due_occurrences(
     cron_runs together with what `enqueue` writes."""
     schedule = task.schedule
     assert schedule is not None, f"{task.name} has no cron schedule"
-    queue = task.queue or defaults.queue
+    options = TaskOptions.resolve(task, defaults)
+    queue = options.queue
     queued = []
     cursor = await conn.execute(
         queries["cron_record_schedule"],
@@ -89,8 +90,8 @@ async def queue_due_occurrences(
             id=new_task_id(),
             name=task.name,
             queue=queue,
-            priority=task.priority if task.priority is not None else defaults.priority,
-            max_retries=task.max_retries if task.max_retries is not None else defaults.max_retries,
+            priority=options.priority,
+            max_retries=options.max_retries,
             kwargs_json="{}",
             schedule_at=moment,
         )
@@ -149,7 +150,7 @@ class CronScheduler(BackgroundLoop):
                             enqueue=self._enqueue,
                         )
                 backoff.reset()
-            except (psycopg.OperationalError, PoolTimeout, DatabaseUnavailable) as error:
+            except UNAVAILABLE as error:
                 await backoff.pause(log, "cron: database unavailable (%s)", error)
                 continue
             except Exception:  # a bug must not end the schedules of a running worker

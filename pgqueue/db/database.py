@@ -15,7 +15,7 @@ from psycopg_pool import AsyncConnectionPool, ConnectionPool, PoolTimeout
 
 from pgqueue.db.queries import check_schema, queries
 from pgqueue.dsn import describe_dsn, mask_dsn, mask_psycopg_logs, parse_dsn, redact
-from pgqueue.errors import DatabaseUnavailable
+from pgqueue.errors import DatabaseUnavailable, first_line
 
 if TYPE_CHECKING:
     from pgqueue.settings import Settings
@@ -32,9 +32,17 @@ KEEPALIVES: dict[str, Any] = {
 }
 
 
+#: What psycopg and its pool raise when the database is away (down, restarting, unreachable,
+#: or no pooled connection free in time) rather than refusing a statement.
+DRIVER_UNAVAILABLE: tuple[type[Exception], ...] = (psycopg.OperationalError, PoolTimeout)
+#: The same, with pgqueue's own DatabaseUnavailable (what Database's connections raise for
+#: them): the errors after which a worker's loops wait and try again.
+UNAVAILABLE: tuple[type[Exception], ...] = (*DRIVER_UNAVAILABLE, DatabaseUnavailable)
+
+
 def unavailable(dsn: str, error: BaseException) -> DatabaseUnavailable:
-    reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-    return DatabaseUnavailable(f"cannot use PostgreSQL at {describe_dsn(dsn)}: {redact(reason)}")
+    reason = redact(first_line(error))
+    return DatabaseUnavailable(f"cannot use PostgreSQL at {describe_dsn(dsn)}: {reason}")
 
 
 #: pgqueue's sessions use UTC, so timestamps come back as datetimes in datetime.timezone.utc
@@ -128,7 +136,7 @@ class Database:
         try:
             with self.pool().connection() as conn:
                 yield conn
-        except (psycopg.OperationalError, PoolTimeout) as error:
+        except DRIVER_UNAVAILABLE as error:
             if not isinstance(error, PoolTimeout):
                 # After a server restart every idle pooled connection is dead: drop them
                 # all now, so that the caller's one retry gets a fresh connection.
@@ -143,7 +151,7 @@ class Database:
             pool = await self.async_pool()
             async with pool.connection() as conn:
                 yield conn
-        except (psycopg.OperationalError, PoolTimeout) as error:
+        except DRIVER_UNAVAILABLE as error:
             if pool is not None and not isinstance(error, PoolTimeout):
                 with contextlib.suppress(Exception):
                     await pool.check()

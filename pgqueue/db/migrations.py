@@ -18,10 +18,11 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import psycopg
-from alembic import command
+from alembic import command, context, op
 from alembic.config import Config
 from alembic.script import ScriptDirectory
 from sqlalchemy import create_engine
@@ -31,8 +32,14 @@ from sqlalchemy.exc import OperationalError as SAOperationalError
 from sqlalchemy.pool import NullPool
 
 from pgqueue.db.database import CONNECT_TIMEOUT_SECONDS, unavailable
-from pgqueue.db.queries import DEFAULT_SCHEMA, check_schema, resource_dir, sql_file
+from pgqueue.db.queries import DEFAULT_SCHEMA, check_schema, for_schema, resource_dir, sql_file
 from pgqueue.dsn import parse_dsn
+
+# The current schema: these live files of sql/, run in this order on an empty schema (the
+# other file, queries.sql, holds the worker's named queries). Revision 0001 is a frozen copy
+# of them; every change since is a new revision, and tests/test_schema_matches_migrations.py
+# checks that the revisions build exactly what these files build.
+SCHEMA_FILES = ("schema.sql", "functions.sql", "operations.sql", "outbox.sql", "features.sql")
 
 
 def sqlalchemy_url(dsn: str) -> str:
@@ -62,11 +69,24 @@ def alembic_config(schema: str = DEFAULT_SCHEMA, **attributes: Any) -> Config:
     return config
 
 
-def run_sql_file(connection: Connection, filename: str, schema: str) -> None:
-    """Execute a whole file of `sql/` on the migration's connection (no bind parameters)."""
-    driver_connection = connection.connection.driver_connection
+def schema_sql(schema: str = DEFAULT_SCHEMA) -> str:
+    """The current schema as one script: the files of SCHEMA_FILES, in order, for `schema`."""
+    return "\n".join(sql_file(filename, schema) for filename in SCHEMA_FILES)
+
+
+def run_revision_sql(revision_file: str) -> None:
+    """Run the `.sql` file beside a revision, pointed at the schema being migrated.
+
+    A revision's upgrade() calls `run_revision_sql(__file__)`. The file is written for the
+    schema `pgqueue`, as the live files of `sql/` are, and holds several statements.
+    """
+    schema = context.config.attributes.get("schema", DEFAULT_SCHEMA)
+    script = Path(revision_file).with_suffix(".sql").read_text(encoding="utf-8")
+    driver_connection = op.get_bind().connection.driver_connection
     assert driver_connection is not None
-    driver_connection.execute(sql_file(filename, schema).encode())  # several statements
+    # On psycopg itself, not op.execute(): the script holds several statements, and
+    # SQLAlchemy's text() would take any ":word" in a function body for a bind parameter.
+    driver_connection.execute(for_schema(script, schema).encode())
 
 
 @contextlib.contextmanager

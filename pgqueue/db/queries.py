@@ -1,7 +1,9 @@
-"""Named SQL blocks from the `sql/` folder beside this module, parsed once per schema name."""
+"""Named SQL blocks from the `sql/` folder beside this module, parsed once per schema name,
+and the LISTEN/NOTIFY channels that SQL sends on."""
 
 from __future__ import annotations
 
+import enum
 import functools
 import re
 from pathlib import Path
@@ -30,16 +32,20 @@ def check_schema(schema: str) -> str:
     return schema
 
 
-@functools.cache
-def sql_file(filename: str, schema: str = DEFAULT_SCHEMA) -> str:
-    """The text of one file of `sql/`, its `pgqueue.` prefixes pointed at `schema`."""
-    text = (resource_dir("sql") / filename).read_text(encoding="utf-8")
+def for_schema(text: str, schema: str) -> str:
+    """SQL written for the `pgqueue` schema, its `pgqueue.` prefixes pointed at `schema`."""
     if schema != DEFAULT_SCHEMA:
         text = text.replace(f"{DEFAULT_SCHEMA}.", f"{check_schema(schema)}.")
         text = text.replace(
             f"SCHEMA IF NOT EXISTS {DEFAULT_SCHEMA};", f"SCHEMA IF NOT EXISTS {schema};"
         )
     return text
+
+
+@functools.cache
+def sql_file(filename: str, schema: str = DEFAULT_SCHEMA) -> str:
+    """The text of one file of `sql/`, its `pgqueue.` prefixes pointed at `schema`."""
+    return for_schema((resource_dir("sql") / filename).read_text(encoding="utf-8"), schema)
 
 
 def parse_blocks(text: str) -> dict[str, str]:
@@ -59,6 +65,24 @@ def queries(schema: str = DEFAULT_SCHEMA) -> dict[str, str]:
     return parse_blocks(sql_file("queries.sql", schema))
 
 
-def notify_channel(schema: str = DEFAULT_SCHEMA) -> str:
-    """The LISTEN/NOTIFY channel on which new work is announced (payload: queue name)."""
-    return f"{schema}.tasks"
+class Channel(enum.StrEnum):
+    """The LISTEN/NOTIFY channels, each named "<schema>.<value>" on the server. The SQL of
+    `sql/` sends on them under those names ('pgqueue.tasks', ..., the schema rewritten like
+    every `pgqueue.` prefix); tests/test_sql_functions.py holds the two lists equal."""
+
+    #: New work, and tasks due again (payload: their queue).
+    TASKS = "tasks"
+    #: Messages to workers (payload: "cancel <task id>").
+    CONTROL = "control"
+    #: Finished tasks that someone waits for (payload: the task id).
+    RESULTS = "results"
+    #: Outbox rows committed for the RabbitMQ relay (payload: empty).
+    OUTBOX = "outbox"
+
+    def in_schema(self, schema: str = DEFAULT_SCHEMA) -> str:
+        """The channel's name on the server for the pgqueue schema `schema`."""
+        return f"{check_schema(schema)}.{self.value}"
+
+    def listen(self, schema: str = DEFAULT_SCHEMA) -> str:
+        """Its LISTEN statement (a channel is an identifier, never a bound parameter)."""
+        return f'LISTEN "{self.in_schema(schema)}"'

@@ -11,7 +11,6 @@ through the named queries of `sql/queries.sql`; it keeps no SQL of its own.
 from __future__ import annotations
 
 import contextlib
-import re
 import uuid
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -23,13 +22,11 @@ from pgqueue.db.database import CONNECT_TIMEOUT_SECONDS, unavailable
 from pgqueue.db.queries import DEFAULT_SCHEMA, queries
 from pgqueue.db.store import parse_task_id
 from pgqueue.dsn import parse_dsn
-from pgqueue.errors import ConfigurationError, InvalidTaskOption, TaskNotFound
+from pgqueue.errors import ConfigurationError, InvalidTaskOption, TaskNotFound, first_line
 from pgqueue.records import Task, TaskStatus
 from pgqueue.tasks.options import check_queue
 
 PURGE_BATCH_SIZE = 1000
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*$", re.IGNORECASE)
-_UNIT_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
 
 def parse_status(text: str | TaskStatus) -> TaskStatus:
@@ -41,23 +38,6 @@ def parse_status(text: str | TaskStatus) -> TaskStatus:
     except ValueError:
         names = ", ".join(status.value.lower() for status in TaskStatus)
         raise InvalidTaskOption(f"unknown status {text!r}: use one of {names}") from None
-
-
-def parse_duration(text: str | float) -> float:
-    """Seconds of "90", "30s", "30m", "12h", "7d" or "2w"; a clear error otherwise."""
-    if isinstance(text, int | float) and not isinstance(text, bool):
-        seconds = float(text)
-    else:
-        match = _DURATION.match(str(text))
-        if not match:
-            raise InvalidTaskOption(
-                f"{text!r} is not a duration: write a number with a unit, such as 90s, 30m, "
-                "12h, 7d or 2w"
-            )
-        seconds = float(match.group(1)) * _UNIT_SECONDS[match.group(2).lower()]
-    if seconds < 0:
-        raise InvalidTaskOption(f"a duration cannot be negative, not {text!r}")
-    return seconds
 
 
 class Admin:
@@ -101,7 +81,7 @@ class Admin:
         except (psycopg.errors.UndefinedTable, psycopg.errors.UndefinedFunction) as error:
             raise ConfigurationError(
                 f"the pgqueue {self._describe} is missing or older than this pgqueue "
-                f"({str(error).strip().splitlines()[0]}); run `pgqueue migrate`"
+                f"({first_line(error)}); run `pgqueue migrate`"
             ) from error
 
     def _value(self, query: str, params: dict[str, Any] | None = None) -> Any:
@@ -265,7 +245,7 @@ def explain_reasons(task: Task, facts: dict[str, Any]) -> list[dict[str, str]]:
     """What holds a task back, each as a code and a sentence (see Admin.explain)."""
     now, queue = facts["db_now"], task.queue
     attempts = f"attempt {task.attempts} of {task.max_retries + 1}"
-    last_error = (task.error or "").strip().splitlines()[0] if task.error else None
+    last_error = first_line(task.error) or None
     if task.status.is_finished:
         detail = f": {last_error}" if task.status is TaskStatus.FAILED and last_error else ""
         return [_reason("finished", f"it is {task.status.value} ({attempts}){detail}")]

@@ -89,11 +89,6 @@ def request_cancel(task_id: uuid.UUID) -> None:
         del _cancelled[next(iter(_cancelled))]
 
 
-def control_channel(schema: str) -> str:
-    """The LISTEN/NOTIFY channel of worker control messages ("cancel <task id>")."""
-    return f"{schema}.control"
-
-
 def set_current_task(context: TaskContext) -> contextvars.Token[TaskContext]:
     return _current.set(context)
 

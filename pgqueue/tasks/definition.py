@@ -10,8 +10,10 @@ from collections.abc import Callable, Mapping
 from typing import Any, Generic, Protocol, TypeVar, overload
 
 from pgqueue.errors import InvalidTaskArguments, InvalidTaskOption, TaskDefinitionError
-from pgqueue.tasks import registry
+from pgqueue.tasks import call, registry
+from pgqueue.tasks.call import UniqueKey
 from pgqueue.tasks.options import (
+    MAX_TASK_NAME_LENGTH,
     Delay,
     Timing,
     check_max_retries,
@@ -28,10 +30,6 @@ R = TypeVar("R")
 RESERVED_OPTIONS = frozenset(
     {"delay", "schedule_at", "priority", "queue", "max_retries", "connection", "unique_key"}
 )
-
-#: A unique key: a string, or a callable that derives it from the task's arguments (a dict).
-UniqueKey = str | Callable[[dict[str, Any]], str]
-MAX_UNIQUE_KEY_LENGTH = 1024
 
 
 class Producer(Protocol):
@@ -140,28 +138,6 @@ class TaskFunction(Generic[R]):
             return str(error)
         return None
 
-    def bind_kwargs(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
-        """Arguments as a keyword dict, refused as a call of the function would refuse them."""
-        try:
-            bound = self.signature.bind(*args, **kwargs)
-        except TypeError as error:
-            raise InvalidTaskArguments(f"{self.name}: {error}") from None
-        arguments: dict[str, Any] = {}
-        for name, value in bound.arguments.items():
-            kind = self.signature.parameters[name].kind
-            if kind is inspect.Parameter.VAR_KEYWORD:
-                arguments.update(value)
-            elif kind in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.POSITIONAL_ONLY):
-                raise InvalidTaskArguments(
-                    f"{self.name}: parameter {name!r} is positional-only or *args, which a "
-                    "queued task cannot store; make it a keyword parameter"
-                )
-            else:
-                arguments[name] = value
-        if self.typed_arguments is not None:
-            return self.typed_arguments.validate(arguments)
-        return arguments
-
     def delay(
         self,
         *args: Any,
@@ -220,26 +196,10 @@ class TaskFunction(Generic[R]):
         )
 
 
-def derive_unique_key(task_name: str, spec: UniqueKey, kwargs: dict[str, Any]) -> str:
-    """The unique key of one call: `spec` itself, or what it returns for the arguments."""
-    key = spec(dict(kwargs)) if callable(spec) else spec
-    if not isinstance(key, str):
-        raise InvalidTaskArguments(
-            f"unique_key of {task_name} must be a string (or a callable returning one), "
-            f"not {type(key).__name__}"
-        )
-    if not key or len(key) > MAX_UNIQUE_KEY_LENGTH or "\x00" in key:
-        raise InvalidTaskOption(
-            f"unique_key of {task_name} must be 1 to {MAX_UNIQUE_KEY_LENGTH} characters "
-            f"without NUL, not {key[:80]!r}"
-        )
-    return key
-
-
 def _check_unique_key_spec(task_name: str, spec: Any) -> UniqueKey | None:
     if spec is None or callable(spec):
         return spec
-    return derive_unique_key(task_name, spec, {})
+    return call.derive_unique_key(task_name, spec, {})
 
 
 def _module_name(fn: Callable[..., Any]) -> str:
@@ -349,3 +309,24 @@ def AsyncTask(
         )
 
     return decorate(fn) if fn is not None else decorate
+
+
+#: What producers accept as a task: the decorated function, or its registered name.
+TaskRef = TaskFunction[Any] | str
+
+
+def resolve_task(task: TaskRef) -> tuple[TaskFunction[Any] | None, str]:
+    """A decorated function, or a task name (looked up among the registered tasks; a name
+    this process does not know is queued as it is, with keyword arguments only)."""
+    if isinstance(task, TaskFunction):
+        return task, task.name
+    if isinstance(task, str):
+        if not task or len(task) > MAX_TASK_NAME_LENGTH or "\x00" in task:
+            raise InvalidTaskOption(
+                f"task name {task[:80]!r} must be 1 to {MAX_TASK_NAME_LENGTH} characters "
+                "without NUL"
+            )
+        return registry.lookup(task), task
+    raise InvalidTaskArguments(
+        f"task must be a function decorated with @AsyncTask or a task name, not {task!r}"
+    )

@@ -5,16 +5,23 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import math
+import re
 import unicodedata
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from pgqueue.errors import InvalidTaskArguments, InvalidTaskOption
+
+if TYPE_CHECKING:
+    from pgqueue.settings import TaskDefaults
 
 MAX_QUEUE_LENGTH = 128
 MIN_PRIORITY, MAX_PRIORITY = -32768, 32767
 MAX_TASK_NAME_LENGTH = 1024
 
 Delay = int | float | datetime.timedelta
+
+_DURATION_TEXT = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*$", re.IGNORECASE)
+_UNIT_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
 
 def check_queue(queue: Any) -> str:
@@ -54,18 +61,28 @@ def check_max_retries(max_retries: Any) -> int:
     return max_retries
 
 
-def delay_seconds(delay: Any) -> float:
-    """Seconds of a delay given as int, float or timedelta; never negative."""
-    if isinstance(delay, datetime.timedelta):
-        seconds = delay.total_seconds()
-    elif isinstance(delay, (int, float)) and not isinstance(delay, bool):
-        seconds = float(delay)
+def duration_seconds(value: Any, what: str = "delay", *, text: bool = False) -> float:
+    """Seconds of a duration (`what` names it in errors): int or float seconds, or a
+    timedelta; with `text` (the command line), also "90", "30s", "30m", "12h", "7d", "2w".
+    Finite and never negative. A wrong type is a TypeError, a bad value a ValueError."""
+    if isinstance(value, datetime.timedelta):
+        seconds = value.total_seconds()
+    elif isinstance(value, (int, float)) and not isinstance(value, bool):
+        seconds = float(value)
+    elif text and isinstance(value, str):
+        match = _DURATION_TEXT.match(value)
+        if not match:
+            raise InvalidTaskOption(
+                f"{value!r} is not a duration: write a number with a unit, such as 90s, 30m, "
+                "12h, 7d or 2w"
+            )
+        seconds = float(match.group(1)) * _UNIT_SECONDS[match.group(2).lower()]
     else:
         raise InvalidTaskArguments(
-            f"delay must be seconds (int or float) or a timedelta, not {type(delay).__name__}"
+            f"{what} must be seconds (int or float) or a timedelta, not {type(value).__name__}"
         )
     if not math.isfinite(seconds) or seconds < 0:
-        raise InvalidTaskOption(f"delay must be a finite number of seconds >= 0, not {delay!r}")
+        raise InvalidTaskOption(f"{what} must be a finite number of seconds >= 0, not {value!r}")
     return seconds
 
 
@@ -79,7 +96,7 @@ def aware_datetime(when: Any) -> datetime.datetime:
 def check_timeout(timeout: Any) -> float | None:
     if timeout is None:
         return None
-    seconds = delay_seconds(timeout)
+    seconds = duration_seconds(timeout, "timeout")
     if seconds <= 0:
         raise InvalidTaskOption(f"timeout must be more than 0 seconds, not {timeout!r}")
     return seconds
@@ -98,7 +115,7 @@ class Timing:
             raise InvalidTaskOption("give either delay or schedule_at, not both")
         if schedule_at is not None:
             return cls(schedule_at=aware_datetime(schedule_at))
-        return cls(delay=delay_seconds(delay) if delay is not None else 0.0)
+        return cls(delay=duration_seconds(delay) if delay is not None else 0.0)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -125,3 +142,48 @@ class TaskOptions:
             max_retries=check_max_retries(max_retries),
             timing=Timing.of(delay, schedule_at),
         )
+
+    @classmethod
+    def resolve(
+        cls,
+        declared: DeclaredOptions | None,
+        defaults: TaskDefaults,
+        *,
+        queue: Any = None,
+        priority: Any = None,
+        max_retries: Any = None,
+        delay: Delay | None = None,
+        schedule_at: datetime.datetime | None = None,
+    ) -> TaskOptions:
+        """The options of one queueing of a task: each the call's own (not None), else the
+        decorator's (`declared`; None for a task queued by name), else the settings'
+        default; the timing the call's, else the decorator's. The one place of that order."""
+        own = (
+            (None, None, None)
+            if declared is None
+            else (declared.queue, declared.priority, declared.max_retries)
+        )
+        options = cls.checked(
+            _first(queue, own[0], defaults.queue),
+            _first(priority, own[1], defaults.priority),
+            _first(max_retries, own[2], defaults.max_retries),
+            delay,
+            schedule_at,
+        )
+        if delay is None and schedule_at is None and declared is not None and declared.has_timing:
+            return cls(options.queue, options.priority, options.max_retries, declared.timing)
+        return options
+
+
+class DeclaredOptions(Protocol):
+    """The options a task's decorator set, None where it set none (a TaskFunction)."""
+
+    queue: str | None
+    priority: int | None
+    max_retries: int | None
+    timing: Timing
+    has_timing: bool
+
+
+def _first(*values: Any) -> Any:
+    return next(value for value in values if value is not None)

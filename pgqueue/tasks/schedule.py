@@ -7,11 +7,11 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import inspect
-import math
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pgqueue.errors import TaskDefinitionError
+from pgqueue.errors import InvalidTaskArguments, InvalidTaskOption, TaskDefinitionError
+from pgqueue.tasks.options import duration_seconds
 
 DEFAULT_CATCHUP_SECONDS = 3600.0
 
@@ -91,14 +91,7 @@ class CronSchedule:
 def _catchup_seconds(task_name: str, catchup: Any) -> float:
     if catchup is None:
         return DEFAULT_CATCHUP_SECONDS
-    if isinstance(catchup, datetime.timedelta):
-        seconds = catchup.total_seconds()
-    elif isinstance(catchup, int | float) and not isinstance(catchup, bool):
-        seconds = float(catchup)
-    else:
-        raise TaskDefinitionError(
-            f"task {task_name}: cron_catchup must be seconds or a timedelta, not {catchup!r}"
-        )
-    if not math.isfinite(seconds) or seconds < 0:
-        raise TaskDefinitionError(f"task {task_name}: cron_catchup must be >= 0, not {catchup!r}")
-    return seconds
+    try:
+        return duration_seconds(catchup, "cron_catchup")
+    except (InvalidTaskArguments, InvalidTaskOption) as error:
+        raise TaskDefinitionError(f"task {task_name}: {error}") from None

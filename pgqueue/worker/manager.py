@@ -26,7 +26,7 @@ from pgqueue.settings import Settings, get_settings
 from pgqueue.tasks import registry
 from pgqueue.tasks.context import request_cancel
 from pgqueue.tasks.definition import TaskFunction
-from pgqueue.tasks.options import check_queue
+from pgqueue.tasks.options import TaskOptions, check_queue
 from pgqueue.tasks.registry import import_task_modules
 from pgqueue.worker.executor import Executor
 from pgqueue.worker.threads import DaemonThreadPool
@@ -375,13 +375,13 @@ class WorkerManager:
     def _cron_tasks(self) -> list[TaskFunction[Any]]:
         """The cron tasks this worker imported whose queue it serves: a worker schedules
         what it could run, nothing else (its broker queues their occurrences)."""
-        default_queue = self.settings.defaults.queue
+        defaults = self.settings.defaults
         return [
             task
             for name in registry.registered_names()
             if (task := registry.lookup(name))
             and task.schedule is not None
-            and (task.queue or default_queue) in self.queues
+            and TaskOptions.resolve(task, defaults).queue in self.queues
         ]
 
     async def _heartbeat_loop(self) -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import time
 import uuid
@@ -12,18 +11,26 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import psycopg
-from psycopg_pool import AsyncConnectionPool, PoolTimeout
+from psycopg_pool import AsyncConnectionPool
 
 from pgqueue.brokers.base import Broker, CancelCallback
 from pgqueue.brokers.postgres.completer import Completer
 from pgqueue.brokers.postgres.listener import Listener
 from pgqueue.brokers.postgres.maintenance import Maintenance
 from pgqueue.brokers.postgres.presence import WorkerRegistry
+from pgqueue.db.claim import claim_tasks
 from pgqueue.db.cron import CronScheduler
-from pgqueue.db.database import CONNECT_TIMEOUT_SECONDS, Database, database_from_settings
+from pgqueue.db.database import (
+    CONNECT_TIMEOUT_SECONDS,
+    UNAVAILABLE,
+    Database,
+    database_from_settings,
+)
+from pgqueue.db.outcomes import complete_outcomes
 from pgqueue.db.store import TaskStore
-from pgqueue.errors import DatabaseUnavailable, LeaseLost
-from pgqueue.records import CleanupPolicy, NewTask, Outcome, Task, TaskStatus, WorkerInfo
+from pgqueue.errors import LeaseLost
+from pgqueue.loops import Backoff, retrying
+from pgqueue.records import CleanupPolicy, NewTask, Outcome, OutcomeKind, Task, WorkerInfo
 from pgqueue.settings import Settings
 
 if TYPE_CHECKING:
@@ -43,17 +50,16 @@ class PostgresTaskTransaction:
     """An open transaction that a transactional task writes in; `complete` records the task
     COMPLETED in it, fenced by the lease token, so both commit together or not at all."""
 
-    def __init__(self, conn: psycopg.AsyncConnection[Any], task: Task, query: str) -> None:
+    def __init__(
+        self, conn: psycopg.AsyncConnection[Any], task: Task, queries: dict[str, str]
+    ) -> None:
         self.connection = conn
         self._task = task
-        self._query = query
+        self._queries = queries
 
     async def complete(self, result_json: str) -> None:
-        cursor = await self.connection.execute(
-            self._query,
-            {"ids": [self._task.id], "tokens": [self._task.lease_token], "results": [result_json]},
-        )
-        if not await cursor.fetchall():
+        outcome = Outcome(self._task, OutcomeKind.COMPLETED, result_json)
+        if await complete_outcomes(self.connection, self._queries, [outcome]):
             raise LeaseLost(
                 f"lease lost: task {self._task.id} {self._task.name} (lease token "
                 f"{self._task.lease_token}) was taken over or cancelled; its writes are "
@@ -65,36 +71,8 @@ async def _asynchronous_commit(conn: psycopg.AsyncConnection[Any]) -> None:
     await conn.execute("SET synchronous_commit = off")
 
 
-def _claimed_task(row: tuple[Any, ...]) -> Task:
-    """A Task from a row of the claim_tasks query (positional: no dict per row)."""
-    (id_, name, queue, priority, kwargs_text, attempts, max_retries, run_at, created_at) = row[:9]
-    started_at, error, worker_id, lease_expires_at, lease_token, unique_key = row[9:]
-    # Most tasks take no arguments: "{}" needs no JSON parser.
-    kwargs = {} if kwargs_text == "{}" else json.loads(kwargs_text)
-    return Task(
-        id_,
-        name,
-        queue,
-        priority,
-        TaskStatus.RUNNING,
-        kwargs,
-        attempts,
-        max_retries,
-        run_at,
-        created_at,
-        started_at,
-        None,
-        None,
-        error,
-        worker_id,
-        lease_expires_at,
-        lease_token,
-        unique_key,
-    )
-
-
 class PostgresBroker(Broker):
-    """Tasks are rows of the task table; workers claim them with `claim_tasks()`."""
+    """Tasks are rows of the task table; workers claim them with the claim of db/claim.py."""
 
     #: The worker may claim ahead of its free slots (worker.py): buffered tasks are RUNNING
     #: under this worker's lease, heartbeated, and released (PENDING) if not started.
@@ -232,18 +210,15 @@ class PostgresBroker(Broker):
 
     async def _claim(self, limit: int, start_now: int | None) -> list[Task]:
         async with self.database.async_connection() as conn:
-            cursor = await conn.execute(
-                self.database.queries["claim_tasks"],
-                {
-                    "queues": self._queues,
-                    "limit": limit,
-                    "worker_id": self._worker_id,
-                    "lease_seconds": self.lease_seconds,
-                    "start_now": start_now,
-                },
-                prepare=True,  # planned once per connection, not at every claim
+            return await claim_tasks(
+                conn,
+                self.database.queries,
+                queues=self._queues,
+                limit=limit,
+                worker_id=self._worker_id,
+                lease_seconds=self.lease_seconds,
+                start_now=start_now,
             )
-            return [_claimed_task(row) for row in await cursor.fetchall()]
 
     async def _seconds_until_next_task(self) -> float | None:
         async with self.database.async_connection() as conn:
@@ -319,7 +294,7 @@ class PostgresBroker(Broker):
             )
             await self._task_pool.open()
         async with self._task_pool.connection() as conn, conn.transaction():
-            yield PostgresTaskTransaction(conn, task, self.database.queries["complete_tasks"])
+            yield PostgresTaskTransaction(conn, task, self.database.queries)
 
     def _on_control(self, payload: str) -> None:
         command, _, argument = payload.partition(" ")
@@ -357,15 +332,11 @@ class PostgresBroker(Broker):
 
     async def _retrying(self, what: str, call: Callable[[], Awaitable[T]]) -> T:
         """A worker never dies because the database went away: back off and try again."""
-        backoff = 0.1
-        while True:
-            try:
-                return await call()
-            except (psycopg.OperationalError, PoolTimeout, DatabaseUnavailable) as error:
-                if self._interrupted:
-                    raise
-                log.warning(
-                    "%s failed, database unavailable (%s); retrying in %.1fs", what, error, backoff
-                )
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, MAX_BACKOFF_SECONDS)
+        return await retrying(
+            call,
+            UNAVAILABLE,
+            Backoff(first=0.1, most=MAX_BACKOFF_SECONDS),
+            log,
+            f"{what} failed, database unavailable",
+            give_up=lambda: self._interrupted,
+        )

@@ -1,9 +1,9 @@
 """Records how runs ended, in batches: one statement for many completions.
 
 A flush starts as soon as the previous one returns, so at low load an outcome is
-written at once and at high load many share one round trip. Completions are
-written with synchronous_commit off (see brokers/postgres.py): a completion lost
-in a server crash only means the task runs again, which at-least-once allows.
+written at once and at high load many share one round trip. What each outcome writes is
+db/outcomes.py's. Completions are written with synchronous_commit off (see broker.py): a
+completion lost in a server crash only means the task runs again, which at-least-once allows.
 """
 
 from __future__ import annotations
@@ -11,22 +11,19 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Sequence
-from typing import Any
 
-import psycopg
-from psycopg_pool import AsyncConnectionPool, PoolTimeout
+from psycopg_pool import AsyncConnectionPool
 
-from pgqueue.brokers.base import log_unknown_given_back
-from pgqueue.errors import DatabaseUnavailable
-from pgqueue.loops import BackgroundLoop, Backoff, first_line
+from pgqueue.db.database import UNAVAILABLE
+from pgqueue.db.outcomes import report, write_outcomes
+from pgqueue.errors import first_line
+from pgqueue.loops import BackgroundLoop, Backoff
 from pgqueue.payload import error_summary, storable_text
 from pgqueue.records import Outcome, OutcomeKind
 
 log = logging.getLogger("pgqueue.worker")
 
 MAX_BACKOFF_SECONDS = 5.0
-#: Errors that mean the database is away, not that it refused an outcome: try again.
-UNAVAILABLE = (psycopg.OperationalError, PoolTimeout, DatabaseUnavailable)
 
 
 class Completer(BackgroundLoop):
@@ -154,114 +151,12 @@ class Completer(BackgroundLoop):
             )
 
     async def _write(self, batch: Sequence[Outcome]) -> None:
-        completed = [o for o in batch if o.kind is OutcomeKind.COMPLETED]
         async with self._pool.connection() as conn:
-            if len(completed) == len(batch):
-                await self._complete(conn, completed)
-                return
-            async with conn.transaction():
-                if completed:
-                    await self._complete(conn, completed)
-                await self._release(conn, [o for o in batch if o.kind is OutcomeKind.RELEASED])
-                await self._give_back_unknown(
-                    conn, [o for o in batch if o.kind is OutcomeKind.UNKNOWN]
-                )
-                for outcome in batch:
-                    if outcome.kind is OutcomeKind.FAILED:
-                        await self._fail(conn, outcome)
-                    elif outcome.kind is OutcomeKind.RESCHEDULED:
-                        await self._reschedule(conn, outcome)
-
-    async def _complete(self, conn: psycopg.AsyncConnection[Any], outcomes: list[Outcome]) -> None:
-        cursor = await conn.execute(
-            self._queries["complete_started_tasks"],
-            {
-                "ids": [o.task.id for o in outcomes],
-                "tokens": [o.task.lease_token for o in outcomes],
-                "results": [o.result_json for o in outcomes],
-                # A task claimed ahead started after its claim (worker.py moves it on).
-                "started": [o.task.started_at for o in outcomes],
-            },
-        )
-        accepted = {row[0] for row in await cursor.fetchall()}
-        if len(accepted) != len(outcomes):
-            for outcome in outcomes:
-                if outcome.task.id not in accepted:
-                    _lease_lost(outcome, "completion")
-
-    async def _release(self, conn: psycopg.AsyncConnection[Any], outcomes: list[Outcome]) -> None:
-        if outcomes:
-            await conn.execute(
-                self._queries["release_tasks"],
-                {
-                    "ids": [o.task.id for o in outcomes],
-                    "tokens": [o.task.lease_token for o in outcomes],
-                },
+            written = await write_outcomes(
+                conn, self._queries, batch, self._unknown_task_grace_seconds
             )
-
-    async def _give_back_unknown(
-        self, conn: psycopg.AsyncConnection[Any], outcomes: list[Outcome]
-    ) -> None:
-        if outcomes:
-            cursor = await conn.execute(
-                self._queries["give_back_unknown_tasks"],
-                {
-                    "ids": [o.task.id for o in outcomes],
-                    "tokens": [o.task.lease_token for o in outcomes],
-                    "grace_seconds": self._unknown_task_grace_seconds,
-                },
-            )
-            log_unknown_given_back(outcomes, await cursor.fetchall())
-
-    async def _fail(self, conn: psycopg.AsyncConnection[Any], outcome: Outcome) -> None:
-        cursor = await conn.execute(
-            self._queries["fail_task"],
-            {
-                "id": outcome.task.id,
-                "token": outcome.task.lease_token,
-                "error": outcome.error,
-                "retryable": outcome.retryable,
-            },
-        )
-        row = await cursor.fetchone()
-        if row is None:
-            _lease_lost(outcome, "failure")
-            return
-        status, run_at = row
-        if status == "RETRYING":
-            log.info("task %s %s will retry at %s", outcome.task.id, outcome.task.name, run_at)
+        report(batch, written)
+        if written.retries_scheduled:
+            # After the commit, not before: woken earlier, the worker would look for its
+            # next due task before the retry is visible, and sleep a polling interval.
             self._on_retry_scheduled()
-        else:
-            log.error(
-                "task %s %s is %s: %s",
-                outcome.task.id,
-                outcome.task.name,
-                status,
-                (outcome.error or "").strip().partition("\n")[0][:300],
-            )
-
-    async def _reschedule(self, conn: psycopg.AsyncConnection[Any], outcome: Outcome) -> None:
-        cursor = await conn.execute(
-            self._queries["reschedule_task"],
-            {
-                "id": outcome.task.id,
-                "token": outcome.task.lease_token,
-                "delay": outcome.delay,
-                "refund_attempt": outcome.refund_attempt,
-            },
-        )
-        row = await cursor.fetchone()
-        if row is None or row[0] is None:
-            _lease_lost(outcome, "reschedule")
-        else:
-            self._on_retry_scheduled()
-
-
-def _lease_lost(outcome: Outcome, what: str) -> None:
-    log.warning(
-        "lease lost: task %s %s (lease token %d) was taken over or cancelled; its %s was refused",
-        outcome.task.id,
-        outcome.task.name,
-        outcome.task.lease_token,
-        what,
-    )

@@ -9,9 +9,9 @@ from collections.abc import Callable, Iterable
 import psycopg
 
 from pgqueue.db.database import CONNECT_TIMEOUT_SECONDS, KEEPALIVES, describe_dsn
-from pgqueue.db.queries import notify_channel
-from pgqueue.loops import BackgroundLoop, Backoff, first_line
-from pgqueue.tasks.context import control_channel
+from pgqueue.db.queries import Channel
+from pgqueue.errors import first_line
+from pgqueue.loops import BackgroundLoop, Backoff
 
 log = logging.getLogger("pgqueue.worker")
 
@@ -40,8 +40,8 @@ class Listener(BackgroundLoop):
     ) -> None:
         super().__init__()
         self._dsn = dsn
-        self._channel = notify_channel(schema)
-        self._control_channel = control_channel(schema)
+        self._schema = schema
+        self._control_channel = Channel.CONTROL.in_schema(schema)
         self._on_control = on_control
         self._queues = frozenset(queues)
         self._on_wake = on_wake
@@ -58,9 +58,9 @@ class Listener(BackgroundLoop):
                     application_name="pgqueue-listener",
                     **KEEPALIVES,
                 ) as conn:
-                    await conn.execute(f'LISTEN "{self._channel}"')
+                    await conn.execute(Channel.TASKS.listen(self._schema))
                     if self._on_control is not None:
-                        await conn.execute(f'LISTEN "{self._control_channel}"')
+                        await conn.execute(Channel.CONTROL.listen(self._schema))
                     self.connected.set()
                     self._on_wake()  # catch up on whatever was queued while not listening
                     backoff.reset()

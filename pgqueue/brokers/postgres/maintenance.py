@@ -6,11 +6,7 @@ import asyncio
 import logging
 import time
 
-import psycopg
-from psycopg_pool import PoolTimeout
-
-from pgqueue.db.database import Database
-from pgqueue.errors import DatabaseUnavailable
+from pgqueue.db.database import UNAVAILABLE, Database
 from pgqueue.loops import BackgroundLoop
 from pgqueue.records import CleanupPolicy
 
@@ -54,7 +50,7 @@ class Maintenance(BackgroundLoop):
                 if self._cleanup and time.monotonic() >= self._next_cleanup:
                     await self.cleanup(self._cleanup.retain_days * 86400)
                     self._next_cleanup = time.monotonic() + self._cleanup.interval_hours * 3600
-            except (psycopg.OperationalError, PoolTimeout, DatabaseUnavailable) as error:
+            except UNAVAILABLE as error:
                 log.warning("maintenance skipped, database unavailable: %s", error)
             _reraise_pending_cancel()
             await asyncio.sleep(self._interval)

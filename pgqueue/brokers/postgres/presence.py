@@ -10,22 +10,16 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 
-import psycopg
-from psycopg_pool import PoolTimeout
-
-from pgqueue.db.database import Database
-from pgqueue.errors import DatabaseUnavailable
+from pgqueue.db.database import UNAVAILABLE, Database
 from pgqueue.loops import SupervisedTask
 from pgqueue.records import WorkerInfo
 
 log = logging.getLogger("pgqueue.presence")
 
-#: A registry write that fails because the database is away is skipped, never fatal.
-_UNAVAILABLE = (psycopg.OperationalError, PoolTimeout, DatabaseUnavailable)
-
 
 class WorkerRegistry:
-    """One worker's row; every method logs and carries on when the database is away."""
+    """One worker's row; every method logs and carries on when the database is away (a
+    registry write that fails for that is skipped, never fatal)."""
 
     def __init__(
         self,
@@ -75,7 +69,7 @@ class WorkerRegistry:
                     self._database.queries["set_worker_task_names"],
                     {"id": self._worker_id, "task_names": list(self._info.task_names)},
                 )
-        except _UNAVAILABLE as error:
+        except UNAVAILABLE as error:
             log.warning("could not register worker %s: %s", self._worker_id, error)
             return False
         return True
@@ -89,7 +83,7 @@ class WorkerRegistry:
                     {"id": self._worker_id, "tasks_running": tasks_running},
                 )
                 row = await cursor.fetchone()
-        except _UNAVAILABLE as error:
+        except UNAVAILABLE as error:
             log.warning("worker heartbeat skipped, database unavailable: %s", error)
             return
         if row is not None and row[1]:
@@ -105,5 +99,5 @@ class WorkerRegistry:
                 await conn.execute(
                     self._database.queries["unregister_worker"], {"id": self._worker_id}
                 )
-        except _UNAVAILABLE as error:
+        except UNAVAILABLE as error:
             log.warning("could not unregister worker %s: %s", self._worker_id, error)

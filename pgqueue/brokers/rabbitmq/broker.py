@@ -41,15 +41,16 @@ from pgqueue.brokers.rabbitmq.status_writer import (
     FollowUp,
     RecordWriter,
     decide_untracked,
-    log_untracked_give_backs,
+    follow_ups,
 )
 from pgqueue.brokers.rabbitmq.topology import Topology
 from pgqueue.db.cron import CronScheduler
 from pgqueue.db.database import Database, database_from_settings
+from pgqueue.db.outcomes import report
 from pgqueue.db.queries import queries as named_queries
 from pgqueue.db.store import TaskStore, async_driver_connection, sync_driver_connection
 from pgqueue.errors import BrokerUnavailable
-from pgqueue.loops import SupervisedTask
+from pgqueue.loops import Backoff, SupervisedTask
 from pgqueue.records import CleanupPolicy, NewTask, Outcome, Task, WorkerInfo
 from pgqueue.settings import Settings
 
@@ -245,7 +246,7 @@ class RabbitMQBroker(Broker):
         """Connect, consume; on a lost connection reconnect with back-off. Unacked messages
         of the lost channel are redelivered by RabbitMQ; the records tell repeats apart."""
         assert self._link is not None
-        backoff = 0.1
+        backoff = Backoff(first=0.1, most=MAX_BACKOFF_SECONDS)
         while True:
             try:
                 channel = await self._link.open()
@@ -255,19 +256,20 @@ class RabbitMQBroker(Broker):
                 for queue in self._queues:
                     declared = await self._link.declare(queue)
                     await declared.consume(self._receiver(generation))
-                if backoff > 0.1:
+                if backoff.seconds > backoff.first:
                     log.info("reconnected to RabbitMQ at %s", safe_url(self.url))
-                backoff = 0.1
+                backoff.reset()
                 self._connected.set()
                 self._arrived.set()
                 await self._link.closed.wait()
                 log.warning("connection to RabbitMQ at %s lost", safe_url(self.url))
             except (BrokerUnavailable, *ERRORS) as error:
-                log.warning("RabbitMQ unavailable (%s); reconnecting in %.1fs", error, backoff)
+                log.warning(
+                    "RabbitMQ unavailable (%s); reconnecting in %.1fs", error, backoff.seconds
+                )
             self._connected.clear()
             self._generation += 1  # what the old channel delivered cannot be acked any more
-            await asyncio.sleep(backoff)
-            backoff = min(backoff * 2, MAX_BACKOFF_SECONDS)
+            await backoff.sleep()
 
     def _receiver(self, generation: int) -> Any:
         async def receive(message: AbstractIncomingMessage) -> None:
@@ -386,20 +388,23 @@ class RabbitMQBroker(Broker):
 
     async def _decide(self, batch: list[Outcome]) -> list[FollowUp]:
         """Record the outcomes (one transaction) and decide what each one publishes."""
+        headers = None
         if self._records is not None:
-            return await self._records.record(batch)
-        grace = self.settings.unknown_task_grace_seconds
-        follow_ups = []
-        for outcome in batch:
-            entry = self._inflight.get(outcome.task.id)
-            delivered = dict(entry[1].headers or {}) if entry else None
-            follow_ups.append(decide_untracked(outcome, delivered, self._worker_id, grace))
-        log_untracked_give_backs(follow_ups)
-        return follow_ups
+            written = await self._records.record(batch)
+        else:
+            grace = self.settings.unknown_task_grace_seconds
+            untracked = decide_untracked(batch, self._delivered_headers, self._worker_id, grace)
+            written, headers = untracked.written, untracked.headers
+        report(batch, written)
+        return follow_ups(batch, written, headers)
+
+    def _delivered_headers(self, task: Task) -> dict[str, Any]:
+        entry = self._inflight.get(task.id)
+        return dict(entry[1].headers or {}) if entry else {}
 
     async def _publish_follow_ups(self, follow_ups: list[FollowUp]) -> None:
         """Publish until confirmed, across reconnects; only then are the originals acked."""
-        backoff = 0.1
+        backoff = Backoff(first=0.1, most=MAX_BACKOFF_SECONDS)
         while pending := [f for f in follow_ups if f.action != "ack" and not f.done]:
             await self._connected.wait()
             results = await asyncio.gather(
@@ -407,14 +412,9 @@ class RabbitMQBroker(Broker):
             )
             failures = [r for r in results if isinstance(r, BaseException)]
             if failures:
-                log.warning(
-                    "cannot publish %d retries (%s); again in %.1fs",
-                    len(failures),
-                    failures[0],
-                    backoff,
+                await backoff.pause(
+                    log, "cannot publish %d retries (%s)", len(failures), failures[0]
                 )
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, MAX_BACKOFF_SECONDS)
 
     async def _publish_follow_up(self, follow_up: FollowUp) -> None:
         assert self._link is not None

@@ -18,15 +18,24 @@ from typing import Any
 
 import psycopg
 
-from pgqueue.db.database import CONNECT_TIMEOUT_SECONDS, KEEPALIVES, Database, describe_dsn
-from pgqueue.errors import BrokerUnavailable, DatabaseUnavailable
-from pgqueue.loops import BackgroundLoop, Backoff, first_line
+from pgqueue.db.database import (
+    CONNECT_TIMEOUT_SECONDS,
+    KEEPALIVES,
+    UNAVAILABLE,
+    Database,
+    describe_dsn,
+)
+from pgqueue.db.queries import Channel
+from pgqueue.errors import BrokerUnavailable, first_line
+from pgqueue.loops import BackgroundLoop, Backoff
 
 log = logging.getLogger("pgqueue.outbox")
 
 BATCH_SIZE = 500
 POLL_SECONDS = 5.0  # a safety net: NOTIFY normally wakes the relay at once
 MAX_BACKOFF_SECONDS = 10.0
+#: The relay waits these out: the database or the broker is away.
+RELAY_PAUSES: tuple[type[Exception], ...] = (*UNAVAILABLE, BrokerUnavailable)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -76,7 +85,6 @@ class Relay(BackgroundLoop):
         super().__init__()
         self._database = database
         self._publish = publish
-        self._channel = f"{database.schema}.outbox"
 
     async def _run(self) -> None:
         backoff = Backoff(first=0.1, most=MAX_BACKOFF_SECONDS)
@@ -89,13 +97,13 @@ class Relay(BackgroundLoop):
                     application_name="pgqueue-outbox-relay",
                     **KEEPALIVES,  # a dead network is noticed, not waited on (listener.py)
                 ) as listener:
-                    await listener.execute(f'LISTEN "{self._channel}"')
+                    await listener.execute(Channel.OUTBOX.listen(self._database.schema))
                     while True:
                         await self.relay_all()
                         backoff.reset()
                         async for _ in listener.notifies(timeout=POLL_SECONDS, stop_after=1):
                             pass
-            except (psycopg.OperationalError, DatabaseUnavailable, BrokerUnavailable) as error:
+            except RELAY_PAUSES as error:
                 await backoff.pause(log, "outbox relay paused (%s)", first_line(error))
 
     async def relay_all(self) -> int:

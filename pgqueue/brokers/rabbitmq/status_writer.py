@@ -1,43 +1,37 @@
-"""The RabbitMQ broker's task records: batched status writes, and what each outcome publishes."""
+"""The RabbitMQ broker's task records: batched status writes, and what each outcome publishes.
+
+With records (status tracking), the database decides what becomes of each outcome, through
+the mapping every broker shares (db/outcomes.py). Without them there is no database to ask,
+so `decide_untracked` takes the same decisions in Python, from the message: the one Python
+copy of the SQL's decisions, kept equal to it by tests/test_rabbitmq.py. Either way the
+decisions come as a `Written`, from which `follow_ups` says what to publish.
+"""
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
+import datetime
 import json
 import logging
 import math
 import random
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-import psycopg
-from psycopg_pool import PoolTimeout
-
-from pgqueue.brokers.base import log_unknown_given_back
 from pgqueue.brokers.rabbitmq.connection import MAX_BACKOFF_SECONDS
 from pgqueue.brokers.rabbitmq.messages import (
     UNKNOWN_GIVE_BACKS_HEADER,
     UNKNOWN_SINCE_HEADER,
     int_header,
 )
-from pgqueue.db.database import Database
-from pgqueue.errors import DatabaseUnavailable
-from pgqueue.records import Outcome, OutcomeKind, Task
+from pgqueue.db.database import UNAVAILABLE, Database
+from pgqueue.db.outcomes import Decision, Written, write_outcomes
+from pgqueue.loops import Backoff, retrying
+from pgqueue.records import Outcome, OutcomeKind, Task, TaskStatus
 
 log = logging.getLogger("pgqueue.worker")
-
-
-def retry_backoff(attempts: int) -> float:
-    """The SQL function pgqueue.retry_backoff in Python (used without status tracking)."""
-    return min(2.0 ** (max(attempts, 1) - 1), 3600.0) * (0.75 + random.random() * 0.5)
-
-
-def unknown_task_backoff(give_backs: int) -> float:
-    """The SQL function pgqueue.unknown_task_backoff in Python (without status tracking)."""
-    return min(2.0 ** (max(give_backs, 1) - 1), 30.0) * (0.75 + random.random() * 0.5)
 
 
 @dataclasses.dataclass(slots=True)
@@ -93,187 +87,141 @@ class RecordWriter:
         return {row[0] for row in await self._with_database(self._queries["held_tasks"], params)}
 
     async def _with_database(self, query: str, params: dict[str, Any]) -> list[tuple[Any, ...]]:
-        """Run one statement; a worker waits out a database outage instead of dying."""
-        backoff = 0.1
-        while True:
-            try:
-                async with self.database.async_connection() as conn:
-                    cursor = await conn.execute(query, params)
-                    return await cursor.fetchall() if cursor.description else []
-            except (psycopg.OperationalError, PoolTimeout, DatabaseUnavailable) as error:
-                if self._interrupted():  # stopping: the unacked deliveries come back anyway
-                    raise
-                log.warning("database unavailable (%s); retrying in %.1fs", error, backoff)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, MAX_BACKOFF_SECONDS)
+        """Run one statement; a worker waits out a database outage instead of dying (while
+        stopping it gives up: the unacked deliveries come back anyway)."""
 
-    async def record(self, batch: list[Outcome]) -> list[FollowUp]:
-        """Record the outcomes (one transaction) and decide what each one publishes next; waits
-        out a database outage."""
-        backoff = 0.1
-        while True:
-            try:
-                return await self._record(batch)
-            except (psycopg.OperationalError, PoolTimeout, DatabaseUnavailable) as error:
-                log.warning("cannot record outcomes (%s); retrying in %.1fs", error, backoff)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, MAX_BACKOFF_SECONDS)
+        async def run() -> list[tuple[Any, ...]]:
+            async with self.database.async_connection() as conn:
+                cursor = await conn.execute(query, params)
+                return await cursor.fetchall() if cursor.description else []
 
-    async def _record(self, batch: list[Outcome]) -> list[FollowUp]:
-        queries = self._queries
-        follow_ups = []
-        async with self.database.async_connection() as conn, conn.transaction():
-            completed = [o for o in batch if o.kind is OutcomeKind.COMPLETED]
-            if completed:
-                await conn.execute(
-                    queries["complete_tasks"],
-                    {
-                        "ids": [o.task.id for o in completed],
-                        "tokens": [o.task.lease_token for o in completed],
-                        "results": [o.result_json for o in completed],
-                    },
-                )
-            given_back = await self._give_back_unknown(
-                conn, [o for o in batch if o.kind is OutcomeKind.UNKNOWN]
-            )
-            for outcome in batch:
-                task = outcome.task
-                fence = {"id": task.id, "token": task.lease_token}
-                if outcome.kind is OutcomeKind.COMPLETED:
-                    follow_ups.append(FollowUp(outcome, "ack"))
-                elif outcome.kind is OutcomeKind.FAILED:
-                    cursor = await conn.execute(
-                        queries["fail_task"],
-                        {**fence, "error": outcome.error, "retryable": outcome.retryable},
-                    )
-                    row = await cursor.fetchone()
-                    follow_ups.append(failed_follow_up(outcome, row))
-                elif outcome.kind is OutcomeKind.RESCHEDULED:
-                    params = {
-                        **fence,
-                        "delay": outcome.delay,
-                        "refund_attempt": outcome.refund_attempt,
-                    }
-                    cursor = await conn.execute(queries["reschedule_task"], params)
-                    row = await cursor.fetchone()
-                    attempts = task.attempts - (1 if outcome.refund_attempt else 0)
-                    follow_ups.append(
-                        FollowUp(outcome, "ack")
-                        if row is None or row[0] is None
-                        else FollowUp(outcome, "again", attempts, row[0].timestamp())
-                    )
-                elif outcome.kind is OutcomeKind.UNKNOWN:
-                    follow_ups.append(unknown_follow_up(outcome, given_back.get(task.id)))
-                else:  # RELEASED
-                    await conn.execute(
-                        queries["release_tasks"], {"ids": [task.id], "tokens": [task.lease_token]}
-                    )
-                    follow_ups.append(FollowUp(outcome, "again", task.attempts - 1, time.time()))
-        return follow_ups
-
-    async def _give_back_unknown(
-        self, conn: psycopg.AsyncConnection[Any], outcomes: list[Outcome]
-    ) -> dict[uuid.UUID, tuple[Any, ...]]:
-        """The record decides (sql/functions.sql): {id: (id, status, run_at, error)}."""
-        if not outcomes:
-            return {}
-        cursor = await conn.execute(
-            self._queries["give_back_unknown_tasks"],
-            {
-                "ids": [o.task.id for o in outcomes],
-                "tokens": [o.task.lease_token for o in outcomes],
-                "grace_seconds": self._unknown_task_grace_seconds,
-            },
+        return await retrying(
+            run,
+            UNAVAILABLE,
+            Backoff(first=0.1, most=MAX_BACKOFF_SECONDS),
+            log,
+            "database unavailable",
+            give_up=self._interrupted,
         )
-        rows = await cursor.fetchall()
-        log_unknown_given_back(outcomes, rows)
-        return {row[0]: row for row in rows}
+
+    async def record(self, batch: list[Outcome]) -> Written:
+        """Record the outcomes (one transaction); what the database decided. Waits out a
+        database outage."""
+
+        async def write() -> Written:
+            async with self.database.async_connection() as conn:
+                return await write_outcomes(
+                    conn, self._queries, batch, self._unknown_task_grace_seconds
+                )
+
+        return await retrying(
+            write,
+            UNAVAILABLE,
+            Backoff(first=0.1, most=MAX_BACKOFF_SECONDS),
+            log,
+            "cannot record outcomes",
+        )
 
 
-def unknown_follow_up(outcome: Outcome, row: tuple[Any, ...] | None) -> FollowUp:
-    """From give_back_unknown_tasks' row: again at its run_at, the attempt not counted, or
-    dead-lettered with its error once the grace is over."""
-    if row is None:  # refused: cancelled or taken over meanwhile
-        return FollowUp(outcome, "ack")
-    _, status, run_at, error = row
-    attempts = outcome.task.attempts - 1
-    if status == "FAILED":
-        return FollowUp(outcome, "dead", attempts, time.time(), error)
-    return FollowUp(outcome, "again", attempts, run_at.timestamp())
+def follow_ups(
+    batch: Sequence[Outcome],
+    written: Written,
+    headers: Mapping[uuid.UUID, dict[str, Any]] | None = None,
+) -> list[FollowUp]:
+    """What each outcome publishes, from what the record (or decide_untracked) decided;
+    `headers`: by task id, those its message carries beyond attempts, run-at and error."""
+    now = time.time()
+    result = []
+    for outcome in batch:
+        task, kind = outcome.task, outcome.kind
+        decision = written.decisions.get(task.id)
+        extra = headers.get(task.id) if headers else None
+        if kind is OutcomeKind.RELEASED:
+            result.append(FollowUp(outcome, "again", task.attempts - 1, now))
+        elif decision is None:  # completed; or refused: cancelled or taken over meanwhile
+            result.append(FollowUp(outcome, "ack"))
+        else:
+            # A give-back, or a reschedule that says so, refunds the attempt it did not spend.
+            refund = kind is OutcomeKind.UNKNOWN or (
+                kind is OutcomeKind.RESCHEDULED and outcome.refund_attempt
+            )
+            attempts = task.attempts - 1 if refund else task.attempts
+            if decision.status is TaskStatus.FAILED:
+                error = decision.error if kind is OutcomeKind.UNKNOWN else outcome.error
+                result.append(FollowUp(outcome, "dead", attempts, now, error or "", headers=extra))
+            else:
+                run_at = decision.run_at.timestamp()
+                result.append(FollowUp(outcome, "again", attempts, run_at, headers=extra))
+    return result
 
 
-def failed_follow_up(outcome: Outcome, row: tuple[Any, ...] | None) -> FollowUp:
-    """From fail_task's (status, run_at): retry later, or dead-letter with the error."""
-    if row is None:  # refused: cancelled or taken over meanwhile
-        return FollowUp(outcome, "ack")
-    status, run_at = row
-    if status == "RETRYING":
-        log.info("task %s %s will retry at %s", outcome.task.id, outcome.task.name, run_at)
-        return FollowUp(outcome, "again", outcome.task.attempts, run_at.timestamp())
-    return dead_follow_up(outcome)
+def retry_backoff(attempts: int) -> float:
+    """The SQL function pgqueue.retry_backoff, for decide_untracked."""
+    return min(2.0 ** (max(attempts, 1) - 1), 3600.0) * (0.75 + random.random() * 0.5)
 
 
-def dead_follow_up(outcome: Outcome) -> FollowUp:
-    log.error(
-        "task %s %s is FAILED: %s",
-        outcome.task.id,
-        outcome.task.name,
-        (outcome.error or "").splitlines()[0] if outcome.error else "",
-    )
-    return FollowUp(outcome, "dead", outcome.task.attempts, time.time(), outcome.error or "")
+def unknown_task_backoff(give_backs: int) -> float:
+    """The SQL function pgqueue.unknown_task_backoff, for decide_untracked."""
+    return min(2.0 ** (max(give_backs, 1) - 1), 30.0) * (0.75 + random.random() * 0.5)
+
+
+@dataclasses.dataclass(slots=True)
+class Untracked:
+    """decide_untracked's decisions, and the give-back headers each UNKNOWN outcome's
+    message carries from now on (the record it has not got)."""
+
+    written: Written
+    headers: dict[uuid.UUID, dict[str, Any]]
 
 
 def decide_untracked(
-    outcome: Outcome,
-    delivered: dict[str, Any] | None = None,
+    batch: Sequence[Outcome],
+    delivered: Callable[[Task], dict[str, Any]],
     worker_id: str = "",
     unknown_task_grace_seconds: float = 3600.0,
-) -> FollowUp:
-    """Without records the message carries everything: the same decisions in Python.
-    `delivered`: the headers of the delivery the outcome is about."""
-    task = outcome.task
-    if outcome.kind is OutcomeKind.UNKNOWN:
-        return _give_back_untracked(outcome, delivered or {}, worker_id, unknown_task_grace_seconds)
-    if outcome.kind is OutcomeKind.COMPLETED:
-        return FollowUp(outcome, "ack")
-    if outcome.kind is OutcomeKind.FAILED:
-        if outcome.retryable and task.attempts <= task.max_retries:
-            return FollowUp(
-                outcome, "again", task.attempts, time.time() + retry_backoff(task.attempts)
+) -> Untracked:
+    """Without records the message carries everything: fail_task, reschedule_task and
+    give_back_unknown_tasks decided in Python. `delivered(task)`: the headers of the
+    delivery an outcome is about. Python, because there is no database to ask here."""
+    now = time.time()
+    decided = Untracked(Written(), {})
+    for outcome in batch:
+        task = outcome.task
+        if outcome.kind is OutcomeKind.FAILED:
+            retry = outcome.retryable and task.attempts <= task.max_retries
+            status = TaskStatus.RETRYING if retry else TaskStatus.FAILED
+            run_at = now + retry_backoff(task.attempts) if retry else now
+            decided.written.decisions[task.id] = Decision(status, _moment(run_at))
+        elif outcome.kind is OutcomeKind.RESCHEDULED:
+            run_at = now + outcome.delay
+            decided.written.decisions[task.id] = Decision(TaskStatus.RETRYING, _moment(run_at))
+        elif outcome.kind is OutcomeKind.UNKNOWN:
+            decision, headers = _give_back_untracked(
+                task, delivered(task), worker_id, unknown_task_grace_seconds, now
             )
-        return dead_follow_up(outcome)
-    if outcome.kind is OutcomeKind.RESCHEDULED:
-        attempts = task.attempts - (1 if outcome.refund_attempt else 0)
-        return FollowUp(outcome, "again", attempts, time.time() + outcome.delay)
-    return FollowUp(outcome, "again", task.attempts - 1, time.time())
+            decided.written.decisions[task.id] = decision
+            decided.headers[task.id] = headers
+    return decided
 
 
 def _give_back_untracked(
-    outcome: Outcome, delivered: dict[str, Any], worker_id: str, grace_seconds: float
-) -> FollowUp:
+    task: Task, delivered: dict[str, Any], worker_id: str, grace_seconds: float, now: float
+) -> tuple[Decision, dict[str, Any]]:
     """give_back_unknown_tasks in Python, the message's headers standing for the record."""
-    task, now = outcome.task, time.time()
     since = int_header(delivered, UNKNOWN_SINCE_HEADER) / 1000 or now
     give_backs = int_header(delivered, UNKNOWN_GIVE_BACKS_HEADER) + 1
     headers = {UNKNOWN_SINCE_HEADER: math.ceil(since * 1000), UNKNOWN_GIVE_BACKS_HEADER: give_backs}
     if now < since + grace_seconds:
         run_at = now + unknown_task_backoff(give_backs)
-        return FollowUp(outcome, "again", task.attempts - 1, run_at, headers=headers)
+        return Decision(TaskStatus.PENDING, _moment(run_at)), headers
     times = "time" if give_backs == 1 else "times"
     error = (
         f"UnknownTask: no worker knew task name {task.name!r} for {now - since:.0f} s (given "
         f"back {give_backs} {times}, last by worker {worker_id}); start a worker that imports "
         "the module defining it (--import or PGQUEUE_IMPORTS), then `pgqueue tasks retry`"
     )
-    return FollowUp(outcome, "dead", task.attempts - 1, now, error, headers=headers)
+    return Decision(TaskStatus.FAILED, _moment(now), error), headers
 
 
-def log_untracked_give_backs(follow_ups: list[FollowUp]) -> None:
-    """log_unknown_given_back for decisions taken without records."""
-    unknown = [f for f in follow_ups if f.outcome.kind is OutcomeKind.UNKNOWN]
-    if unknown:
-        rows = [
-            (f.outcome.task.id, "FAILED" if f.action == "dead" else "PENDING", f.run_at, f.error)
-            for f in unknown
-        ]
-        log_unknown_given_back([f.outcome for f in unknown], rows)
+def _moment(epoch: float) -> datetime.datetime:
+    return datetime.datetime.fromtimestamp(epoch, datetime.UTC)

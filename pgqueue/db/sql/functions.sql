@@ -1,5 +1,6 @@
 -- pgqueue functions: the task lifecycle, in the database. Workers and the TaskManager
--- call these; Python never re-implements what they decide (ordering, back-off, fencing).
+-- call these; Python never re-implements what they decide (back-off, fencing). The claim
+-- (ordering) is the statement claim_tasks of queries.sql, which workers prepare.
 -- Every write by a worker is fenced by (id, lease_token, status = 'RUNNING'): a worker
 -- whose lease was taken over is refused and changes nothing.
 
@@ -9,59 +10,6 @@ CREATE OR REPLACE FUNCTION pgqueue.retry_backoff(p_attempts integer) RETURNS int
 LANGUAGE sql VOLATILE AS $$
     SELECT make_interval(secs => least(power(2, greatest(p_attempts, 1) - 1), 3600)
                                  * (0.75 + random() * 0.5));
-$$;
-
--- name: claim_tasks
--- Atomically take up to p_limit due tasks from p_queues, highest priority first, then
--- oldest run_at, then id; mark them RUNNING under a fresh lease and fencing token.
--- The first p_start_now start at once; the others are claimed ahead (see started_at).
--- One index scan per queue (LATERAL), so each scan reads the partial index in order.
-CREATE OR REPLACE FUNCTION pgqueue.claim_tasks(
-    p_queues text[], p_limit integer, p_worker_id text, p_lease_seconds double precision,
-    p_start_now integer DEFAULT NULL
-) RETURNS SETOF pgqueue.tasks
-LANGUAGE sql AS $$
-    WITH candidates AS (
-        SELECT due.id, due.priority, due.run_at
-        -- Paused queues are dropped before the scans: a plain filter on the queue list
-        -- (not a join the planner could move), so no row of a paused queue is locked.
-        FROM (
-            SELECT requested.queue FROM unnest(p_queues) AS requested(queue)
-            WHERE requested.queue <> ALL (ARRAY(SELECT queue FROM pgqueue.paused_queues))
-        ) AS wanted
-        CROSS JOIN LATERAL (
-            SELECT t.id, t.priority, t.run_at
-            FROM pgqueue.tasks AS t
-            WHERE t.queue = wanted.queue
-              AND t.status IN ('PENDING', 'RETRYING')
-              AND t.run_at <= now()
-            ORDER BY t.priority DESC, t.run_at, t.id
-            LIMIT p_limit
-            FOR UPDATE SKIP LOCKED
-        ) AS due
-        ORDER BY due.priority DESC, due.run_at, due.id
-        LIMIT p_limit
-    ), claimed AS (
-        UPDATE pgqueue.tasks AS t
-        SET status = 'RUNNING',
-            attempts = t.attempts + 1,
-            -- Rows past the first p_start_now wait in the worker's buffer (claimed ahead):
-            -- started_at stays NULL until their start is recorded (by the heartbeat or the
-            -- completion), so a rescue knows they never ran. NULL: all start now.
-            started_at = CASE WHEN p_start_now IS NULL
-                                OR t.id = ANY (ARRAY(SELECT c.id FROM candidates AS c
-                                                     ORDER BY c.priority DESC, c.run_at, c.id
-                                                     LIMIT p_start_now))
-                              THEN now() END,
-            worker_id = p_worker_id,
-            lease_expires_at = now() + make_interval(secs => p_lease_seconds),
-            lease_token = t.lease_token + 1
-        -- id = ANY(array) keeps this a primary-key lookup; a join with the CTE lets the
-        -- planner pick a hash join over a scan of the whole table (20 ms at 20,000 rows).
-        WHERE t.id = ANY (ARRAY(SELECT candidates.id FROM candidates))
-        RETURNING t.*
-    )
-    SELECT * FROM claimed ORDER BY priority DESC, run_at, id;
 $$;
 
 -- name: complete_tasks
@@ -427,7 +375,7 @@ LANGUAGE sql AS $$
 $$;
 
 -- name: pause_queue
--- Make claim_tasks skip a queue; running tasks finish. True if it was not paused already.
+-- Make the claim skip a queue; running tasks finish. True if it was not paused already.
 CREATE OR REPLACE FUNCTION pgqueue.pause_queue(p_queue text) RETURNS boolean
 LANGUAGE sql AS $$
     WITH paused AS (

@@ -21,24 +21,34 @@ COPY pgqueue.tasks (id, name, queue, priority, kwargs, max_retries, run_at) FROM
 SELECT * FROM pgqueue.tasks WHERE id = %(id)s;
 
 -- name: claim_tasks
--- The body of the claim_tasks function (sql/functions.sql; tests/test_claim_ahead.py keeps
--- the two identical), as a statement the worker prepares: PostgreSQL 15 plans a SQL
--- function's body at every call, 0.3-0.4 ms of a claim's 1.5 ms on an idle server, which
--- is most of a wake-up. Returns the columns a run needs, in the order brokers/postgres.py
--- reads them, kwargs as text, and the claim's time as started_at of the tasks claimed ahead
--- (the worker moves it on to their real start).
+-- The claim, the one text of it: take up to %(limit)s due tasks of %(queues)s, highest
+-- priority first, then oldest run_at, then id, and mark them RUNNING under a fresh lease and
+-- fencing token. Workers (db/claim.py, for brokers/postgres) and the test mode
+-- (pgqueue.testing) both run it. A statement the worker prepares, not a SQL function:
+-- PostgreSQL 15 plans a function's body at every call, 0.3-0.4 ms of a claim's 1.5 ms on an
+-- idle server, which is most of a wake-up.
+-- %(now)s is the clock that decides which tasks are due: NULL (workers) means the database's
+-- now(); the test mode passes its own, as River does. A stable expression either way, so the
+-- prepared plan's index scan is the same. Every time the claim writes is the database's.
+-- The first %(start_now)s start at once (NULL: all); the others are claimed ahead (see
+-- started_at). Returns the columns a run needs, in the order db/claim.py reads them, kwargs
+-- as text, and the claim's time as started_at of the tasks claimed ahead (the worker moves
+-- it on to their real start).
 WITH candidates AS (
     SELECT due.id, due.priority, due.run_at
+    -- Paused queues are dropped before the scans: a plain filter on the queue list (not a
+    -- join the planner could move), so no row of a paused queue is locked.
     FROM (
         SELECT requested.queue FROM unnest(%(queues)s::text[]) AS requested(queue)
         WHERE requested.queue <> ALL (ARRAY(SELECT queue FROM pgqueue.paused_queues))
     ) AS wanted
+    -- One index scan per queue (LATERAL), so each scan reads the partial index in order.
     CROSS JOIN LATERAL (
         SELECT t.id, t.priority, t.run_at
         FROM pgqueue.tasks AS t
         WHERE t.queue = wanted.queue
           AND t.status IN ('PENDING', 'RETRYING')
-          AND t.run_at <= now()
+          AND t.run_at <= coalesce(%(now)s::timestamptz, now())
         ORDER BY t.priority DESC, t.run_at, t.id
         LIMIT %(limit)s::integer
         FOR UPDATE SKIP LOCKED
@@ -60,6 +70,8 @@ WITH candidates AS (
         worker_id = %(worker_id)s::text,
         lease_expires_at = now() + make_interval(secs => %(lease_seconds)s::double precision),
         lease_token = t.lease_token + 1
+    -- id = ANY(array) keeps this a primary-key lookup; a join with the CTE lets the planner
+    -- pick a hash join over a scan of the whole table (20 ms at 20,000 rows).
     WHERE t.id = ANY (ARRAY(SELECT candidates.id FROM candidates))
     RETURNING t.*
 )
@@ -75,12 +87,9 @@ FROM pgqueue.tasks
 WHERE queue = ANY(%(queues)s) AND status IN ('PENDING', 'RETRYING')
   AND queue <> ALL (ARRAY(SELECT queue FROM pgqueue.paused_queues));
 
--- name: complete_tasks
--- Record many results in one statement; returns the ids accepted.
-SELECT pgqueue.complete_tasks(%(ids)s, %(tokens)s, %(results)s::jsonb[]);
-
 -- name: complete_started_tasks
--- complete_tasks, with when each run started (later than its claim if claimed ahead).
+-- Record many results in one statement, with when each run started (later than its claim
+-- if claimed ahead; NULL keeps the start recorded); returns the ids accepted.
 -- Binary parameters (%%b): psycopg's text dumping of arrays quotes each element with a
 -- regular expression, over a tenth of a worker's CPU at 15,000 completions a second.
 SELECT pgqueue.complete_tasks(
@@ -278,10 +287,6 @@ ON CONFLICT (id) DO UPDATE SET expires_at = excluded.expires_at;
 -- The waiter is done.
 DELETE FROM pgqueue.result_waiters WHERE id = %(id)s;
 
--- name: listen_results
--- Finished tasks that someone waits for (payload: the task id).
-LISTEN "pgqueue.results";
-
 -- name: set_worker_task_names
 -- The task names a worker can run, for `pgqueue tasks explain`.
 UPDATE pgqueue.workers SET task_names = %(task_names)s WHERE id = %(id)s;
@@ -353,25 +358,6 @@ SELECT s.*, (SELECT max(r.scheduled_at) FROM pgqueue.cron_runs AS r WHERE r.name
        now() AS db_now
 FROM pgqueue.cron_schedules AS s
 ORDER BY s.name;
-
--- name: testing_claim_tasks
--- The test mode (pgqueue.testing): claim_tasks with the clock given, not now().
-WITH due AS (
-    SELECT t.id FROM pgqueue.tasks AS t
-    WHERE t.queue = ANY(%(queues)s::text[]) AND t.status IN ('PENDING', 'RETRYING')
-      AND t.run_at <= %(now)s
-      AND t.queue <> ALL (ARRAY(SELECT queue FROM pgqueue.paused_queues))
-    ORDER BY t.priority DESC, t.run_at, t.id
-    LIMIT %(limit)s
-    FOR UPDATE SKIP LOCKED
-)
-UPDATE pgqueue.tasks AS t
-SET status = 'RUNNING', attempts = t.attempts + 1, started_at = now(),
-    worker_id = %(worker_id)s, lease_expires_at = now() + interval '1 hour',
-    lease_token = t.lease_token + 1
-FROM due
-WHERE t.id = due.id
-RETURNING t.*;
 
 -- name: testing_all_queues
 -- Every queue that has waiting tasks (the test mode drains all by default).

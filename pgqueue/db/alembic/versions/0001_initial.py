@@ -7,7 +7,7 @@ Create Date: 2026-11-28
 
 from alembic import context, op
 
-from pgqueue.db.migrations import run_sql_file
+from pgqueue.db.migrations import run_revision_sql
 
 revision = "0001"
 down_revision = None
@@ -15,15 +15,11 @@ branch_labels = ("pgqueue",)
 depends_on = None
 
 
-# Until the first release, revision 0001 builds the whole schema from these files, in
-# this order; after it, every change is a new revision.
-SQL_FILES = ("schema.sql", "functions.sql", "operations.sql", "outbox.sql", "features.sql")
-
-
 def upgrade() -> None:
-    schema = context.config.attributes.get("schema", "pgqueue")
-    for filename in SQL_FILES:
-        run_sql_file(op.get_bind(), filename, schema)
+    # Frozen: 0001_initial.sql beside this file is a copy of the live files of sql/ as they
+    # were when this revision was frozen. Editing those files never changes what this
+    # revision builds; every schema change is a new revision.
+    run_revision_sql(__file__)
 
 
 def downgrade() -> None:

@@ -1,0 +1,165 @@
+"""One call of a task, made ready to queue: which task it names, its arguments bound to the
+function's signature and validated (typed arguments rebuilt), encoded as JSON within the
+size limit, and its unique key derived. `.delay()`, `TaskManager.queue_task(s)` and their
+async twins all queue through here, so a call's arguments make one trip.
+
+>>> function, name = resolve_task(send_email)          # pgqueue.tasks.definition
+>>> new = build_task(function, name, options, (), {"to": "a@x"}, None, max_payload_bytes)
+"""
+
+from __future__ import annotations
+
+import inspect
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+from pgqueue.errors import InvalidTaskArguments, InvalidTaskOption
+from pgqueue.payload import encode_kwargs
+from pgqueue.records import NewTask, new_task_id, new_task_ids
+from pgqueue.tasks.options import TaskOptions
+
+if TYPE_CHECKING:
+    from pgqueue.tasks.definition import TaskFunction
+
+#: A unique key: a string, or a callable that derives it from the task's arguments (a dict).
+UniqueKey = str | Callable[[dict[str, Any]], str]
+MAX_UNIQUE_KEY_LENGTH = 1024
+
+
+def build_task(
+    function: TaskFunction[Any] | None,
+    name: str,
+    options: TaskOptions,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    unique_key: UniqueKey | None,
+    max_payload_bytes: int,
+    task_id: uuid.UUID | None = None,
+) -> NewTask:
+    """The row of one call: arguments bound, validated and encoded; its unique key."""
+    if function is not None:
+        if args or function.typed_arguments is not None or function.kwargs_problem(kwargs):
+            kwargs = bind_arguments(function, args, kwargs)
+        # else: keyword arguments the signature takes as they are (a set check, the
+        # worker's own): binding them would only reorder them, at 5 us a row in bulk.
+    elif args:
+        raise InvalidTaskArguments(
+            f"{name} is queued by name, so its signature is unknown here: pass keyword arguments"
+        )
+    if unique_key is None and function is not None:
+        unique_key = function.unique_key
+    timing = options.timing
+    return NewTask(
+        id=task_id or new_task_id(),
+        name=name,
+        queue=options.queue,
+        priority=options.priority,
+        max_retries=options.max_retries,
+        kwargs_json=encode_kwargs(name, kwargs, max_payload_bytes),
+        delay=timing.delay,
+        schedule_at=timing.schedule_at,
+        unique_key=None if unique_key is None else derive_unique_key(name, unique_key, kwargs),
+    )
+
+
+def build_tasks(
+    function: TaskFunction[Any] | None,
+    name: str,
+    options: TaskOptions,
+    rows: Sequence[Mapping[str, Any]],
+    unique_key: UniqueKey | None,
+    max_payload_bytes: int,
+) -> list[NewTask]:
+    """The rows of a bulk call (keyword arguments only); an error names the row."""
+    new_tasks = []
+    ids = new_task_ids(len(rows))
+    # Rows whose stored arguments need no binding, typing or key: built right here, not
+    # through build_task, since bulk queueing is bound by this loop (2 us a row saved).
+    plain_check = (
+        function.kwargs_problem
+        if function is not None
+        and function.typed_arguments is None
+        and unique_key is None
+        and function.unique_key is None
+        else None
+    )
+    timing = options.timing
+    for index, row in enumerate(rows):
+        if type(row) is not dict and not isinstance(row, Mapping):  # dict: no ABC check
+            raise InvalidTaskArguments(
+                f"row {index} of queue_tasks is a {type(row).__name__}; give a dict of arguments"
+            )
+        try:
+            if plain_check is not None and plain_check(row) is None:
+                new_tasks.append(
+                    NewTask(
+                        ids[index],
+                        name,
+                        options.queue,
+                        options.priority,
+                        options.max_retries,
+                        encode_kwargs(name, row, max_payload_bytes),
+                        timing.delay,
+                        timing.schedule_at,
+                    )
+                )
+                continue
+            new_tasks.append(
+                build_task(
+                    function,
+                    name,
+                    options,
+                    (),
+                    dict(row),
+                    unique_key,
+                    max_payload_bytes,
+                    task_id=ids[index],
+                )
+            )
+        except (InvalidTaskArguments, InvalidTaskOption) as error:
+            raise type(error)(f"row {index}: {error}") from error
+    return new_tasks
+
+
+def bind_arguments(
+    function: TaskFunction[Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> dict[str, Any]:
+    """Arguments as a keyword dict, refused as a call of the function would refuse them;
+    typed arguments (pydantic models, dataclasses) validated."""
+    signature = function.signature
+    try:
+        bound = signature.bind(*args, **kwargs)
+    except TypeError as error:
+        raise InvalidTaskArguments(f"{function.name}: {error}") from None
+    arguments: dict[str, Any] = {}
+    for name, value in bound.arguments.items():
+        kind = signature.parameters[name].kind
+        if kind is inspect.Parameter.VAR_KEYWORD:
+            arguments.update(value)
+        elif kind in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.POSITIONAL_ONLY):
+            raise InvalidTaskArguments(
+                f"{function.name}: parameter {name!r} is positional-only or *args, which a "
+                "queued task cannot store; make it a keyword parameter"
+            )
+        else:
+            arguments[name] = value
+    if function.typed_arguments is not None:
+        return function.typed_arguments.validate(arguments)
+    return arguments
+
+
+def derive_unique_key(task_name: str, spec: UniqueKey, kwargs: dict[str, Any]) -> str:
+    """The unique key of one call: `spec` itself, or what it returns for the arguments."""
+    key = spec(dict(kwargs)) if callable(spec) else spec
+    if not isinstance(key, str):
+        raise InvalidTaskArguments(
+            f"unique_key of {task_name} must be a string (or a callable returning one), "
+            f"not {type(key).__name__}"
+        )
+    if not key or len(key) > MAX_UNIQUE_KEY_LENGTH or "\x00" in key:
+        raise InvalidTaskOption(
+            f"unique_key of {task_name} must be 1 to {MAX_UNIQUE_KEY_LENGTH} characters "
+            f"without NUL, not {key[:80]!r}"
+        )
+    return key
