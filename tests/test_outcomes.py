@@ -12,7 +12,7 @@ import uuid
 from typing import Any
 
 import pytest
-from conftest import wait_until
+from support.waiting import wait_until
 
 from pgqueue import AsyncTask, TaskManager
 from pgqueue.loops import BackgroundLoop

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from pgqueue.records import NewTask, Outcome, Task
 
-log = logging.getLogger("pgqueue.worker")
+log = logging.getLogger("pgqueue.broker")
 
 if TYPE_CHECKING:
     import uuid

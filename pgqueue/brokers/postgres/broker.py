@@ -25,7 +25,7 @@ from pgqueue.errors import DatabaseUnavailable, LeaseLost
 from pgqueue.records import CleanupPolicy, NewTask, Outcome, Task, TaskStatus, WorkerInfo
 from pgqueue.settings import Settings
 
-log = logging.getLogger("pgqueue.worker")
+log = logging.getLogger("pgqueue.postgres")
 
 T = TypeVar("T")
 MAX_BACKOFF_SECONDS = 10.0

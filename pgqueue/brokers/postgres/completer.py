@@ -22,7 +22,7 @@ from pgqueue.loops import BackgroundLoop, Backoff, first_line
 from pgqueue.payload import error_summary, storable_text
 from pgqueue.records import Outcome, OutcomeKind
 
-log = logging.getLogger("pgqueue.worker")
+log = logging.getLogger("pgqueue.completer")
 
 MAX_BACKOFF_SECONDS = 5.0
 #: Errors that mean the database is away, not that it refused an outcome: try again.

@@ -13,7 +13,7 @@ from pgqueue.db.queries import notify_channel
 from pgqueue.loops import BackgroundLoop, Backoff, first_line
 from pgqueue.tasks.context import control_channel
 
-log = logging.getLogger("pgqueue.worker")
+log = logging.getLogger("pgqueue.listener")
 
 HEALTH_CHECK_SECONDS = 10.0
 MAX_BACKOFF_SECONDS = 10.0

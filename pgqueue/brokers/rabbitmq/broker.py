@@ -52,7 +52,7 @@ from pgqueue.loops import SupervisedTask
 from pgqueue.records import CleanupPolicy, NewTask, Outcome, Task, WorkerInfo
 from pgqueue.settings import Settings
 
-log = logging.getLogger("pgqueue.worker")
+log = logging.getLogger("pgqueue.rabbitmq")
 
 
 class RabbitMQBroker(Broker):
@@ -306,6 +306,7 @@ class RabbitMQBroker(Broker):
                 )
                 await self._settle_message(generation, message)
                 continue
+            # Not handed out yet: completing the record in place is safe (records.py).
             task.attempts, task.lease_token = started[task.id]
             admitted.append((task, generation, message))
         return admitted

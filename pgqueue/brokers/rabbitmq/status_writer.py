@@ -27,7 +27,7 @@ from pgqueue.db.database import Database
 from pgqueue.errors import DatabaseUnavailable
 from pgqueue.records import Outcome, OutcomeKind, Task
 
-log = logging.getLogger("pgqueue.worker")
+log = logging.getLogger("pgqueue.status_writer")
 
 
 def retry_backoff(attempts: int) -> float:

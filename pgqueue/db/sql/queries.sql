@@ -21,8 +21,8 @@ COPY pgqueue.tasks (id, name, queue, priority, kwargs, max_retries, run_at) FROM
 SELECT * FROM pgqueue.tasks WHERE id = %(id)s;
 
 -- name: claim_tasks
--- The body of the claim_tasks function (sql/functions.sql; tests/test_claim_ahead.py keeps
--- the two identical), as a statement the worker prepares: PostgreSQL 15 plans a SQL
+-- The body of the claim_tasks function (sql/functions.sql; tests/worker/test_claim_ahead.py
+-- keeps the two identical), as a statement the worker prepares: PostgreSQL 15 plans a SQL
 -- function's body at every call, 0.3-0.4 ms of a claim's 1.5 ms on an idle server, which
 -- is most of a wake-up. Returns the columns a run needs, in the order brokers/postgres.py
 -- reads them, kwargs as text, and the claim's time as started_at of the tasks claimed ahead

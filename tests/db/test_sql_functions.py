@@ -1,4 +1,4 @@
-"""The lifecycle functions of sql/functions.sql, called directly in SQL: order, exclusivity,
+"""The lifecycle functions of db/sql/functions.sql, called directly in SQL: order, exclusivity,
 back-off, fencing, cancel/retry, cleanup, lease rescue, notifications and the claim's plan."""
 
 from __future__ import annotations
