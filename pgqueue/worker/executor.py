@@ -21,7 +21,7 @@ from pgqueue.tasks.context import Retry, Snooze, TaskContext, reset_current_task
 from pgqueue.tasks.definition import TaskFunction
 from pgqueue.worker.threads import DaemonThreadPool
 
-log = logging.getLogger("pgqueue.worker")
+log = logging.getLogger("pgqueue.executor")
 
 
 #: broker.completion_transaction(task): an async context manager; None if unsupported.

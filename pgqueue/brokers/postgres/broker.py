@@ -32,7 +32,7 @@ from pgqueue.loops import Backoff, retrying
 from pgqueue.records import CleanupPolicy, NewTask, Outcome, OutcomeKind, Task, WorkerInfo
 from pgqueue.settings import Settings
 
-log = logging.getLogger("pgqueue.worker")
+log = logging.getLogger("pgqueue.postgres")
 
 T = TypeVar("T")
 MAX_BACKOFF_SECONDS = 10.0

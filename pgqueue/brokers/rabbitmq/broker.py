@@ -53,7 +53,7 @@ from pgqueue.loops import Backoff, SupervisedTask
 from pgqueue.records import CleanupPolicy, NewTask, Outcome, Task, WorkerInfo
 from pgqueue.settings import Settings
 
-log = logging.getLogger("pgqueue.worker")
+log = logging.getLogger("pgqueue.rabbitmq")
 
 
 class RabbitMQBroker(Broker):
@@ -308,6 +308,7 @@ class RabbitMQBroker(Broker):
                 )
                 await self._settle_message(generation, message)
                 continue
+            # Not handed out yet: completing the record in place is safe (records.py).
             task.attempts, task.lease_token = started[task.id]
             admitted.append((task, generation, message))
         return admitted

@@ -12,7 +12,9 @@ from typing import Any
 import psycopg
 import pytest
 from broker_tasks import calls, failures_left, flaky, forget_runs, nap, record
-from conftest import default_task_manager, statuses, wait_until
+from support.database import statuses
+from support.producer import default_task_manager
+from support.waiting import wait_until
 
 from pgqueue import events
 from pgqueue.records import TaskStatus
