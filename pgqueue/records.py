@@ -37,6 +37,13 @@ class TaskStatus(enum.StrEnum):
         return self in (TaskStatus.COMPLETED, TaskStatus.FAILED, TaskStatus.CANCELLED)
 
 
+# Not frozen: a frozen __init__ costs 2.8 us against 0.3 us, dataclasses.replace 4 us, where
+# a worker spends 25-35 us of CPU per task and makes a record per claimed task. Records
+# are written only before they are shared: by the broker completing a claimed record it
+# has not handed out yet (RabbitMQ: attempts and lease token, once the start is recorded),
+# and by the worker moving a task claimed ahead's `started_at` to when its run begins, on
+# the event loop before the run exists (a heartbeat meanwhile reads only its id and lease
+# token). Once a run has it, a record is only read.
 @dataclasses.dataclass(slots=True)
 class Task:
     """One row of the task table.

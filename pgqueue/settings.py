@@ -415,7 +415,7 @@ def _warn_if_misspelt(variable: str, name: str, names: tuple[str, ...]) -> None:
 
     close = difflib.get_close_matches(name, names, n=1, cutoff=0.8)
     if close:
-        logging.getLogger("pgqueue").warning(
+        logging.getLogger("pgqueue.settings").warning(
             "%s is not a pgqueue setting and is ignored; did you mean %s?",
             variable,
             (ENV_PREFIX + close[0]).upper(),

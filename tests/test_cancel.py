@@ -8,7 +8,7 @@ import time
 from typing import Any
 
 import psycopg
-from conftest import wait_until
+from support.waiting import wait_until
 
 from pgqueue import AsyncTask, TaskManager, current_task
 

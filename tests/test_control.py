@@ -6,7 +6,7 @@ import collections
 from typing import Any
 
 import pytest
-from conftest import wait_until
+from support.waiting import wait_until
 
 from pgqueue import AsyncTask, PgQueueError, Retry, Snooze, TaskManager, current_task
 

@@ -16,7 +16,7 @@ import feature_tasks
 import psycopg
 import pytest
 from click.testing import CliRunner
-from conftest import wait_until
+from support.waiting import wait_until
 
 from pgqueue import AsyncTask, TaskManager
 from pgqueue.cli import main

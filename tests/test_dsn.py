@@ -16,8 +16,9 @@ from urllib.parse import quote
 
 import psycopg
 import pytest
-from conftest import ROOT, wait_until
 from psycopg_pool import ConnectionPool, PoolTimeout
+from support.paths import worker_pythonpath
+from support.waiting import wait_until
 
 from pgqueue.db.database import Database
 from pgqueue.dsn import mask_dsn, parse_dsn, redact
@@ -215,8 +216,7 @@ CONFIG_COMMANDS = {
 
 def run_cli(args: list[str], cwd: Path, **env: str) -> subprocess.CompletedProcess[str]:
     environment = {k: v for k, v in os.environ.items() if not k.startswith("PGQUEUE_")}
-    pythonpath = os.pathsep.join([str(ROOT / "tests" / "tasks"), str(ROOT)])
-    environment.update({"PYTHONPATH": pythonpath, **env})
+    environment.update({"PYTHONPATH": worker_pythonpath(), **env})
     return subprocess.run(
         [sys.executable, "-m", "pgqueue.cli", *args],
         env=environment,

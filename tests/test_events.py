@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 import worker_tasks
-from conftest import wait_until
+from support.waiting import wait_until
 
 from pgqueue import Task, TaskManager, TaskStatus, events
 from pgqueue.events import EventDispatcher, dispatcher

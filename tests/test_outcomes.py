@@ -14,7 +14,7 @@ from typing import Any
 
 import psycopg
 import pytest
-from conftest import wait_until
+from support.waiting import wait_until
 
 from pgqueue import AsyncTask, TaskManager, TaskStatus
 from pgqueue.db.claim import claim_tasks

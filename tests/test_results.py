@@ -9,7 +9,7 @@ from typing import Any
 
 import psycopg
 import pytest
-from conftest import wait_until
+from support.waiting import wait_until
 
 from pgqueue import AsyncTask, PgQueueError, TaskManager
 from pgqueue.errors import TaskNotFound

@@ -20,7 +20,6 @@ from typing import Any
 import psycopg
 import pytest
 import seed_tasks
-from conftest import ROOT, InProcessWorker, wait_until
 from seed_tasks import (
     cleanup_old_data,
     daily_report,
@@ -36,6 +35,9 @@ from seed_tasks import (
     task_with_custom_retry,
     urgent_task,
 )
+from support.paths import worker_pythonpath
+from support.waiting import wait_until
+from support.workers import InProcessWorker
 
 from pgqueue import TaskManager, TaskStatus, WorkerManager
 from pgqueue.brokers import get_broker
@@ -246,7 +248,7 @@ def seed_env_vars(dsn: str) -> dict[str, str]:
         **os.environ,
         "PGQUEUE_DSN": dsn,
         "PGQUEUE_IMPORTS": "seed_tasks",
-        "PYTHONPATH": os.pathsep.join([str(ROOT / "tests" / "tasks"), str(ROOT)]),
+        "PYTHONPATH": worker_pythonpath(),
         "PYTHONUNBUFFERED": "1",
     }
 

@@ -11,11 +11,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from support.paths import ROOT
 
 from pgqueue.errors import ConfigurationError, PgQueueError
 from pgqueue.settings import Settings, get_settings, load_settings
-
-ROOT = Path(__file__).resolve().parents[1]
 
 SEED_CONFIG = """\
 # config/services.yaml, as the seed documents it

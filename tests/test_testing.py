@@ -10,7 +10,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
-from conftest import statuses
+from support.database import statuses
 
 from pgqueue import AsyncTask, PgQueueError, Retry, Snooze, TaskManager, current_task, testing
 

@@ -9,7 +9,8 @@ from typing import Any
 
 import pydantic
 import pytest
-from conftest import statuses, wait_until
+from support.database import statuses
+from support.waiting import wait_until
 
 from pgqueue import AsyncTask, TaskManager
 from pgqueue.errors import InvalidTaskArguments

@@ -8,7 +8,8 @@ from typing import Any
 
 import psycopg
 import pytest
-from conftest import statuses, wait_until
+from support.database import statuses
+from support.waiting import wait_until
 
 from pgqueue import AsyncTask, TaskManager
 from pgqueue.errors import InvalidTaskArguments, InvalidTaskOption, PgQueueError

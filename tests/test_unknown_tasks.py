@@ -1,6 +1,6 @@
 """Tasks whose name a worker has not registered: given back, never failed by that worker,
 never hot-looped, and a worker with no task at all refuses to start (database broker; the
-broker contract in test_brokers.py runs the same rule on both brokers)."""
+broker contract in brokers/test_brokers.py runs the same rule on both brokers)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from typing import Any
 
 import psycopg
 import pytest
-from conftest import wait_until
+from support.waiting import wait_until
 
 from pgqueue import AsyncTask, TaskManager, WorkerManager
 from pgqueue.errors import ConfigurationError

@@ -12,9 +12,8 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from conftest import wait_until
-
-ROOT = Path(__file__).resolve().parent.parent
+from support.paths import ROOT
+from support.waiting import wait_until
 
 TASKS_MODULE = """\
 from pgqueue import AsyncTask

@@ -17,7 +17,7 @@ one place that names them.
   outcomes cannot be recorded), `completion_transaction` (transactional tasks). Producers
   read `database` (where the task records are).
 
-The contract suite, `tests/test_brokers.py`, runs against every broker.
+The contract suite, `tests/brokers/test_brokers.py`, runs against every broker.
 """
 
 from __future__ import annotations

@@ -68,7 +68,7 @@ def queries(schema: str = DEFAULT_SCHEMA) -> dict[str, str]:
 class Channel(enum.StrEnum):
     """The LISTEN/NOTIFY channels, each named "<schema>.<value>" on the server. The SQL of
     `sql/` sends on them under those names ('pgqueue.tasks', ..., the schema rewritten like
-    every `pgqueue.` prefix); tests/test_sql_functions.py holds the two lists equal."""
+    every `pgqueue.` prefix); tests/db/test_sql_functions.py holds the two lists equal."""
 
     #: New work, and tasks due again (payload: their queue).
     TASKS = "tasks"

@@ -22,7 +22,7 @@ from pgqueue.tasks.context import Retry, Snooze, TaskContext, reset_current_task
 from pgqueue.tasks.definition import TaskFunction
 from pgqueue.worker.threads import DaemonThreadPool
 
-log = logging.getLogger("pgqueue.worker")
+log = logging.getLogger("pgqueue.executor")
 
 
 #: Broker.completion_transaction: the transaction a transactional task runs in.

@@ -137,6 +137,10 @@ class WorkerManager:
         self.cleanup = CleanupPolicy(interval_hours=interval_hours, retain_days=retain_days)
 
     def set_shutdown_grace(self, seconds: float) -> None:
+        """How long a stop waits for running tasks before releasing them (0: release at once)."""
+        # `not seconds >= 0` refuses NaN too: as a wait timeout it releases every run at once.
+        if isinstance(seconds, bool) or not isinstance(seconds, int | float) or not seconds >= 0:
+            raise ValueError(f"shutdown grace must be a number of seconds >= 0, not {seconds!r}")
         self.shutdown_grace_seconds = float(seconds)
 
     @property
@@ -316,6 +320,7 @@ class WorkerManager:
         buffer, runs = self._buffer, self._runs
         # started_at (the claim's time, from the database clock) moves on by the time spent
         # in the buffer, measured here: the completion records when the run really began.
+        # The record is changed in place before its run exists (why that is safe: records.py).
         now, batch_claimed_at, waited = time.monotonic(), -1.0, datetime.timedelta()
         while buffer and len(runs) < self.concurrency and not self._stopping:
             task, claimed_at, recorded = buffer.popleft()

@@ -8,19 +8,17 @@ from typing import Any
 import fault_tasks
 import psycopg
 import pytest
-from conftest import wait_until
-
-from pgqueue.task_manager import TaskManager
-
-from .conftest import (
+from support.faults import (
     WorkerPool,
     all_finished,
     assert_exactly_once,
     execution_count,
-    via_proxy,
     wait_for_worker_ready,
 )
-from .proxy import Proxy
+from support.proxy import Proxy, via_proxy
+from support.waiting import wait_until
+
+from pgqueue.task_manager import TaskManager
 
 # application_name of each kind of worker connection (the main pool has none of its own;
 # the pool helper sets PGAPPNAME=pgqueue-worker for it).

@@ -7,11 +7,10 @@ from typing import Any
 
 import fault_tasks
 import psycopg
-from conftest import wait_until
+from support.faults import WorkerPool, assert_exactly_once, execution_count, task_row
+from support.waiting import wait_until
 
 from pgqueue.task_manager import TaskManager
-
-from .conftest import WorkerPool, assert_exactly_once, execution_count, task_row
 
 
 def test_sigterm_drains_with_heartbeats_and_claims_nothing_more(

@@ -8,13 +8,12 @@ from typing import Any
 import fault_tasks
 import psycopg
 import pytest
-from conftest import wait_until
+from support.faults import WorkerPool, all_finished, task_row
+from support.waiting import wait_until
 
 from pgqueue.errors import InvalidTaskOption
 from pgqueue.settings import load_settings
 from pgqueue.task_manager import TaskManager
-
-from .conftest import WorkerPool, all_finished, task_row
 
 UNREACHABLE = "postgresql://postgres@127.0.0.1:1/nowhere?connect_timeout=1"
 

@@ -9,11 +9,7 @@ from typing import Any
 import fault_tasks
 import psycopg
 import pytest
-from conftest import wait_until
-
-from pgqueue.task_manager import TaskManager
-
-from .conftest import (
+from support.faults import (
     WorkerPool,
     all_finished,
     assert_exactly_once,
@@ -21,6 +17,9 @@ from .conftest import (
     task_row,
     wait_for_worker_ready,
 )
+from support.waiting import wait_until
+
+from pgqueue.task_manager import TaskManager
 
 STORM_TASKS = 3000  # scaled down from "thousands" to fit CI's two cores
 

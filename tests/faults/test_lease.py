@@ -7,17 +7,10 @@ from typing import Any
 
 import fault_tasks
 import psycopg
-from conftest import wait_until
+from support.faults import WorkerPool, all_finished, assert_exactly_once, execution_count, task_row
+from support.waiting import wait_until
 
 from pgqueue.task_manager import TaskManager
-
-from .conftest import (
-    WorkerPool,
-    all_finished,
-    assert_exactly_once,
-    execution_count,
-    task_row,
-)
 
 
 def test_sigstop_past_the_lease_then_sigcont(

@@ -9,11 +9,10 @@ from typing import Any
 import fault_tasks
 import psycopg
 import pytest
-from conftest import wait_until
+from support.faults import WorkerPool, all_finished, assert_exactly_once, execution_count
+from support.waiting import wait_until
 
 from pgqueue.task_manager import TaskManager
-
-from .conftest import WorkerPool, all_finished, assert_exactly_once, execution_count
 
 # 20,000 in CI (two cores, its time limit); PGQUEUE_FAULTS_LOAD_TASKS=50000 for the full run.
 TASKS = int(os.environ.get("PGQUEUE_FAULTS_LOAD_TASKS", "20000"))

@@ -10,18 +10,12 @@ from typing import Any
 import fault_tasks
 import psycopg
 import pytest
-from conftest import wait_until
+from support.cluster import restart_server
+from support.faults import WorkerPool, all_finished, assert_exactly_once, wait_for_worker_ready
+from support.waiting import wait_until
 
 from pgqueue.errors import DatabaseUnavailable
 from pgqueue.task_manager import TaskManager
-
-from .conftest import (
-    WorkerPool,
-    all_finished,
-    assert_exactly_once,
-    restart_server,
-    wait_for_worker_ready,
-)
 
 
 class Producer(threading.Thread):

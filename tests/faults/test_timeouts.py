@@ -6,11 +6,10 @@ from typing import Any
 
 import fault_tasks
 import psycopg
-from conftest import wait_until
+from support.faults import WorkerPool, all_finished, assert_exactly_once, execution_count, task_row
+from support.waiting import wait_until
 
 from pgqueue.task_manager import TaskManager
-
-from .conftest import WorkerPool, all_finished, assert_exactly_once, execution_count, task_row
 
 
 def test_async_timeout_cancels_the_run(

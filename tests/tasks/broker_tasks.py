@@ -1,4 +1,4 @@
-"""Tasks of the broker contract suite (tests/test_brokers.py, tests/test_rabbitmq.py).
+"""Tasks of the broker tests (tests/brokers/test_brokers.py, test_rabbitmq.py).
 
 In-process workers share `calls` with the test; subprocess workers import this module
 with `--import broker_tasks` and leave their traces in the task table only.

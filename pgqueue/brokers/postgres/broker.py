@@ -37,7 +37,7 @@ if TYPE_CHECKING:
     from pgqueue.settings import TaskDefaults
     from pgqueue.tasks.definition import TaskFunction
 
-log = logging.getLogger("pgqueue.worker")
+log = logging.getLogger("pgqueue.postgres")
 
 T = TypeVar("T")
 MAX_BACKOFF_SECONDS = 10.0

@@ -21,7 +21,7 @@ from pgqueue.loops import BackgroundLoop, Backoff
 from pgqueue.payload import error_summary, storable_text
 from pgqueue.records import Outcome, OutcomeKind
 
-log = logging.getLogger("pgqueue.worker")
+log = logging.getLogger("pgqueue.completer")
 
 MAX_BACKOFF_SECONDS = 5.0
 

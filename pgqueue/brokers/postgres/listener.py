@@ -13,7 +13,7 @@ from pgqueue.db.queries import Channel
 from pgqueue.errors import first_line
 from pgqueue.loops import BackgroundLoop, Backoff
 
-log = logging.getLogger("pgqueue.worker")
+log = logging.getLogger("pgqueue.listener")
 
 HEALTH_CHECK_SECONDS = 10.0
 MAX_BACKOFF_SECONDS = 10.0

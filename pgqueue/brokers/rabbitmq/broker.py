@@ -58,7 +58,7 @@ if TYPE_CHECKING:
     from pgqueue.settings import TaskDefaults
     from pgqueue.tasks.definition import TaskFunction
 
-log = logging.getLogger("pgqueue.worker")
+log = logging.getLogger("pgqueue.rabbitmq")
 
 
 class RabbitMQBroker(Broker):
@@ -328,6 +328,7 @@ class RabbitMQBroker(Broker):
                 )
                 await self._settle_message(generation, message)
                 continue
+            # Not handed out yet: completing the record in place is safe (records.py).
             task.attempts, task.lease_token = started[task.id]
             admitted.append((task, generation, message))
         return admitted

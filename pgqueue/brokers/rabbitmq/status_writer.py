@@ -3,7 +3,7 @@
 With records (status tracking), the database decides what becomes of each outcome, through
 the mapping every broker shares (db/outcomes.py). Without them there is no database to ask,
 so `decide_untracked` takes the same decisions in Python, from the message: the one Python
-copy of the SQL's decisions, kept equal to it by tests/test_rabbitmq.py. Either way the
+copy of the SQL's decisions, kept equal to it by tests/brokers/test_rabbitmq.py. Either way the
 decisions come as a `Written`, from which `follow_ups` says what to publish.
 """
 
@@ -31,7 +31,7 @@ from pgqueue.db.outcomes import Decision, Written, write_outcomes
 from pgqueue.loops import Backoff, retrying
 from pgqueue.records import Outcome, OutcomeKind, Task, TaskStatus
 
-log = logging.getLogger("pgqueue.worker")
+log = logging.getLogger("pgqueue.status_writer")
 
 
 @dataclasses.dataclass(slots=True)

@@ -11,6 +11,8 @@ import asyncio
 import contextlib
 import threading
 
+import psycopg
+
 
 class Proxy:
     def __init__(self, target_host: str, target_port: int) -> None:
@@ -89,3 +91,10 @@ class Proxy:
             asyncio.run_coroutine_threadsafe(shutdown(), self._loop).result(5)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(5)
+
+
+def via_proxy(dsn: str, port: int) -> str:
+    """`dsn` with its connections going through the proxy on 127.0.0.1:`port`."""
+    params = psycopg.conninfo.conninfo_to_dict(dsn)
+    params.update(host="127.0.0.1", port=str(port))
+    return psycopg.conninfo.make_conninfo("", **params)

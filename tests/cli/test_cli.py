@@ -11,8 +11,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
-
-ROOT = Path(__file__).resolve().parent.parent
+from support.paths import ROOT
 
 
 def run_cli(

@@ -1,4 +1,4 @@
-"""Claim-ahead (pgqueue/worker.py): a worker with short runs claims tasks beyond its free
+"""Claim-ahead (pgqueue/worker/manager.py): a worker with short runs claims tasks beyond its free
 slots and holds them in a buffer; held tasks are RUNNING under its lease, never run twice,
 and go back to the queue (PENDING, attempt not counted) when not started in time, at
 shutdown, or never run when cancelled meanwhile."""
@@ -13,7 +13,7 @@ from typing import Any
 
 import psycopg
 import pytest
-from conftest import wait_until
+from support.waiting import wait_until
 
 from pgqueue import AsyncTask, TaskManager
 from pgqueue.worker import manager as worker_module

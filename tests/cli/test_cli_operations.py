@@ -19,7 +19,8 @@ import operations_tasks
 import psycopg
 import pytest
 from click.testing import CliRunner, Result
-from conftest import ROOT, wait_until
+from support.paths import ROOT
+from support.waiting import wait_until
 
 from pgqueue.cli import main
 from pgqueue.settings import get_settings

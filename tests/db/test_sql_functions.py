@@ -1,6 +1,6 @@
-"""The lifecycle functions of sql/functions.sql and the claim statement of sql/queries.sql,
-called directly in SQL: order, exclusivity, back-off, fencing, cancel/retry, cleanup, lease
-rescue, notifications and the claim's plan."""
+"""The lifecycle functions of db/sql/functions.sql and the claim statement of
+db/sql/queries.sql, called directly in SQL: order, exclusivity, back-off, fencing,
+cancel/retry, cleanup, lease rescue, notifications and the claim's plan."""
 
 from __future__ import annotations
 

@@ -14,7 +14,8 @@ from typing import Any
 import psycopg
 import pytest
 import worker_tasks
-from conftest import ROOT, wait_until
+from support.paths import ROOT, worker_pythonpath
+from support.waiting import wait_until
 
 from pgqueue import TaskManager, TaskStatus
 
@@ -31,7 +32,7 @@ def task_env(dsn: str, **extra: str) -> dict[str, str]:
     return {
         **os.environ,
         "PGQUEUE_DSN": dsn,
-        "PYTHONPATH": os.pathsep.join([str(ROOT / "tests" / "tasks"), str(ROOT)]),
+        "PYTHONPATH": worker_pythonpath(),
         "PYTHONUNBUFFERED": "1",
         **extra,
     }

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime
 import os
+import re
 import signal
 import uuid
 from collections.abc import Callable, Iterator
@@ -17,7 +18,8 @@ from typing import Any
 import psycopg
 import pytest
 import worker_tasks
-from conftest import statuses, wait_until
+from support.database import statuses
+from support.waiting import wait_until
 
 from pgqueue import TaskManager, TaskStatus, WorkerManager
 from pgqueue.brokers import get_broker
@@ -409,3 +411,14 @@ def test_configuration_setters_check_their_input(settings: Any) -> None:
         worker.set_cleanup_config(interval_hours=0)
     with pytest.raises(ValueError):
         worker.set_queues([""])
+
+
+@pytest.mark.parametrize("grace", [-1, float("nan"), "30", None, True])
+def test_shutdown_grace_refuses_what_is_not_seconds(settings: Any, grace: Any) -> None:
+    worker = WorkerManager(get_broker(settings), settings=settings)
+    with pytest.raises(ValueError, match=rf"shutdown grace .* not {re.escape(repr(grace))}$"):
+        worker.set_shutdown_grace(grace)
+    assert worker.shutdown_grace_seconds == settings.shutdown_grace_seconds
+    worker.set_shutdown_grace(0)
+    worker.set_shutdown_grace(2)
+    assert worker.shutdown_grace_seconds == 2.0

@@ -1,4 +1,4 @@
-"""pgqueue/admin.py and the views of sql/operations.sql against the real PostgreSQL:
+"""pgqueue/ops/admin.py and the views of db/sql/operations.sql against the real PostgreSQL:
 what each view reports for tasks put in known states, and the admin calls (pause, resume,
 retry, purge) that the CLI runs."""
 
@@ -10,7 +10,7 @@ from typing import Any
 
 import psycopg
 import pytest
-from conftest import statuses
+from support.database import statuses
 
 from pgqueue.db import migrations
 from pgqueue.db.claim import claimed_task

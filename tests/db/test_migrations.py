@@ -16,14 +16,14 @@ import pytest
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import create_engine, text
+from support.paths import ROOT
+from support.waiting import wait_until
 
 from pgqueue import AsyncTask
 from pgqueue.db.migrations import head_revision, sqlalchemy_url, upgrade
 from pgqueue.db.queries import queries
 from pgqueue.settings import Settings, load_settings
 from pgqueue.task_manager import TaskManager
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 @AsyncTask(queue="jobs-queue")
@@ -219,7 +219,6 @@ def test_non_default_schema_end_to_end(
         # And a worker configured for that schema runs a task queued there.
         worker = start_worker(queues=["jobs-queue"], worker_settings=jobs_settings)
         task_id = manager.queue_task(double, x=21)
-        from conftest import wait_until
 
         def finished() -> Any:
             task = manager.get_task(task_id)

@@ -1,4 +1,4 @@
-"""Prometheus metrics (pgqueue/metrics.py), scraped over HTTP after real tasks ran: counters
+"""Prometheus metrics (pgqueue/ops/metrics.py), scraped over HTTP after real tasks ran: counters
 and durations from the event dispatcher, queue gauges from pgqueue.queue_stats, and the
 `--metrics-port` option of `pgqueue worker start`."""
 
@@ -14,8 +14,8 @@ from typing import Any
 import operations_tasks
 import psycopg
 import pytest
-from conftest import wait_until
 from prometheus_client.parser import text_string_to_metric_families
+from support.waiting import wait_until
 
 from pgqueue import TaskManager, events, metrics
 from pgqueue.ops.metrics import QueueStatsCollector, WorkerMetrics

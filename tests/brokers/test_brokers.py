@@ -25,7 +25,9 @@ from broker_tasks import (
     noted,
     record,
 )
-from conftest import default_task_manager, statuses, wait_until
+from support.database import statuses
+from support.producer import default_task_manager
+from support.waiting import wait_until
 
 from pgqueue import events
 from pgqueue.brokers import Broker, get_broker

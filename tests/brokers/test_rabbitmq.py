@@ -20,7 +20,9 @@ import aio_pika
 import psycopg
 import pytest
 from broker_tasks import calls, cron_record, failures_left, flaky, forget_runs, nap, record
-from conftest import default_task_manager, statuses, wait_until
+from support.database import statuses
+from support.producer import default_task_manager
+from support.waiting import wait_until
 
 from pgqueue.brokers.rabbitmq import outbox
 from pgqueue.brokers.rabbitmq.messages import (

@@ -10,7 +10,7 @@ from typing import Any
 import psycopg
 import pytest
 from click.testing import CliRunner
-from conftest import wait_until
+from support.waiting import wait_until
 
 from pgqueue import AsyncTask, TaskManager
 from pgqueue.cli import main

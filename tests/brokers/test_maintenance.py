@@ -8,7 +8,9 @@ from typing import Any
 import psycopg
 import pytest
 import worker_tasks
-from conftest import InProcessWorker, statuses, wait_until
+from support.database import statuses
+from support.waiting import wait_until
+from support.workers import InProcessWorker
 
 from pgqueue import TaskManager, WorkerManager
 from pgqueue.brokers.postgres.maintenance import CLEANUP_BATCH_SIZE, Maintenance, rescue_interval

@@ -1,4 +1,4 @@
-"""Connections (pgqueue/database.py): pgqueue's sessions read and write times in UTC."""
+"""Connections (pgqueue/db/database.py): pgqueue's sessions read and write times in UTC."""
 
 from __future__ import annotations
 

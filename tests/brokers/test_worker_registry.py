@@ -1,6 +1,6 @@
-"""The worker registry (pgqueue/worker_registry.py): rows in pgqueue.workers written by the
-database broker: registered at start, heartbeated with the running count, removed on a
-clean exit, expired after three silent leases."""
+"""The worker registry (pgqueue/brokers/postgres/presence.py): rows in pgqueue.workers
+written by the database broker: registered at start, heartbeated with the running count,
+removed on a clean exit, expired after three silent leases."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from typing import Any
 import operations_tasks
 import psycopg
 import pytest
-from conftest import wait_until
+from support.waiting import wait_until
 
 import pgqueue
 from pgqueue import TaskManager
