@@ -54,9 +54,11 @@ class TaskManager:
 
     @property
     def store(self) -> TaskStore:
+        # Through the broker, made first if need be: the records are where it writes them,
+        # and one database (one pool) serves both.
+        database = self.broker.database
         with self._lock:
             if self._store is None:
-                database = self._broker.database if self._broker is not None else None
                 self._store = TaskStore(database or database_from_settings(self.settings))
             return self._store
 
