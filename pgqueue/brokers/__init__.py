@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 from pgqueue.brokers.base import Broker
 from pgqueue.records import CleanupPolicy
+from pgqueue.settings import get_settings
 
 if TYPE_CHECKING:
     from pgqueue.settings import Settings
@@ -17,8 +18,6 @@ __all__ = ["Broker", "CleanupPolicy", "get_broker"]
 
 def get_broker(settings: Settings | None = None) -> Broker:
     """The broker the settings name (`PGQUEUE_BROKER`, `task.broker`); database by default."""
-    from pgqueue.settings import get_settings
-
     settings = settings or get_settings()
     # Imported here: the RabbitMQ broker needs the optional aio-pika, and a worker or
     # producer loads only the broker it uses.

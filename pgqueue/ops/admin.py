@@ -25,6 +25,7 @@ from pgqueue.dsn import parse_dsn
 from pgqueue.errors import ConfigurationError, InvalidTaskOption, TaskNotFound, first_line
 from pgqueue.records import Task, TaskStatus
 from pgqueue.tasks.options import check_queue
+from pgqueue.tasks.schedule import CronSchedule
 
 PURGE_BATCH_SIZE = 1000
 
@@ -197,8 +198,6 @@ class Admin:
 
     def cron_schedules(self) -> list[dict[str, Any]]:
         """The cron schedules workers recorded, each with its latest and next occurrence."""
-        from pgqueue.tasks.schedule import CronSchedule
-
         rows = self._rows("cron_schedules")
         for row in rows:
             schedule = CronSchedule(row["cron"], row["timezone"], row["catchup_seconds"])
