@@ -11,7 +11,7 @@ from typing import Any
 from pgqueue import results
 from pgqueue.brokers import get_broker
 from pgqueue.brokers.base import Broker
-from pgqueue.db.database import database_from_settings
+from pgqueue.db.database import Database, database_from_settings
 from pgqueue.db.store import TaskStore
 from pgqueue.records import NewTask, Task
 from pgqueue.settings import Settings, get_settings, load_settings
@@ -63,13 +63,41 @@ class TaskManager:
             return self._store
 
     def close(self) -> None:
-        """Close the connection pools (a later call opens them again)."""
-        for database in {
-            self._broker.database if self._broker is not None else None,
-            self._store.database if self._store is not None else None,
-        }:
-            if database is not None:
-                database.close()
+        """Close the connection pools (a later call opens them again).
+
+        >>> with TaskManager() as tm:       # closed at the end of the block
+        ...     tm.queue_task(send_email, to="a@example.com")
+        """
+        for database in self._databases():
+            database.close()
+
+    async def aclose(self) -> None:
+        """Close the pools of this event loop and the sync ones (`async with TaskManager()`)."""
+        for database in self._databases():
+            await database.aclose()
+            database.close()
+
+    def _databases(self) -> set[Database]:
+        return {
+            database
+            for database in (
+                self._broker.database if self._broker is not None else None,
+                self._store.database if self._store is not None else None,
+            )
+            if database is not None
+        }
+
+    def __enter__(self) -> TaskManager:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    async def __aenter__(self) -> TaskManager:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
 
     # -- queueing ----------------------------------------------------------------------
 

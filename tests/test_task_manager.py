@@ -484,3 +484,37 @@ def test_asyncio_run_returns_while_the_async_pool_reconnects(dsn: str) -> None:
     assert result.stdout.strip() == "done"
     with psycopg.connect(dsn) as conn:
         assert count(conn) == 3
+
+
+CONTEXT_MANAGED = """
+import asyncio, sys
+from pgqueue import TaskManager
+
+with TaskManager(dsn=sys.argv[1]) as tm:
+    print(tm.queue_task("elsewhere.sync_task", n=1))
+
+async def main():
+    async with TaskManager(dsn=sys.argv[1]) as tm:
+        print(await tm.aqueue_task("elsewhere.async_task", n=2))
+
+asyncio.run(main())
+"""
+
+
+def test_a_task_manager_closes_its_pools_at_the_end_of_a_with_block(dsn: str) -> None:
+    """`with TaskManager()` / `async with TaskManager()`: queued, pools closed, and the
+    process exits without "Exception ignored in: ConnectionPool.__del__"."""
+    result = subprocess.run(
+        [sys.executable, "-W", "error::ResourceWarning", "-c", CONTEXT_MANAGED, dsn],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "Exception ignored" not in result.stderr, result.stderr
+    ids = [uuid.UUID(line) for line in result.stdout.split()]
+    with psycopg.connect(dsn) as conn:
+        names = conn.execute(
+            "SELECT name FROM pgqueue.tasks WHERE id = ANY(%s) ORDER BY name", (ids,)
+        ).fetchall()
+    assert names == [("elsewhere.async_task",), ("elsewhere.sync_task",)]

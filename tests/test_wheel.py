@@ -65,6 +65,7 @@ def test_wheel_installs_migrates_and_runs_a_task(tmp_path: Path, empty_dsn: str)
     ):
         assert f"pgqueue/db/sql/{filename}" in names
     assert "pgqueue/db/alembic/env.py" in names
+    assert "pgqueue/py.typed" in names  # type checkers read pgqueue's annotations
     assert "pgqueue/db/alembic/versions/0001_initial.py" in names
     assert "pgqueue/db/alembic/versions/0001_initial.sql" in names
     assert not [name for name in names if name.startswith("tests/")]

@@ -13,6 +13,7 @@ import psycopg
 
 from pgqueue.dsn import redact
 from pgqueue.errors import PgQueueError, first_line
+from pgqueue.version import __version__
 
 
 class Main(click.Group):
@@ -40,6 +41,7 @@ class Main(click.Group):
 
 
 @click.group(cls=Main, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, "--version", "-V", prog_name="pgqueue")
 @click.option(
     "--log-level",
     default=lambda: os.environ.get("PGQUEUE_LOG_LEVEL", "INFO"),

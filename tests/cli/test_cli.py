@@ -137,3 +137,18 @@ def test_worker_unreachable_database_at_startup(tmp_path: Path) -> None:
         subprocess.CompletedProcess(process.args, process.returncode, out, err),
         "postgresql://a@127.0.0.1:1/d",
     )
+
+
+def test_version_and_python_dash_m(tmp_path: Path) -> None:
+    """`pgqueue --version` / `-V`, and `python -m pgqueue` works like the command."""
+    assert run_cli("--version", cwd=tmp_path).stdout.strip() == "pgqueue, version 0.1.0"
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("PGQUEUE_")}
+    result = subprocess.run(
+        [sys.executable, "-m", "pgqueue", "-V"],
+        env={**environment, "PYTHONPATH": str(ROOT)},
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert (result.returncode, result.stdout.strip()) == (0, "pgqueue, version 0.1.0")
