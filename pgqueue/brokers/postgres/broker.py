@@ -235,11 +235,22 @@ class PostgresBroker(Broker):
     async def heartbeat(
         self, running: Sequence[Task], claimed_ahead: Sequence[Task] = ()
     ) -> set[uuid.UUID]:
-        tasks = [*running, *claimed_ahead]
         if self._registry is not None:
-            await self._registry.heartbeat(len(tasks))
-        if not tasks:
+            await self._registry.heartbeat(len(running) + len(claimed_ahead))
+        if not running and not claimed_ahead:
             return set()
+        held = await self._extend_leases(running, claimed_ahead)
+        return {task.id for task in [*running, *claimed_ahead]} - held
+
+    async def record_starts(self, tasks: Sequence[Task]) -> None:
+        await self._extend_leases(tasks)
+
+    async def _extend_leases(
+        self, running: Sequence[Task], claimed_ahead: Sequence[Task] = ()
+    ) -> set[uuid.UUID]:
+        """Renew leases and record the starts of `running` (once, fenced by the token: see
+        sql/functions.sql); the ids still held."""
+        tasks = [*running, *claimed_ahead]
         async with self.database.async_connection() as conn:
             cursor = await conn.execute(
                 self.database.queries["extend_leases"],
@@ -247,25 +258,10 @@ class PostgresBroker(Broker):
                     "ids": [task.id for task in tasks],
                     "tokens": [task.lease_token for task in tasks],
                     "lease_seconds": self.lease_seconds,
-                    # Running tasks claimed ahead get their start recorded here (sql/functions.sql).
                     "started": [task.started_at for task in running] + [None] * len(claimed_ahead),
                 },
             )
-            held = {row[0] for row in await cursor.fetchall()}
-        return {task.id for task in tasks} - held
-
-    async def record_starts(self, tasks: Sequence[Task]) -> None:
-        # The heartbeat's statement: it records a start once (coalesce), fenced by the token.
-        async with self.database.async_connection() as conn:
-            await conn.execute(
-                self.database.queries["extend_leases"],
-                {
-                    "ids": [task.id for task in tasks],
-                    "tokens": [task.lease_token for task in tasks],
-                    "lease_seconds": self.lease_seconds,
-                    "started": [task.started_at for task in tasks],
-                },
-            )
+            return {row[0] for row in await cursor.fetchall()}
 
     @property
     def recording(self) -> bool:

@@ -18,7 +18,7 @@ from pgqueue.db.database import UNAVAILABLE
 from pgqueue.db.outcomes import report, write_outcomes
 from pgqueue.errors import first_line
 from pgqueue.loops import BackgroundLoop, Backoff
-from pgqueue.payload import error_summary, storable_text
+from pgqueue.payload import error_summary
 from pgqueue.records import Outcome, OutcomeKind
 
 log = logging.getLogger("pgqueue.completer")
@@ -132,9 +132,9 @@ class Completer(BackgroundLoop):
         failure = Outcome(
             outcome.task,
             OutcomeKind.FAILED,
-            error=storable_text(
+            error=(
                 f"OutcomeRefused: the database refused to record this run's {outcome.kind} "
-                f"outcome: {error_summary(error)}"
+                f"outcome: {error_summary(error)}"  # storable already
             ),
             retryable=outcome.kind is OutcomeKind.FAILED and outcome.retryable,
         )
