@@ -11,7 +11,13 @@ from typing import Any
 import psycopg
 
 from pgqueue.db.database import Database
-from pgqueue.errors import DatabaseUnavailable, InvalidTaskArguments, TaskNotFound
+from pgqueue.db.drivers import (
+    AsyncDriverConnection,
+    AsyncpgConnection,
+    async_driver_connection,
+    sync_driver_connection,
+)
+from pgqueue.errors import DatabaseUnavailable, TaskNotFound
 from pgqueue.records import NewTask, Task
 
 
@@ -141,39 +147,6 @@ def copy_text_chunks(tasks: Sequence[NewTask], run_at: bool, now: Any = None) ->
         yield "\n".join(lines)
 
 
-def sync_driver_connection(connection: Any) -> psycopg.Connection[Any]:
-    """The psycopg connection behind a psycopg or SQLAlchemy (Session/Connection) object."""
-    if isinstance(connection, psycopg.Connection):
-        return connection
-    sa_connection = (
-        connection.connection() if callable(getattr(connection, "connection", None)) else connection
-    )
-    raw = getattr(getattr(sa_connection, "connection", None), "driver_connection", None)
-    if isinstance(raw, psycopg.Connection):
-        return raw
-    raise InvalidTaskArguments(
-        f"connection must be a psycopg 3 Connection or a SQLAlchemy Session/Connection using the "
-        f"postgresql+psycopg driver, not {type(connection).__name__}"
-    )
-
-
-async def async_driver_connection(connection: Any) -> psycopg.AsyncConnection[Any]:
-    """The psycopg async connection behind a psycopg AsyncConnection or SQLAlchemy AsyncSession."""
-    if isinstance(connection, psycopg.AsyncConnection):
-        return connection
-    if hasattr(connection, "get_raw_connection") or hasattr(connection, "connection"):
-        sa_connection = connection
-        if not hasattr(connection, "get_raw_connection"):  # AsyncSession
-            sa_connection = await connection.connection()
-        raw = (await sa_connection.get_raw_connection()).driver_connection
-        if isinstance(raw, psycopg.AsyncConnection):
-            return raw
-    raise InvalidTaskArguments(
-        f"with adelay/aqueue_task, connection must be a psycopg 3 AsyncConnection or a SQLAlchemy "
-        f"AsyncSession/AsyncConnection using postgresql+psycopg, not {type(connection).__name__}"
-    )
-
-
 def _needs_run_at(tasks: Sequence[NewTask]) -> bool:
     """False when every row runs now: the column default, now(), is the same instant (the
     transaction's start) that `SELECT now()` would give, without that round trip."""
@@ -246,9 +219,14 @@ class TaskStore:
                 if attempt == 2:
                     raise
 
-    async def _awrite(self, conn: psycopg.AsyncConnection[Any], tasks: Sequence[NewTask]) -> None:
+    async def _awrite(self, conn: AsyncDriverConnection, tasks: Sequence[NewTask]) -> None:
         if len(tasks) == 1:
             await conn.execute(self.queries["insert_task"], insert_params(tasks[0]))
+            return
+        if isinstance(conn, AsyncpgConnection):
+            # No COPY through asyncpg's API for a statement of ours: the one-statement array
+            # insert (rows without a unique key never conflict), in the caller's transaction.
+            await conn.execute(self.queries["insert_unique_tasks"], unique_insert_params(tasks))
             return
         now = None
         run_at = _needs_run_at(tasks)
@@ -306,7 +284,7 @@ class TaskStore:
         raise AssertionError("unreachable")
 
     async def _awrite_unique(
-        self, conn: psycopg.AsyncConnection[Any], tasks: Sequence[NewTask]
+        self, conn: AsyncDriverConnection, tasks: Sequence[NewTask]
     ) -> list[uuid.UUID]:
         state = _UniqueInsert(tasks)
         for _ in range(UNIQUE_INSERT_ROUNDS):
