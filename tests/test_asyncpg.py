@@ -159,6 +159,6 @@ def test_a_sync_connection_in_async_code_is_refused_by_name(
         with psycopg.connect(dsn) as conn:
             await multiply.adelay(x=1, connection=conn)
 
-    with pytest.raises(InvalidTaskArguments, match="asyncpg Connection.*not Connection"):
+    with pytest.raises(InvalidTaskArguments, match=r"asyncpg Connection.*not Connection"):
         asyncio.run(main())
     assert task_ids(db) == set()
