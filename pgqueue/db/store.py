@@ -43,6 +43,7 @@ def insert_params(task: NewTask) -> dict[str, Any]:
         "max_retries": task.max_retries,
         "schedule_at": task.schedule_at,
         "delay": task.delay,
+        "trace_context": task.trace_context,
     }
 
 
@@ -58,6 +59,8 @@ def unique_insert_params(tasks: Sequence[NewTask]) -> dict[str, Any]:
         "schedule_ats": [task.schedule_at for task in tasks],
         "delays": [task.delay for task in tasks],
         "unique_keys": [task.unique_key for task in tasks],
+        # The rows of one call share the trace context of that call.
+        "trace_context": tasks[0].trace_context if tasks else None,
     }
 
 
@@ -123,10 +126,19 @@ def _copy_field(text: str) -> str:
     return text
 
 
+def copy_query(tasks: Sequence[NewTask], run_at: bool) -> str:
+    """The name of the COPY block for these rows: with run_at, with a trace context."""
+    traced = "_traced" if tasks and tasks[0].trace_context is not None else ""
+    return ("copy_tasks_with_run_at" if run_at else "copy_tasks") + traced
+
+
 def copy_text_chunks(tasks: Sequence[NewTask], run_at: bool, now: Any = None) -> Iterator[str]:
-    """The rows of `copy_tasks` (run_at: `copy_tasks_with_run_at`) as COPY text, built
-    here rather than by psycopg's per-value dumpers: at a few microseconds a row, bulk
-    queueing is bound by this loop. Ids are written as 32 hex digits (a valid uuid input)."""
+    """The rows of `copy_query(tasks, run_at)` as COPY text, built here rather than by
+    psycopg's per-value dumpers: at a few microseconds a row, bulk queueing is bound by this
+    loop. Ids are written as 32 hex digits (a valid uuid input). The rows of one call share
+    its trace context (one field, the same on every line)."""
+    trace = tasks[0].trace_context if tasks else None
+    traced = "" if trace is None else "\t" + _copy_field(trace)
     names: dict[str, str] = {}
     for start in range(0, len(tasks), COPY_CHUNK_ROWS):
         lines = []
@@ -142,7 +154,7 @@ def copy_text_chunks(tasks: Sequence[NewTask], run_at: bool, now: Any = None) ->
             if run_at:
                 when = task.schedule_at or now + datetime.timedelta(seconds=task.delay)
                 line = f"{line}\t{when.isoformat()}"
-            lines.append(line)
+            lines.append(line + traced if traced else line)
         lines.append("")
         yield "\n".join(lines)
 
@@ -197,7 +209,7 @@ class TaskStore:
         run_at = _needs_run_at(tasks)
         if run_at:
             now = conn.execute("SELECT now()").fetchone()[0]  # type: ignore[index]
-        query = self.queries["copy_tasks_with_run_at" if run_at else "copy_tasks"]
+        query = self.queries[copy_query(tasks, run_at)]
         with conn.cursor() as cursor, cursor.copy(query) as copy:
             for chunk in copy_text_chunks(tasks, run_at, now):
                 copy.write(chunk)
@@ -232,7 +244,7 @@ class TaskStore:
         run_at = _needs_run_at(tasks)
         if run_at:
             now = (await (await conn.execute("SELECT now()")).fetchone())[0]  # type: ignore[index]
-        query = self.queries["copy_tasks_with_run_at" if run_at else "copy_tasks"]
+        query = self.queries[copy_query(tasks, run_at)]
         async with conn.cursor() as cursor, cursor.copy(query) as copy:
             for chunk in copy_text_chunks(tasks, run_at, now):
                 await copy.write(chunk)

@@ -28,6 +28,7 @@ from pgqueue.tasks.context import request_cancel
 from pgqueue.tasks.definition import TaskFunction
 from pgqueue.tasks.options import TaskOptions, check_queue
 from pgqueue.tasks.registry import import_task_modules
+from pgqueue.telemetry import LEASE_LOST
 from pgqueue.worker.executor import Executor
 from pgqueue.worker.threads import DaemonThreadPool
 
@@ -414,7 +415,7 @@ class WorkerManager:
                         run.task.name,
                     )
                     run.abandoned = True
-                    run.future.cancel()
+                    run.future.cancel(LEASE_LOST)
 
     async def _start_record_loop(self) -> None:
         """Write the starts of runs claimed ahead that last: within START_RECORD_SECONDS
