@@ -241,9 +241,9 @@ def register(task: Any) -> TaskFunction[Any]:
     func = task.func
     name = f"{func.__module__}.{func.__qualname__}"
     known = registry.lookup(name)
-    if known is not None and _django_tasks.get(name) is not None:
-        if _django_tasks[name].func is func:
-            return known
+    previous = _django_tasks.get(name)
+    if known is not None and previous is not None and previous.func is func:
+        return known  # validated again (at .enqueue(), or made anew by .using())
     _django_tasks[name] = task
     return TaskFunction(
         _runner(task),
