@@ -152,8 +152,12 @@ class WorkerManager:
 
     # -- running -----------------------------------------------------------------------
 
-    async def start(self) -> None:
-        """Run until stop(), SIGINT or SIGTERM; a second signal stops at once."""
+    async def start(self, *, handle_signals: bool = True) -> None:
+        """Run until stop(), SIGINT or SIGTERM; a second signal stops at once.
+
+        `handle_signals=False` leaves the signals to the host (a worker inside a web
+        server's process, pgqueue.contrib.asgi): only stop() ends it then.
+        """
         self._loop = asyncio.get_running_loop()
         # A programmatic worker (the seed's worker.py) gets the `imports` setting's tasks too.
         import_task_modules(list(self.settings.imports))
@@ -164,7 +168,7 @@ class WorkerManager:
         self._buffer.clear()
         self._run_seconds = CLAIM_AHEAD_MAX_RUN_SECONDS
         self._stopping = self._forced = False
-        handled = self._install_signal_handlers()
+        handled = self._install_signal_handlers() if handle_signals else []
         broker = self.broker
         await broker.open(
             self.worker_id,
