@@ -55,7 +55,10 @@ def make_app(dsn: str, settings: Settings) -> FastAPI:
     app = FastAPI(lifespan=lifespan(queues=["web"], settings=settings, dashboard_path="/pgqueue"))
 
     @app.post("/users/{user_id}")
-    async def create_user(user_id: int, db: AsyncSession = Depends(session)) -> dict[str, Any]:
+    async def create_user(
+        user_id: int,
+        db: AsyncSession = Depends(session),  # noqa: B008 - FastAPI's way
+    ) -> dict[str, Any]:
         await db.execute(text("INSERT INTO users VALUES (:id)"), {"id": user_id})
         task_id = await send_welcome.adelay(user_id=user_id, connection=db)
         if user_id < 0:
