@@ -11,7 +11,7 @@ from typing import Any
 
 import psycopg
 import pytest
-from sqlalchemy.engine import URL
+from support.database import asyncpg_url
 
 from pgqueue import AsyncTask, TaskStatus
 from pgqueue.db.drivers import numbered
@@ -28,20 +28,6 @@ def multiply(x: int, y: int = 2) -> int:
 
 def task_ids(db: psycopg.Connection[Any]) -> set[uuid.UUID]:
     return {row[0] for row in db.execute("SELECT id FROM pgqueue.tasks")}
-
-
-def asyncpg_url(dsn: str, driver: str = "postgresql") -> str:
-    """The test database as a URL for asyncpg (or SQLAlchemy's `postgresql+asyncpg`)."""
-    params = psycopg.conninfo.conninfo_to_dict(dsn)
-    url = URL.create(
-        driver,
-        username=params.get("user"),
-        password=params.get("password"),
-        host=params.get("host"),
-        port=int(params["port"]) if "port" in params else None,
-        database=params.get("dbname"),
-    )
-    return url.render_as_string(hide_password=False)
 
 
 def test_placeholders_are_numbered_once_per_name() -> None:

@@ -10,7 +10,7 @@ from typing import Any
 
 import psycopg
 import pytest
-from sqlalchemy.engine import URL
+from support.database import asyncpg_url
 
 pytest.importorskip("fastapi")
 pytest.importorskip("asyncpg")
@@ -32,20 +32,8 @@ async def send_welcome(user_id: int) -> str:
     return f"welcome {user_id}"
 
 
-def asyncpg_url(dsn: str) -> str:
-    params = psycopg.conninfo.conninfo_to_dict(dsn)
-    return URL.create(
-        "postgresql+asyncpg",
-        username=params.get("user"),
-        password=params.get("password"),
-        host=params.get("host"),
-        port=int(params["port"]) if "port" in params else None,
-        database=params.get("dbname"),
-    ).render_as_string(hide_password=False)
-
-
 def make_app(dsn: str, settings: Settings) -> FastAPI:
-    engine = create_async_engine(asyncpg_url(dsn))
+    engine = create_async_engine(asyncpg_url(dsn, "postgresql+asyncpg"))
     sessions = async_sessionmaker(engine, expire_on_commit=False)
 
     async def session() -> AsyncIterator[AsyncSession]:
