@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -30,6 +31,11 @@ except ImportError:  # pgqueue[otel] is not installed: tracing is off, for good
     INSTALLED = False
 else:
     INSTALLED = True
+    _UNCONFIGURED = (trace.ProxyTracerProvider, trace.NoOpTracerProvider)
+    # get_tracer_provider() reads the environment at each call (a provider named there is
+    # made at first call): a worker asks once per run, so without that variable the
+    # API's global is read directly, and an unset one costs a getattr.
+    _FAST_UNSET_CHECK = "OTEL_PYTHON_TRACER_PROVIDER" not in os.environ
 
 SYSTEM = "pgqueue"
 #: Span event names.
@@ -41,21 +47,22 @@ CANCELLED_EVENT = "pgqueue.cancelled"
 LEASE_LOST = "lease lost"
 WAIT_HISTOGRAM = "pgqueue.task.wait_duration"
 
-_tracers: dict[int, Any] = {}  # id(provider) -> its tracer: the provider is set once
+_tracer: Any = None  # set once the app has configured a provider (it can do so once)
 _histogram: Any = None
 
 
 def tracer() -> Any:
     """pgqueue's tracer, or None while the app has configured no tracer provider."""
-    if not INSTALLED:
-        return None
+    global _tracer
+    if _tracer is not None or not INSTALLED:
+        return _tracer
+    if _FAST_UNSET_CHECK and getattr(trace, "_TRACER_PROVIDER", True) is None:
+        return None  # nothing set: the API's own global, read without its environment lookup
     provider = trace.get_tracer_provider()
-    found = _tracers.get(id(provider))
-    if found is None:
-        if isinstance(provider, trace.ProxyTracerProvider | trace.NoOpTracerProvider):
-            return None  # the API alone: spans would record nothing
-        found = _tracers[id(provider)] = provider.get_tracer("pgqueue", __version__)
-    return found
+    if isinstance(provider, _UNCONFIGURED):
+        return None  # the API alone: spans would record nothing
+    _tracer = provider.get_tracer("pgqueue", __version__)
+    return _tracer
 
 
 def _attributes(operation: str, queue: str) -> dict[str, Any]:

@@ -153,6 +153,7 @@ def test_no_context_is_stored_without_a_tracer_provider(
     tm: TaskManager, db: psycopg.Connection[Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(telemetry, "INSTALLED", False)  # as without pgqueue[otel]
+    monkeypatch.setattr(telemetry, "_tracer", None)
     task_id = traced_add.delay(x=1, y=1)
     ids = tm.queue_tasks(traced_add, [{"x": 1, "y": 2}, {"x": 3, "y": 4}])
     stored = db.execute("SELECT id, trace_context FROM pgqueue.tasks").fetchall()
