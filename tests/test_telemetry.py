@@ -211,3 +211,21 @@ def test_a_lost_lease_is_an_event_and_the_wait_is_measured(
         ]
     assert points and points[0].count >= 1
     assert points[0].attributes["messaging.destination.name"] == "default"
+
+
+def test_without_the_api_nothing_of_opentelemetry_is_imported() -> None:
+    import subprocess
+    import sys
+
+    script = (
+        "import sys; sys.modules['opentelemetry'] = None\n"  # as if not installed
+        "import pgqueue, pgqueue.worker.executor, pgqueue.telemetry as t\n"
+        "assert not t.INSTALLED and t.tracer() is None\n"
+        "with t.sending([]): pass\n"
+        "print(sorted(m for m in sys.modules if m.startswith('opentelemetry.')))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
