@@ -126,8 +126,8 @@ def _is_asyncpg(connection: Any) -> bool:
 async def async_driver_connection(connection: Any) -> AsyncDriverConnection:
     """The driver connection behind a psycopg AsyncConnection, an asyncpg connection (or
     pool connection), or a SQLAlchemy AsyncSession/AsyncConnection on either driver."""
-    if isinstance(connection, psycopg.AsyncConnection):
-        return connection
+    if isinstance(connection, psycopg.AsyncConnection | AsyncpgConnection):
+        return connection  # AsyncpgConnection: adapted already (the outbox's store write)
     if _is_asyncpg(connection):
         return AsyncpgConnection(connection)
     if not hasattr(connection, "get_raw_connection") and inspect.iscoroutinefunction(
