@@ -46,9 +46,10 @@ from pgqueue.brokers.rabbitmq.status_writer import (
 from pgqueue.brokers.rabbitmq.topology import Topology
 from pgqueue.db.cron import CronScheduler
 from pgqueue.db.database import Database, database_from_settings
+from pgqueue.db.drivers import async_driver_connection, sync_driver_connection
 from pgqueue.db.outcomes import report
 from pgqueue.db.queries import queries as named_queries
-from pgqueue.db.store import TaskStore, async_driver_connection, sync_driver_connection
+from pgqueue.db.store import TaskStore
 from pgqueue.errors import BrokerUnavailable
 from pgqueue.loops import Backoff, SupervisedTask
 from pgqueue.records import CleanupPolicy, NewTask, Outcome, Task, WorkerInfo

@@ -3,9 +3,10 @@
 
 -- name: insert_task
 -- Queue one task; run_at is computed with the database clock.
-INSERT INTO pgqueue.tasks (id, name, queue, priority, kwargs, max_retries, run_at)
+INSERT INTO pgqueue.tasks (id, name, queue, priority, kwargs, max_retries, run_at, trace_context)
 VALUES (%(id)s, %(name)s, %(queue)s, %(priority)s, %(kwargs)s::jsonb, %(max_retries)s,
-        COALESCE(%(schedule_at)s::timestamptz, now() + %(delay)s * interval '1 second'));
+        COALESCE(%(schedule_at)s::timestamptz, now() + %(delay)s * interval '1 second'),
+        %(trace_context)s::jsonb);
 
 -- name: copy_tasks
 -- Bulk queueing: COPY is an order of magnitude faster than multi-row INSERT.
@@ -15,6 +16,15 @@ COPY pgqueue.tasks (id, name, queue, priority, kwargs, max_retries) FROM STDIN;
 -- name: copy_tasks_with_run_at
 -- Bulk queueing of delayed or scheduled rows; run_at computed from the database's now().
 COPY pgqueue.tasks (id, name, queue, priority, kwargs, max_retries, run_at) FROM STDIN;
+
+-- name: copy_tasks_traced
+-- copy_tasks with the trace context of the .delay() call (OpenTelemetry on), every row's.
+COPY pgqueue.tasks (id, name, queue, priority, kwargs, max_retries, trace_context) FROM STDIN;
+
+-- name: copy_tasks_with_run_at_traced
+-- copy_tasks_with_run_at with the trace context of the call.
+COPY pgqueue.tasks (id, name, queue, priority, kwargs, max_retries, run_at, trace_context)
+FROM STDIN;
 
 -- name: get_task
 -- One task by id.
@@ -76,7 +86,8 @@ WITH candidates AS (
     RETURNING t.*
 )
 SELECT id, name, queue, priority, kwargs::text, attempts, max_retries, run_at, created_at,
-       coalesce(started_at, now()), error, worker_id, lease_expires_at, lease_token, unique_key
+       coalesce(started_at, now()), error, worker_id, lease_expires_at, lease_token, unique_key,
+       trace_context
 FROM claimed ORDER BY priority DESC, run_at, id;
 
 -- name: seconds_until_next_task
@@ -255,9 +266,11 @@ DELETE FROM pgqueue.outbox WHERE id = ANY(%(ids)s);
 -- Queue tasks that may carry a unique_key: a row whose key an unfinished task holds (or an
 -- earlier row of the same call) is skipped by the partial unique index, which decides even
 -- between concurrent producers; returns the ids written.
-INSERT INTO pgqueue.tasks (id, name, queue, priority, kwargs, max_retries, run_at, unique_key)
+INSERT INTO pgqueue.tasks
+    (id, name, queue, priority, kwargs, max_retries, run_at, unique_key, trace_context)
 SELECT n.id, n.name, n.queue, n.priority, n.kwargs, n.max_retries,
-       COALESCE(n.schedule_at, now() + n.delay * interval '1 second'), n.unique_key
+       COALESCE(n.schedule_at, now() + n.delay * interval '1 second'), n.unique_key,
+       %(trace_context)s::jsonb
 FROM unnest(%(ids)s::uuid[], %(names)s::text[], %(queues)s::text[], %(priorities)s::smallint[],
             %(kwargs)s::jsonb[], %(max_retries)s::integer[], %(schedule_ats)s::timestamptz[],
             %(delays)s::double precision[], %(unique_keys)s::text[])
