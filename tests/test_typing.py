@@ -104,9 +104,9 @@ def mypy_output(tmp_path_factory: pytest.TempPathFactory) -> str:
     folder = tmp_path_factory.mktemp("typing")
     (folder / "sample.py").write_text(SAMPLE)
     (folder / "mypy.ini").write_text(MYPY_CONFIG)
+    options = ["--config-file", "mypy.ini", "--no-error-summary", "--show-error-codes"]
     result = subprocess.run(
-        [sys.executable, "-m", "mypy", "--config-file", "mypy.ini", "--no-error-summary"]
-        + ["--show-error-codes", "--cache-dir", str(folder / "cache"), "sample.py"],
+        [sys.executable, "-m", "mypy", *options, "--cache-dir", str(folder / "cache"), "sample.py"],
         cwd=folder,
         capture_output=True,
         text=True,
