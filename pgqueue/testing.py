@@ -159,7 +159,7 @@ def reset(tm: TaskManager) -> None:
     """Clear pgqueue's tables of `tm`'s database as a test leaves them: every task (whatever
     its status), the cron occurrences queued and the schedules workers recorded (so that
     `queue_cron` queues an occurrence again), paused queues, result waiters and the RabbitMQ
-    outbox. Settings and worker rows stay; messages already in RabbitMQ are not touched.
+    outbox. Worker rows stay; messages already in RabbitMQ are not touched.
 
     Refuses (PgQueueError) while a live worker serves the database: tests need a database
     no worker serves, and a test suite pointed at a live queue by mistake must not empty it.

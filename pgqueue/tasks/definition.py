@@ -46,8 +46,10 @@ class TaskFunction(Generic[R, P]):
     Typed by the function: `R` is what it returns, `P` its parameters, which a type
     checker holds calls, `.delay()` and `.adelay()` to (`TaskFunction[R]`: any parameters).
 
-    >>> reveal_type(send_email)                 # TaskFunction[dict[str, str], [to: str]]
-    >>> reveal_type(send_email.delay(to="a@x"))  # uuid.UUID
+    >>> @AsyncTask
+    ... def add(x: int, y: int) -> int: ...
+    >>> reveal_type(add)                  # TaskFunction[int, [x: int, y: int]]
+    >>> reveal_type(add.delay(x=1, y=2))  # uuid.UUID; add.delay(x="1") is a type error
     """
 
     def __init__(
