@@ -35,6 +35,8 @@ from pgqueue.tasks.typed_arguments import TypedArguments
 R = TypeVar("R")
 
 #: Keyword names that .delay() takes for itself, so no task may have them as parameters.
+#: A new option also gets its own overload of .delay() and .adelay() (the typed call
+#: styles) and a keyword of .options() / queueing.checked_options.
 RESERVED_OPTIONS = frozenset(
     {"delay", "schedule_at", "priority", "queue", "max_retries", "connection", "unique_key"}
 )
