@@ -92,6 +92,15 @@ class WaitTimeout(PgQueueError, TimeoutError):
         )
 
 
+class PgQueueWarning(UserWarning):
+    """Root of every warning pgqueue gives: `warnings.simplefilter("error", PgQueueWarning)`."""
+
+
+class EventLoopBlockingWarning(PgQueueWarning):
+    """A blocking call, such as `.delay()`, ran inside a running event loop: the loop (every
+    request of a web app) waits for the database meanwhile; `await task.adelay(...)` does not."""
+
+
 def first_line(text: str | BaseException | None, limit: int | None = None) -> str:
     """The first line of a text, or of an error's message, for a one-line log or table cell:
     libpq's messages and tracebacks run over several lines. "" when there is no text (an

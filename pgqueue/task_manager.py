@@ -15,7 +15,7 @@ from pgqueue.db.database import Database, database_from_settings
 from pgqueue.db.store import TaskStore
 from pgqueue.records import NewTask, Task
 from pgqueue.settings import Settings, get_settings, load_settings
-from pgqueue.tasks import call, definition
+from pgqueue.tasks import call, queueing
 from pgqueue.tasks.call import UniqueKey
 from pgqueue.tasks.definition import TaskFunction, TaskRef, resolve_task
 from pgqueue.tasks.options import Delay, TaskOptions
@@ -328,4 +328,4 @@ def set_default_task_manager(manager: TaskManager | None) -> None:
         _default = manager
 
 
-definition.use_default_producer(default_task_manager)
+queueing.use_default_producer(default_task_manager)

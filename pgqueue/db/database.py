@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import sys
 import threading
+import weakref
 from collections.abc import AsyncIterator, Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -75,6 +76,7 @@ class Database:
         self.queries = queries(schema)
         self.max_connections = max_connections
         self._pool: ConnectionPool | None = None
+        self._pool_finalizer: weakref.finalize[Any, Any] | None = None
         self._async_pools: dict[asyncio.AbstractEventLoop, AsyncConnectionPool] = {}
         self._async_locks: dict[asyncio.AbstractEventLoop, asyncio.Lock] = {}
         self._pool_closers: dict[asyncio.AbstractEventLoop, asyncio.Task[None]] = {}
@@ -96,6 +98,7 @@ class Database:
                     open=True,
                     name="pgqueue",
                 )
+                self._pool_finalizer = weakref.finalize(self, _close_abandoned, self._pool)
             return self._pool
 
     async def async_pool(self) -> AsyncConnectionPool:
@@ -123,7 +126,10 @@ class Database:
             open=False,
             name="pgqueue-async",
         )
-        await pool.open()
+        # Its first connection made before anyone asks for one: a request that found the
+        # pool still connecting would start a second connection, which asyncio.run() may
+        # cancel at its end ("error connecting in 'pgqueue-async'" on stderr).
+        await pool.open(wait=True, timeout=POOL_TIMEOUT_SECONDS)
         self._async_pools[loop] = pool
         self._pool_closers[loop] = loop.create_task(
             _close_when_cancelled(pool), name="pgqueue-async-pool-closer"
@@ -183,6 +189,9 @@ class Database:
 
     def close(self) -> None:
         with self._lock:
+            if self._pool_finalizer is not None:
+                self._pool_finalizer.detach()
+                self._pool_finalizer = None
             if self._pool is not None:
                 self._pool.close()
                 self._pool = None
@@ -195,6 +204,21 @@ class Database:
             closer.cancel()
         if pool is not None:
             await pool.close()
+
+
+def _close_abandoned(pool: ConnectionPool) -> None:
+    """Close the pool of a Database that was dropped, or is still open at exit, unclosed.
+
+    Left to psycopg_pool, the pool (a reference cycle with its connections) is closed by
+    its __del__ in whichever thread the garbage collector runs, often one of the pool's
+    own, which cannot join itself ("Exception ignored in: ConnectionPool.__del__ ...
+    cannot join current thread"). This runs when the Database goes (or at exit, in the
+    main thread) and closes the pool from a thread that is not one of the pool's.
+    """
+    if threading.current_thread() is threading.main_thread():
+        pool.close()
+    else:
+        threading.Thread(target=pool.close, name="pgqueue-pool-closer", daemon=True).start()
 
 
 async def _close_when_cancelled(pool: AsyncConnectionPool) -> None:

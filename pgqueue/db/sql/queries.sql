@@ -376,6 +376,18 @@ ORDER BY s.name;
 -- Every queue that has waiting tasks (the test mode drains all by default).
 SELECT DISTINCT queue FROM pgqueue.tasks WHERE status IN ('PENDING', 'RETRYING');
 
+-- name: testing_reset
+-- The test mode's reset: every task, whatever its status, and what runs leave behind (cron
+-- occurrences and the schedules workers recorded, paused queues, result waiters, the
+-- outbox), as on a fresh database. DELETE, not TRUNCATE: a test's idle transaction that
+-- read these tables would make TRUNCATE wait for ever.
+DELETE FROM pgqueue.tasks;
+DELETE FROM pgqueue.cron_runs;
+DELETE FROM pgqueue.cron_schedules;
+DELETE FROM pgqueue.paused_queues;
+DELETE FROM pgqueue.result_waiters;
+DELETE FROM pgqueue.outbox;
+
 -- name: database_now
 -- The database clock.
 SELECT now();
