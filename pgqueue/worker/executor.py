@@ -15,6 +15,7 @@ from typing import Any
 from pgqueue import events
 from pgqueue.brokers.base import TaskTransaction, refuse_transaction
 from pgqueue.errors import LeaseLost, TaskTimeout
+from pgqueue.logs import about_task
 from pgqueue.payload import encode_result, error_summary, error_text
 from pgqueue.records import Outcome, OutcomeKind, Task
 from pgqueue.tasks import registry
@@ -32,15 +33,27 @@ TransactionFactory = Callable[[Task], contextlib.AbstractAsyncContextManager[Tas
 class Executor:
     """Runs tasks registered with @AsyncTask: async ones on the loop, sync ones in threads."""
 
-    def __init__(self, threads: DaemonThreadPool, dispatcher: events.EventDispatcher) -> None:
+    def __init__(
+        self,
+        threads: DaemonThreadPool,
+        dispatcher: events.EventDispatcher,
+        *,
+        log_failure_tracebacks: bool = True,
+    ) -> None:
         self._threads = threads
         self._dispatcher = dispatcher
+        #: A run that fails for good (no retry left) is logged at ERROR with its traceback.
+        self.log_failure_tracebacks = log_failure_tracebacks
         #: Without a broker (pgqueue.testing), transactional tasks are refused.
         self.transactions: TransactionFactory = refuse_transaction
         self._completing: set[uuid.UUID] = set()
 
     async def run(self, task: Task) -> Outcome | None:
         """How the run ended; None when it is already recorded (a transactional task)."""
+        with about_task(task):  # every line logged in this run names the task
+            return await self._run(task)
+
+    async def _run(self, task: Task) -> Outcome | None:
         function = registry.lookup(task.name)
         refusal = self._unknown(task) if function is None else _undecodable(function, task)
         if refusal is not None or function is None:
@@ -147,14 +160,21 @@ class Executor:
             raise
 
     async def _failed(self, task: Task, error: BaseException, started: float) -> Outcome:
-        log.warning(
-            "task %s %s failed after %.3fs (attempt %d of %d): %s",
+        # The same rule as pgqueue.fail_task: attempts (this run included) <= max_retries.
+        final = task.attempts > task.max_retries
+        log.log(
+            logging.ERROR if final else logging.WARNING,
+            "task %s %s failed%s after %.3fs (attempt %d of %d): %s",
             task.id,
             task.name,
+            " for good" if final else "",
             time.perf_counter() - started,
             task.attempts,
             task.max_retries + 1,
             error_summary(error),
+            exc_info=(type(error), error, error.__traceback__)
+            if final and self.log_failure_tracebacks
+            else None,
         )
         if self._dispatcher.has_listeners(events.TASK_EXECUTION_ERROR):
             await self._dispatcher.dispatch(
