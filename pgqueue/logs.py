@@ -35,6 +35,10 @@ _task_fields: contextvars.ContextVar[dict[str, Any] | None] = contextvars.Contex
 )
 
 
+#: The keys a line about a task has (pass task_fields(task) as a log call's `extra`).
+TASK_FIELDS = ("task_id", "task", "queue", "attempt")
+
+
 def task_fields(task: Task) -> dict[str, Any]:
     """What a log line says of a task: its id, name, queue and attempt."""
     return {
@@ -56,6 +60,26 @@ def about_task(task: Task) -> Iterator[None]:
         _task_fields.reset(token)
 
 
+def log_with_traceback(
+    logger: logging.Logger,
+    level: int,
+    trace: str | None,
+    message: str,
+    *args: Any,
+    fields: dict[str, Any] | None = None,
+) -> None:
+    """Log a line with a traceback kept as text (an error stored with its task, whose
+    exception is gone): printed under the line as logging prints exc_info, or the JSON
+    line's "exc". `fields` as task_fields() gives them."""
+    if not logger.isEnabledFor(level):
+        return
+    record = logger.makeRecord(
+        logger.name, level, "(pgqueue)", 0, message, args, None, extra=fields
+    )
+    record.exc_text = trace
+    logger.handle(record)
+
+
 class JsonFormatter(logging.Formatter):
     """One JSON object per line: time (UTC, ISO 8601), level, logger, message; task_id,
     task, queue and attempt when the line is about a task; exc (the traceback as text)
@@ -71,6 +95,7 @@ class JsonFormatter(logging.Formatter):
             "message": record.getMessage(),
         }
         line.update(_task_fields.get() or {})
+        line.update({key: record.__dict__[key] for key in TASK_FIELDS if key in record.__dict__})
         if record.exc_info and record.exc_info[0] is not None:
             line["exc"] = self.formatException(record.exc_info)
         elif record.exc_text:

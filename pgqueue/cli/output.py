@@ -106,8 +106,8 @@ class TaskIdType(click.ParamType):
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
         try:
             parse_short_id(value)
-        except PgQueueError as error:
-            self.fail(str(error), param, ctx)
+        except PgQueueError as error:  # the message names the text: no "Invalid value for"
+            raise click.UsageError(str(error), ctx) from None
         return value
 
 

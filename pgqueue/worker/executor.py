@@ -33,17 +33,9 @@ TransactionFactory = Callable[[Task], contextlib.AbstractAsyncContextManager[Tas
 class Executor:
     """Runs tasks registered with @AsyncTask: async ones on the loop, sync ones in threads."""
 
-    def __init__(
-        self,
-        threads: DaemonThreadPool,
-        dispatcher: events.EventDispatcher,
-        *,
-        log_failure_tracebacks: bool = True,
-    ) -> None:
+    def __init__(self, threads: DaemonThreadPool, dispatcher: events.EventDispatcher) -> None:
         self._threads = threads
         self._dispatcher = dispatcher
-        #: A run that fails for good (no retry left) is logged at ERROR with its traceback.
-        self.log_failure_tracebacks = log_failure_tracebacks
         #: Without a broker (pgqueue.testing), transactional tasks are refused.
         self.transactions: TransactionFactory = refuse_transaction
         self._completing: set[uuid.UUID] = set()
@@ -160,21 +152,16 @@ class Executor:
             raise
 
     async def _failed(self, task: Task, error: BaseException, started: float) -> Outcome:
-        # The same rule as pgqueue.fail_task: attempts (this run included) <= max_retries.
-        final = task.attempts > task.max_retries
-        log.log(
-            logging.ERROR if final else logging.WARNING,
-            "task %s %s failed%s after %.3fs (attempt %d of %d): %s",
+        # One line per failed attempt; the traceback of a task that fails for good is
+        # logged once the broker has recorded it FAILED (db.outcomes.report).
+        log.warning(
+            "task %s %s failed after %.3fs (attempt %d of %d): %s",
             task.id,
             task.name,
-            " for good" if final else "",
             time.perf_counter() - started,
             task.attempts,
             task.max_retries + 1,
             error_summary(error),
-            exc_info=(type(error), error, error.__traceback__)
-            if final and self.log_failure_tracebacks
-            else None,
         )
         if self._dispatcher.has_listeners(events.TASK_EXECUTION_ERROR):
             await self._dispatcher.dispatch(

@@ -106,11 +106,7 @@ class WorkerManager:
         self._forced = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._threads = DaemonThreadPool()
-        self._executor = Executor(
-            self._threads,
-            events.dispatcher,
-            log_failure_tracebacks=self.settings.log_failure_tracebacks,
-        )
+        self._executor = Executor(self._threads, events.dispatcher)
 
     # -- configuration (the seed's names) ----------------------------------------------
 
