@@ -80,7 +80,7 @@ def rows_of(lines: list[str]) -> list[list[str]]:
     for line in lines:
         if set(line.strip()) == {"─"}:
             inside = True
-        elif not line.strip() or not line.startswith(" ") and line.endswith(":"):
+        elif not line.strip() or (not line.startswith(" ") and line.endswith(":")):
             inside = False
         elif inside:
             rows.append(line.split())
