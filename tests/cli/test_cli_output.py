@@ -12,6 +12,7 @@ import subprocess
 import sys
 import uuid
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -176,9 +177,8 @@ def test_short_ids_are_taken_back_by_every_command_that_takes_an_id(
         "give more digits or the whole id"
     )
     # All ids are found before any task is touched: the first one was not cancelled.
-    assert db.execute("SELECT status::text FROM pgqueue.tasks WHERE id = %s", [ids[2]]).fetchone()[
-        0
-    ] == "PENDING"  # fmt: skip
+    untouched = db.execute("SELECT status::text FROM pgqueue.tasks WHERE id = %s", [ids[2]])
+    assert untouched.fetchone() == ("PENDING",)
 
 
 def test_a_real_terminal_process_of_80_columns(dsn: str, crowd: None) -> None:
@@ -267,3 +267,20 @@ def test_help_states_the_exit_statuses(cli: Run) -> None:
     text = " ".join(cli("--help").stdout.split())
     assert "Exit status: 0 done; 1 pgqueue could not do it" in text
     assert "2 the command was called wrong" in text
+
+
+def test_the_demo_ends_by_pointing_to_the_cli(monkeypatch: pytest.MonkeyPatch) -> None:
+    from pgqueue.contrib.demo import closing_note
+
+    monkeypatch.setenv("PATH", "/nonexistent")  # not on PATH: the note says where it is
+    note = closing_note("postgresql://postgres:secret@127.0.0.1:5433/postgres", embedded=True)
+    command = str(Path(sys.executable).with_name("pgqueue"))
+    lines = note.strip().splitlines()
+    assert lines[0] == "Look at them yourself, from this folder:"
+    assert [line.split("    ")[0].strip() for line in lines[1:4]] == [
+        f"{os.path.relpath(command) if Path(command).is_relative_to(Path.cwd()) else command}"
+        f" {args}"
+        for args in ("status", "tasks list --status failed", "tasks show ID")
+    ]
+    assert "psql 'postgresql://postgres:****@127.0.0.1:5433/postgres'" in note
+    assert "secret" not in note and lines[-1].strip().split("    ")[0].endswith(" db stop")
