@@ -328,6 +328,8 @@ class Settings(_Section):
     )
     data_dir: str = field(default=".pgqueue", metadata=rule(_text))
     status_tracking: bool = field(default=True, metadata=rule(_boolean))
+    # A task that fails for good (no retry left) is logged at ERROR with its traceback.
+    log_failure_tracebacks: bool = field(default=True, metadata=rule(_boolean))
 
     def rabbitmq_connection_url(self) -> str:
         """`PGQUEUE_RABBITMQ_URL`, else an amqp:// URL built from the `rabbitmq` section."""

@@ -86,11 +86,13 @@ class PostgresBroker(Broker):
         database: Database,
         lease_seconds: float = 30.0,
         unknown_task_grace_seconds: float = 3600.0,
+        log_failure_tracebacks: bool = True,
     ) -> None:
         self.database = database
         self.store = TaskStore(database)
         self.lease_seconds = lease_seconds
         self.unknown_task_grace_seconds = unknown_task_grace_seconds
+        self.log_failure_tracebacks = log_failure_tracebacks
         self._worker_id = ""
         self._queues: list[str] = []
         self._wake = asyncio.Event()
@@ -110,6 +112,7 @@ class PostgresBroker(Broker):
             database_from_settings(settings),
             lease_seconds=settings.lease_seconds,
             unknown_task_grace_seconds=settings.unknown_task_grace_seconds,
+            log_failure_tracebacks=settings.log_failure_tracebacks,
         )
 
     # -- producers ---------------------------------------------------------------------
@@ -170,6 +173,7 @@ class PostgresBroker(Broker):
             self.database.queries,
             self._wake.set,
             self.unknown_task_grace_seconds,
+            log_failure_tracebacks=self.log_failure_tracebacks,
         )
         self._completer.start()
         self._maintenance = Maintenance(self.database, self.lease_seconds, cleanup)

@@ -397,7 +397,7 @@ class RabbitMQBroker(Broker):
             grace = self.settings.unknown_task_grace_seconds
             untracked = decide_untracked(batch, self._delivered_headers, self._worker_id, grace)
             written, headers = untracked.written, untracked.headers
-        report(batch, written)
+        report(batch, written, tracebacks=self.settings.log_failure_tracebacks)
         return follow_ups(batch, written, headers)
 
     def _delivered_headers(self, task: Task) -> dict[str, Any]:

@@ -200,6 +200,31 @@ WHERE (%(queue)s::text IS NULL OR queue = %(queue)s)
 ORDER BY id DESC
 LIMIT %(limit)s;
 
+-- name: count_tasks
+-- How many tasks match the filters of list_tasks, counting no further than %(bound)s.
+SELECT count(*) FROM (
+    SELECT 1 FROM pgqueue.tasks
+    WHERE (%(queue)s::text IS NULL OR queue = %(queue)s)
+      AND (%(status)s::pgqueue.task_status IS NULL OR status = %(status)s::pgqueue.task_status)
+      AND (%(name)s::text IS NULL OR name = %(name)s)
+    LIMIT %(bound)s
+) AS matching;
+
+-- name: estimate_tasks
+-- The planner's estimate of how many tasks match the filters of list_tasks (no scan).
+EXPLAIN (FORMAT JSON) SELECT 1 FROM pgqueue.tasks
+WHERE (%(queue)s::text IS NULL OR queue = %(queue)s)
+  AND (%(status)s::pgqueue.task_status IS NULL OR status = %(status)s::pgqueue.task_status)
+  AND (%(name)s::text IS NULL OR name = %(name)s);
+
+-- name: task_ids_ending_with
+-- The ids (at most %(limit)s) whose last hex digits are %(suffix)s: a short id, as
+-- `pgqueue tasks list` shows them. A scan of the table, for a person's command.
+SELECT id FROM pgqueue.tasks
+WHERE right(replace(id::text, '-', ''), length(%(suffix)s::text)) = %(suffix)s::text
+ORDER BY id
+LIMIT %(limit)s;
+
 -- name: pause_queue
 -- Make the claim skip a queue; true if it was not paused already.
 SELECT pgqueue.pause_queue(%(queue)s);
