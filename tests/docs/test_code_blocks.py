@@ -97,7 +97,7 @@ def test_blocks_share_a_namespace_and_files_are_written(dsn: str, tmp_path: Path
 
 
 def test_a_failing_command_fails(dsn: str, tmp_path: Path) -> None:
-    with pytest.raises(DocumentError, match="`pgqueue tasks show 42` exited 1"):
+    with pytest.raises(DocumentError, match="`pgqueue tasks show 42` exited 2"):
         run_text("```sh\npgqueue status\npgqueue tasks show 42\n```\n", dsn, tmp_path)
 
 
