@@ -59,6 +59,8 @@ class Maintenance(BackgroundLoop):
         async with self._database.async_connection() as conn:
             cursor = await conn.execute(self._database.queries["rescue_expired_leases"])
             rescued = (await cursor.fetchone())[0]  # type: ignore[index]
+            # Producers stop waking workers that vanished asleep (a few rows at most).
+            await conn.execute(self._database.queries["forget_absent_sleepers"])
         if rescued:
             log.warning("rescued %d tasks whose workers stopped renewing their leases", rescued)
         return int(rescued)

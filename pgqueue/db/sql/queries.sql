@@ -373,7 +373,7 @@ WITH announced AS (
     SELECT q, %(worker_id)s FROM unnest(%(queues)s::text[]) AS q
     ON CONFLICT DO NOTHING
 )
-SELECT bool_and(pg_try_advisory_xact_lock(hashtext('pgqueue.wake'), hashtext(q)))
+SELECT bool_and(pg_try_advisory_xact_lock(hashtext('pgqueue.wake'), hashtext(q))) AS settled
 FROM unnest(%(queues)s::text[]) AS q;
 
 -- name: forget_sleep
@@ -385,3 +385,8 @@ DELETE FROM pgqueue.sleeping_workers WHERE worker_id = %(worker_id)s;
 DELETE FROM pgqueue.sleeping_workers AS s
 WHERE s.since < now() - interval '1 minute'
   AND NOT EXISTS (SELECT FROM pgqueue.workers AS w WHERE w.id = s.worker_id);
+
+-- name: notify_probe
+-- A message on the control channel that only the listener which sent it looks for: proof
+-- that notifications reach its connection (they do not through a transaction-mode pooler).
+SELECT pg_notify(%(channel)s, 'probe ' || %(token)s);
