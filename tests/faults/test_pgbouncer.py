@@ -118,7 +118,8 @@ def test_pooled_server_connections_reset_mid_run(
             ids: list[Any] = []
             for batch in range(6):
                 ids += _retrying_produce(tm, batch * 40, 40, sleep=0.05)
-                wait_until(lambda: execution_count(fault_db) >= len(ids) // 2, timeout=60)
+                half = len(ids) // 2
+                wait_until(lambda: execution_count(fault_db) >= half, timeout=60)
     finally:
         stop.set()
         resetter.join(10)
