@@ -23,16 +23,14 @@ CREATE UNLOGGED TABLE pgqueue.sleeping_workers (
 -- lock, so those producers always notify.
 CREATE OR REPLACE FUNCTION pgqueue.notify_new_tasks() RETURNS trigger
 LANGUAGE plpgsql AS $$
-DECLARE
-    q text;
 BEGIN
-    FOR q IN SELECT DISTINCT queue FROM new_tasks LOOP
-        PERFORM pg_advisory_xact_lock_shared(hashtext('pgqueue.wake'), hashtext(q));
-        IF current_setting('transaction_isolation') <> 'read committed'
-           OR EXISTS (SELECT FROM pgqueue.sleeping_workers AS s WHERE s.queue = q) THEN
-            PERFORM pg_notify('pgqueue.tasks', q);
-        END IF;
-    END LOOP;
+    PERFORM pg_advisory_xact_lock_shared(hashtext('pgqueue.wake'), hashtext(queue))
+    FROM (SELECT DISTINCT queue FROM new_tasks) AS queues;
+    -- A statement of its own, so its snapshot is taken after the locks.
+    PERFORM pg_notify('pgqueue.tasks', queue)
+    FROM (SELECT DISTINCT queue FROM new_tasks) AS queues
+    WHERE current_setting('transaction_isolation') <> 'read committed'
+       OR EXISTS (SELECT FROM pgqueue.sleeping_workers AS s WHERE s.queue = queues.queue);
     RETURN NULL;
 END;
 $$;
