@@ -118,8 +118,7 @@ def test_pooled_server_connections_reset_mid_run(
             ids: list[Any] = []
             for batch in range(6):
                 ids += _retrying_produce(tm, batch * 40, 40, sleep=0.05)
-                half = len(ids) // 2
-                wait_until(lambda: execution_count(fault_db) >= half, timeout=60)
+                wait_until(lambda n=len(ids) // 2: execution_count(fault_db) >= n, timeout=60)
     finally:
         stop.set()
         resetter.join(10)

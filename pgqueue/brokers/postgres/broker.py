@@ -44,7 +44,7 @@ T = TypeVar("T")
 MAX_BACKOFF_SECONDS = 10.0
 #: While producers of its queues are in flight, a worker about to sleep looks again after
 #: these pauses (doubling) instead: it cannot yet rely on being notified (announce_sleep).
-SETTLE_FIRST_SECONDS = 0.005
+SETTLE_FIRST_SECONDS = 0.001
 SETTLE_MOST_SECONDS = 0.2
 #: Connections of transactional tasks: their own pool, so that long tasks holding a
 #: transaction never starve the claims and heartbeats of the main pool.
@@ -116,6 +116,7 @@ class PostgresBroker(Broker):
         # producer in flight (None: awake, or not yet sure); whether its rows may exist.
         self._asleep_since: int | None = None
         self._announced = False
+        self._forgetting: asyncio.Task[None] | None = None
         self._settle_seconds = SETTLE_FIRST_SECONDS
 
     @classmethod
@@ -246,6 +247,7 @@ class PostgresBroker(Broker):
 
     async def _announce_sleep(self) -> bool:
         assert self._listener is not None
+        await self._forgotten()  # never after the announcement: it would erase it
         generation = self._listener.generation
         self._announced = True
         row = await self.database.afetch_one(
@@ -258,9 +260,17 @@ class PostgresBroker(Broker):
         return True
 
     async def _wake_up(self) -> None:
+        """Forget the announcement beside the run that starts now, not before it."""
         self._asleep_since = None
-        if self._announced:
-            await self._retrying("wake-up", self._forget_sleep)
+        if self._announced and self._forgetting is None:
+            self._forgetting = asyncio.create_task(
+                self._retrying("wake-up", self._forget_sleep), name="pgqueue-forget-sleep"
+            )
+
+    async def _forgotten(self) -> None:
+        if self._forgetting is not None:
+            forgetting, self._forgetting = self._forgetting, None
+            await asyncio.gather(forgetting, return_exceptions=True)
 
     async def _forget_sleep(self) -> None:
         async with self.database.async_connection() as conn:
@@ -379,6 +389,7 @@ class PostgresBroker(Broker):
             await self._maintenance.stop()
         if self._listener is not None:
             await self._listener.stop()
+        await self._forgotten()
         if self._announced:
             with contextlib.suppress(*UNAVAILABLE):
                 await self._forget_sleep()
