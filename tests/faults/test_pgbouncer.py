@@ -5,6 +5,7 @@ mid-run, a worker SIGKILLed. No task is lost; each takes effect once."""
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from typing import Any
 
 import fault_tasks
@@ -118,7 +119,7 @@ def test_pooled_server_connections_reset_mid_run(
             ids: list[Any] = []
             for batch in range(6):
                 ids += _retrying_produce(tm, batch * 40, 40, sleep=0.05)
-                wait_until(lambda n=len(ids) // 2: execution_count(fault_db) >= n, timeout=60)
+                wait_until(_started(fault_db, len(ids) // 2), timeout=60)
     finally:
         stop.set()
         resetter.join(10)
@@ -126,6 +127,10 @@ def test_pooled_server_connections_reset_mid_run(
     wait_until(lambda: all_finished(fault_db, ids), timeout=90)
     assert_exactly_once(fault_db, ids)
     assert worker.process.poll() is None, worker.output
+
+
+def _started(db: psycopg.Connection[Any], count: int) -> Callable[[], bool]:
+    return lambda: execution_count(db) >= count
 
 
 def _retrying_produce(tm: TaskManager, start: int, count: int, sleep: float) -> list[Any]:
