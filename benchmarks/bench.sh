@@ -26,4 +26,8 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
         echo "bench.sh: pgqueue did not install from $root; it will be skipped" >&2
     fi
 fi
-exec "$venv/bin/python" "$here/run.py" "$@"
+"$venv/bin/python" "$here/run.py" "$@"
+# Then concurrent producers against the insert trigger's NOTIFY (pgqueue only).
+quick=()
+for arg in "$@"; do [ "$arg" = "--quick" ] && quick=(--quick); done
+exec "$venv/bin/python" "$here/producers.py" "${quick[@]}"

@@ -302,6 +302,9 @@ class Settings(_Section):
     SECTIONS: ClassVar[tuple[str, ...]] = ("rabbitmq", "defaults")
 
     dsn: str | None = field(default=None, metadata=rule(_dsn))
+    # Where LISTEN connections go when `dsn` is a pooler in transaction mode (PgBouncer):
+    # a direct connection to the server. Unset: `dsn`, or polling if LISTEN fails there.
+    listen_dsn: str | None = field(default=None, metadata=rule(_dsn))
     broker: Literal["database", "rabbitmq"] = field(
         default="database", metadata=rule(_one_of("database", "rabbitmq"))
     )

@@ -143,16 +143,12 @@ SELECT pgqueue.cancel_task(%(id)s);
 SELECT pgqueue.retry_task(%(id)s);
 
 -- name: cleanup_tasks
--- Delete one batch of old finished tasks.
-SELECT pgqueue.cleanup_tasks(%(older_than)s * interval '1 second', %(batch_size)s);
-
--- name: try_maintenance_lock
--- One maintenance runner at a time across all workers (session-level advisory lock).
-SELECT pg_try_advisory_lock(hashtext('pgqueue.maintenance'));
-
--- name: release_maintenance_lock
--- Let another worker run maintenance.
-SELECT pg_advisory_unlock(hashtext('pgqueue.maintenance'));
+-- Delete one batch of old finished tasks, unless another worker is deleting one: -1 then.
+-- The lock is the transaction's (this statement's), never the session's: behind a
+-- transaction-mode pooler the next statement may run on another server connection.
+SELECT CASE WHEN pg_try_advisory_xact_lock(hashtext('pgqueue.maintenance'))
+            THEN pgqueue.cleanup_tasks(%(older_than)s * interval '1 second', %(batch_size)s)
+            ELSE -1 END;
 
 -- name: register_worker
 -- Record this worker (again, if its row expired while the database was away).
@@ -416,3 +412,31 @@ DELETE FROM pgqueue.outbox;
 -- name: database_now
 -- The database clock.
 SELECT now();
+
+-- name: announce_sleep
+-- This worker is going to sleep on LISTEN: producers of its queues notify from now on (the
+-- insert trigger of schema.sql). True if no producer of these queues is in flight, i.e.
+-- holds the shared wake lock it took before it could see this announcement: a claim after
+-- this statement then sees every task that no NOTIFY will announce. False: look again soon.
+WITH announced AS (
+    INSERT INTO pgqueue.sleeping_workers (queue, worker_id)
+    SELECT q, %(worker_id)s FROM unnest(%(queues)s::text[]) AS q
+    ON CONFLICT DO NOTHING
+)
+SELECT bool_and(pg_try_advisory_xact_lock(hashtext('pgqueue.wake'), hashtext(q))) AS settled
+FROM unnest(%(queues)s::text[]) AS q;
+
+-- name: forget_sleep
+-- This worker is awake (or leaving): producers need not wake it.
+DELETE FROM pgqueue.sleeping_workers WHERE worker_id = %(worker_id)s;
+
+-- name: forget_absent_sleepers
+-- Announcements of workers that vanished asleep (their registry row expired).
+DELETE FROM pgqueue.sleeping_workers AS s
+WHERE s.since < now() - interval '1 minute'
+  AND NOT EXISTS (SELECT FROM pgqueue.workers AS w WHERE w.id = s.worker_id);
+
+-- name: notify_probe
+-- A message on the control channel that only the listener which sent it looks for: proof
+-- that notifications reach its connection (they do not through a transaction-mode pooler).
+SELECT pg_notify(%(channel)s, 'probe ' || %(token)s);
