@@ -9,7 +9,7 @@ Create Date: 2026-12-20
 from pgqueue.db.migrations import run_revision_sql
 
 revision = "0006"
-down_revision = "0002"
+down_revision = "0004"
 branch_labels = None
 depends_on = None
 
