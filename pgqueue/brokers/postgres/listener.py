@@ -112,6 +112,7 @@ class Listener(BackgroundLoop):
         async for note in conn.notifies(timeout=PROBE_SECONDS):
             if note.channel == self._control_channel and note.payload == f"probe {token}":
                 return True
+            self._dispatch(note)  # a cancel sent meanwhile is not lost
         return False
 
     def _fall_back_to_polling(self, dsn: str) -> None:
@@ -129,14 +130,17 @@ class Listener(BackgroundLoop):
     def _crashed(self) -> None:
         self.connected.clear()
 
+    def _dispatch(self, note: psycopg.Notify) -> None:
+        if note.channel == self._control_channel:
+            if self._on_control is not None:
+                self._on_control(note.payload)
+        elif note.payload in self._queues:
+            self._on_wake()
+
     async def _listen(self, conn: psycopg.AsyncConnection[object]) -> None:
         while True:
             async for note in conn.notifies(timeout=HEALTH_CHECK_SECONDS):
-                if note.channel == self._control_channel:
-                    if self._on_control is not None:
-                        self._on_control(note.payload)
-                elif note.payload in self._queues:
-                    self._on_wake()
+                self._dispatch(note)
             try:  # a dead network may never answer: the check has a deadline of its own
                 await asyncio.wait_for(conn.execute("SELECT 1"), HEALTH_CHECK_SECONDS)
             except TimeoutError:
