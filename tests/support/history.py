@@ -5,6 +5,7 @@ fault suite, the completion written by the worker process and attempt that made 
 
 from __future__ import annotations
 
+import itertools
 import uuid
 from collections.abc import Sequence
 from typing import Any
@@ -64,7 +65,7 @@ def history_problems(events: Sequence[dict[str, Any]], status: str, attempts: in
     if not events or events[0]["event"] != "enqueued":
         return ["does not start with enqueued"]
     state, problems = "waiting", []
-    for previous, event in zip(events, events[1:], strict=False):
+    for previous, event in itertools.pairwise(events):
         name = event["event"]
         allowed = _AFTER_RESCUE if previous["event"] == "rescued" and name == "failed" else None
         following = (allowed or _NEXT[state]).get(name)
