@@ -105,7 +105,8 @@ class TaskEvent:
     >>> [(e.event, e.attempt, e.worker_id) for e in tm.history(task_id)]
     [('enqueued', 0, None), ('started', 1, 'host-1234-ab12'), ('completed', 1, 'host-1234-ab12')]
 
-    `attempt` is the task's attempt count after the change; `error` is set on `failed`
+    `event` is one of TaskEventKind's values; `attempt` is the task's attempt count after
+    the change; `error` is set on `failed`
     (that attempt's error), `rescued` and `released` (unknown task); `details` holds the
     rest (`run_at` of `retry_scheduled`, the previous `status` of `cancelled`, ...).
     """

@@ -9,18 +9,18 @@ from rich.table import Table
 from rich.text import Text
 
 from pgqueue.errors import first_line
-from pgqueue.records import TaskEvent
+from pgqueue.records import TaskEvent, TaskEventKind
 
-EVENT_STYLES = {
-    "enqueued": "cyan",
-    "started": "blue",
-    "completed": "green",
-    "failed": "bold red",
-    "retry_scheduled": "yellow",
-    "rescued": "magenta",
-    "cancelled": "dim",
-    "retried": "cyan",
-    "released": "dim",
+EVENT_STYLES: dict[str, str] = {
+    TaskEventKind.ENQUEUED: "cyan",
+    TaskEventKind.STARTED: "blue",
+    TaskEventKind.COMPLETED: "green",
+    TaskEventKind.FAILED: "bold red",
+    TaskEventKind.RETRY_SCHEDULED: "yellow",
+    TaskEventKind.RESCUED: "magenta",
+    TaskEventKind.CANCELLED: "dim",
+    TaskEventKind.RETRIED: "cyan",
+    TaskEventKind.RELEASED: "dim",
 }
 
 
@@ -51,7 +51,7 @@ def describe(event: TaskEvent) -> str:
     """The one line an event's worker, error and details come to."""
     details: dict[str, Any] = event.details or {}
     worker = f"worker {event.worker_id}" if event.worker_id else ""
-    if event.event in ("failed", "rescued") or details.get("unknown_task"):
+    if event.event in (TaskEventKind.FAILED, TaskEventKind.RESCUED) or details.get("unknown_task"):
         said = first_line(event.error, 120) if event.error else worker
         if details.get("started") is False:
             said = f"not started yet; {worker}"
@@ -62,7 +62,7 @@ def describe(event: TaskEvent) -> str:
         )
     if "status" in details:
         return f"was {details['status']}"
-    if event.event == "released":
+    if event.event == TaskEventKind.RELEASED:
         return ("mid-run; " if details.get("started") else "not started; ") + worker
     return worker
 
