@@ -103,12 +103,12 @@ class TaskEvent:
     """One change of a task's state, as `tm.history(task_id)` returns it (oldest first).
 
     >>> [(e.event, e.attempt, e.worker_id) for e in tm.history(task_id)]
-    [('enqueued', 0, None), ('started', 1, 'host-1234-ab12'), ('completed', 1, 'host-1234-ab12')]
+    [('enqueued', 0, None), ('started', 1, 'host:1234:ab12'), ('completed', 1, 'host:1234:ab12')]
 
     `event` is one of TaskEventKind's values; `attempt` is the task's attempt count after
-    the change; `error` is set on `failed`
-    (that attempt's error), `rescued` and `released` (unknown task); `details` holds the
-    rest (`run_at` of `retry_scheduled`, the previous `status` of `cancelled`, ...).
+    the change; `error` is set on `failed` (that attempt's error), `rescued` and `released`
+    (unknown task); `details` holds the rest (`run_at` of `retry_scheduled`, the previous
+    `status` of `cancelled`, ...).
     """
 
     task_id: uuid.UUID
