@@ -1,4 +1,6 @@
-"""In-process drain probe: ``python benchmarks/inproc_drain.py N CONCURRENCY``.
+"""In-process drain probe: ``python benchmarks/inproc_drain.py N CONCURRENCY [on|off]``.
+
+The third argument turns task history on (the default) or off for the drain.
 
 Queues N no-op tasks (bulk) in a fresh database ``pgqueue_probe``, runs a WorkerManager in
 this process until all are COMPLETED, and prints throughput, this process's CPU per task,
@@ -41,10 +43,13 @@ def machine_times() -> tuple[int, int]:
 
 def main() -> None:
     n, concurrency = int(sys.argv[1]), int(sys.argv[2])
+    history = (sys.argv[3] if len(sys.argv) > 3 else "on") == "on"
     with psycopg.connect(ADMIN, autocommit=True) as conn:
         conn.execute("DROP DATABASE IF EXISTS pgqueue_probe WITH (FORCE)")
         conn.execute("CREATE DATABASE pgqueue_probe")
     migrations.upgrade(DSN)
+    with psycopg.connect(DSN, autocommit=True) as conn:
+        conn.execute("SELECT pgqueue.set_history(%s)", (history,))
     TaskManager(dsn=DSN).queue_tasks(noop, [{}] * n)
     with psycopg.connect(DSN, autocommit=True) as conn:
         conn.execute("VACUUM ANALYZE pgqueue.tasks")
@@ -87,7 +92,7 @@ def main() -> None:
         flush_rows = sum(size for size, _ in flushes) / len(flushes)
         flush_ms = 1000 * sum(s for _, s in flushes) / len(flushes)
         print(
-            f"c={concurrency}: {n / wall:,.0f} tasks/s in {wall:.2f} s, CPU {cpu / n * 1e6:.0f} "
+            f"c={concurrency} history {'on' if history else 'off'}: {n / wall:,.0f} tasks/s in {wall:.2f} s, CPU {cpu / n * 1e6:.0f} "
             f"us/task; {len(claims)} claims asked {asked:.0f} got {got:.0f} in {claim_ms:.2f} "
             f"ms; {len(flushes)} flushes of {flush_rows:.0f} in {flush_ms:.2f} ms; machine "
             f"busy {100 * busy / max(busy + idle, 1):.0f}% (worker, server and all)"

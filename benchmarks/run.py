@@ -1,6 +1,6 @@
 """pgqueue benchmark harness: pgqueue against Procrastinate, PgQueuer and plain psycopg.
 
-    python benchmarks/run.py [--quick] [--systems pgqueue,procrastinate,pgqueuer,plain]
+    python benchmarks/run.py [--quick] [--systems pgqueue,pgqueue-history-off,procrastinate,pgqueuer,plain]
                              [--out benchmarks/results] [--reps N] [--scale]
 
 Every measurement runs in a fresh database (``bench_<system>``, copied from a template
@@ -337,7 +337,7 @@ def main() -> None:
     signal.signal(signal.SIGTERM, _sigterm)
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="short smoke run (< 3 minutes)")
-    ap.add_argument("--systems", default="pgqueue,procrastinate,pgqueuer,plain")
+    ap.add_argument("--systems", default="pgqueue,pgqueue-history-off,procrastinate,pgqueuer,plain")
     ap.add_argument("--out", default=str(common.BENCH_DIR / "results"))
     ap.add_argument("--reps", type=int, help="repetitions (default 3)")
     ap.add_argument("--drain", type=int, help="tasks per drain")

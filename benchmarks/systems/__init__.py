@@ -22,6 +22,7 @@ import importlib
 
 MODULES = {
     "pgqueue": ("systems.pgqueue_system", "PgQueueSystem"),
+    "pgqueue-history-off": ("systems.pgqueue_system", "PgQueueHistoryOffSystem"),
     "procrastinate": ("systems.procrastinate_system", "ProcrastinateSystem"),
     "pgqueuer": ("systems.pgqueuer_system", "PgQueuerSystem"),
     "plain-single": ("systems.plain", "PlainSingle"),

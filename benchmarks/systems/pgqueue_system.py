@@ -148,3 +148,17 @@ class PgQueueSystem(BaseSystem):
             "WARNING",
         ]
         main()
+
+
+class PgQueueHistoryOffSystem(PgQueueSystem):
+    """pgqueue with task history off (``pgqueue history off`` after the migration): the
+    same workloads, interleaved with pgqueue's, so that "pgqueue / history off" in the
+    report is the share of throughput that history keeps (goal: >= 0.85 in the drains)."""
+
+    name = "pgqueue-history-off"
+    label = "pgqueue, history off"
+
+    def install_schema(self, dsn: str) -> None:
+        super().install_schema(dsn)
+        env = dict(os.environ, PGQUEUE_DSN=dsn)
+        subprocess.run(_cli_argv("history", "off"), env=env, check=True, capture_output=True)

@@ -242,6 +242,15 @@ def test_killed_worker_messages_are_redelivered(
     task = rtm.get_task(task_id)
     assert task.attempts == 2  # the lost run counts, as with the database broker
     assert task.result == 1.0
+    history = rtm.history(task_id)
+    assert [(e.event, e.attempt) for e in history] == [
+        ("enqueued", 0),
+        ("started", 1),
+        ("rescued", 1),  # taken over at the redelivery: the lost worker's run
+        ("started", 2),
+        ("completed", 2),
+    ]
+    assert history[2].worker_id == history[1].worker_id != history[3].worker_id
 
 
 def test_cancelled_task_is_not_run(rtm: TaskManager, rworker: Callable[..., Any]) -> None:
@@ -252,6 +261,31 @@ def test_cancelled_task_is_not_run(rtm: TaskManager, rworker: Callable[..., Any]
     wait_until(lambda: rtm.get_task(kept).status is TaskStatus.COMPLETED)
     assert [label for label, _ in calls] == ["kept"]
     assert rtm.get_task(cancelled).status is TaskStatus.CANCELLED
+    assert [e.event for e in rtm.history(cancelled)] == ["enqueued", "cancelled"]
+    assert [e.event for e in rtm.history(kept)] == ["enqueued", "started", "completed"]
+
+
+def test_each_failed_attempt_is_in_the_history(
+    rtm: TaskManager, rworker: Callable[..., Any]
+) -> None:
+    failures_left["history"] = 2
+    task_id = flaky.delay(key="history")
+    rworker()
+    wait_until(lambda: rtm.get_task(task_id).status is TaskStatus.COMPLETED, timeout=30)
+    history = rtm.history(task_id)
+    assert [(e.event, e.attempt) for e in history] == [
+        ("enqueued", 0),
+        ("started", 1),
+        ("failed", 1),
+        ("retry_scheduled", 1),
+        ("started", 2),
+        ("failed", 2),
+        ("retry_scheduled", 2),
+        ("started", 3),
+        ("completed", 3),
+    ]
+    errors = [e.error for e in history if e.event == "failed"]
+    assert len(errors) == 2 and all(error and "history" in error for error in errors)
 
 
 def test_without_status_tracking_tasks_run_without_records(

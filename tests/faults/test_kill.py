@@ -17,6 +17,7 @@ from support.faults import (
     task_row,
     wait_for_worker_ready,
 )
+from support.history import assert_history_exact, events_of
 from support.waiting import wait_until
 
 from pgqueue.task_manager import TaskManager
@@ -46,7 +47,7 @@ def test_sigkill_storm_every_effect_exactly_once(
     pool.stop_supervising()
     assert kills >= 5, f"only {kills} kills happened; the storm proved little"
     wait_until(lambda: all_finished(fault_db, ids), timeout=60)
-    assert_exactly_once(fault_db, ids)
+    assert_exactly_once(fault_db, ids)  # and each task's history (support/history.py)
     # The kills interrupted runs: some tasks ran more than once, yet took effect once.
     rerun = fault_db.execute(
         "SELECT count(*) FROM (SELECT task_id FROM executions GROUP BY 1 HAVING count(*) > 1) r"
@@ -70,9 +71,18 @@ def test_sigkill_at_the_worst_instants(
     row = task_row(fault_db, task_id)
     if instant == "after_commit":
         assert row["attempts"] == 1 and execution_count(fault_db) == 1
+        assert events_of(fault_db, task_id) == ["enqueued", "started", "completed"]
     else:
         # The lost run counted as an attempt; the rescue ran it once more.
         assert row["attempts"] == 2 and execution_count(fault_db) == 2
+        assert events_of(fault_db, task_id) == [
+            "enqueued",
+            "started",
+            "rescued",
+            "started",
+            "completed",
+        ]
+    assert_history_exact(fault_db, [task_id])
 
 
 def test_poison_task_ends_failed_worker_lost(
@@ -88,6 +98,15 @@ def test_poison_task_ends_failed_worker_lost(
     assert row["status"] == "FAILED"
     assert row["error"].startswith("worker lost")
     assert row["attempts"] == 2 and execution_count(fault_db) == 2
+    assert events_of(fault_db, poison) == [
+        "enqueued",
+        "started",
+        "rescued",
+        "started",
+        "rescued",
+        "failed",
+    ]
+    assert_history_exact(fault_db, [poison])
     healthy = faults_tm.queue_task(fault_tasks.effect, n=1)
     wait_until(lambda: all_finished(fault_db, [healthy]), timeout=20)
     assert_exactly_once(fault_db, [healthy])
@@ -130,6 +149,11 @@ def test_sigkill_gives_back_the_tasks_claimed_ahead(
     row = task_row(fault_db, blocker)
     assert (row["status"], row["attempts"]) == ("FAILED", 1)
     assert row["error"].startswith("worker lost")
+    # Claimed ahead, never started: rescued as unstarted, then run once elsewhere.
+    for task_id in held:
+        assert events_of(fault_db, task_id) == ["enqueued", "rescued", "started", "completed"]
+    assert events_of(fault_db, blocker) == ["enqueued", "started", "rescued", "failed"]
+    assert_history_exact(fault_db, [blocker, *held])
 
 
 def test_sigkill_just_after_a_held_task_started_counts_its_run(

@@ -5,7 +5,7 @@ NOTIFY takes a database-wide lock at commit, so notifying commits cannot share a
 flush: busy producers paid about 30 % of their throughput for wake-ups nobody needed.
 
 Revision ID: 0004
-Revises: 0002
+Revises: 0003
 Create Date: 2026-12-20
 """
 
@@ -15,7 +15,7 @@ from pgqueue.db.migrations import run_revision_sql
 from pgqueue.db.queries import DEFAULT_SCHEMA, for_schema
 
 revision = "0004"
-down_revision = "0002"
+down_revision = "0003"
 branch_labels = None
 depends_on = None
 
