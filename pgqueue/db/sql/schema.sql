@@ -54,6 +54,11 @@ CREATE INDEX tasks_leases_idx ON pgqueue.tasks (lease_expires_at)
 CREATE INDEX tasks_finished_idx ON pgqueue.tasks (finished_at)
     WHERE status IN ('COMPLETED', 'FAILED', 'CANCELLED');
 
+-- FAILED and CANCELLED rows in id (creation) order, for the dashboard's failures and its
+-- task list filtered by those statuses: few rows, so it costs the lifecycle little.
+CREATE INDEX tasks_problems_idx ON pgqueue.tasks (status, id)
+    WHERE status IN ('FAILED', 'CANCELLED');
+
 -- One notification per queue per statement (not per row): a bulk insert of 100,000
 -- rows into one queue wakes the workers once. The payload is the queue name.
 CREATE FUNCTION pgqueue.notify_new_tasks() RETURNS trigger
