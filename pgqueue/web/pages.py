@@ -76,7 +76,7 @@ async def tasks(request: Request) -> Response:
 
     try:
         found = await state.run(read)
-    except InvalidTaskOption as error:  # a malformed cursor
+    except (InvalidTaskOption, TaskNotFound) as error:  # a malformed cursor
         return _bad_request(request, "tasks", error)
     return state.render(
         request,

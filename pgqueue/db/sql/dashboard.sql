@@ -171,7 +171,7 @@ LIMIT %(limit)s;
 -- paused queues change: the live updates compare it between two ticks. Index probes only
 -- (the newest id, the latest finish, the running tasks); the statistics collector's row
 -- counters of the small tables (flushed within seconds) catch the rest.
-SELECT (SELECT max(t.id) FROM pgqueue.tasks AS t) AS newest_id,
+SELECT (SELECT t.id FROM pgqueue.tasks AS t ORDER BY t.id DESC LIMIT 1) AS newest_id,
        (SELECT max(t.finished_at) FROM pgqueue.tasks AS t
         WHERE t.status IN ('COMPLETED', 'FAILED', 'CANCELLED')) AS last_finished_at,
        (SELECT count(*) FROM pgqueue.tasks AS t WHERE t.status = 'RUNNING') AS running,
