@@ -9,7 +9,7 @@
 
 from pgqueue import moved
 from pgqueue.errors import PgQueueError, TaskCancelled, TaskFailed, WaitTimeout
-from pgqueue.records import Task, TaskStatus
+from pgqueue.records import Task, TaskEvent, TaskStatus
 from pgqueue.task_manager import TaskManager
 from pgqueue.tasks.context import Retry, Snooze, TaskContext, current_task
 from pgqueue.tasks.definition import AsyncTask, TaskFunction
@@ -26,6 +26,7 @@ __all__ = [
     "Task",
     "TaskCancelled",
     "TaskContext",
+    "TaskEvent",
     "TaskFailed",
     "TaskFunction",
     "TaskManager",

@@ -83,6 +83,47 @@ class Task:
 _FIELD_NAMES = tuple(field.name for field in dataclasses.fields(Task))
 
 
+class TaskEventKind(enum.StrEnum):
+    """The events of a task's history (`pgqueue.task_events.event`), each written by the
+    statement that makes the change it names."""
+
+    ENQUEUED = "enqueued"  # queued (one row, COPY, unique, cron, a RabbitMQ record)
+    STARTED = "started"  # a run began (worker_id: the worker running it)
+    COMPLETED = "completed"
+    FAILED = "failed"  # a run failed (error: that attempt's), or the task ended FAILED
+    RETRY_SCHEDULED = "retry_scheduled"  # due again at details["run_at"]
+    RESCUED = "rescued"  # its worker's lease expired (worker_id: the lost worker)
+    CANCELLED = "cancelled"
+    RETRIED = "retried"  # put back by an operator (`tm.retry`, `pgqueue tasks retry`)
+    RELEASED = "released"  # given back unstarted, at shutdown, or unknown to its worker
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class TaskEvent:
+    """One change of a task's state, as `tm.history(task_id)` returns it (oldest first).
+
+    >>> [(e.event, e.attempt, e.worker_id) for e in tm.history(task_id)]
+    [('enqueued', 0, None), ('started', 1, 'host-1234-ab12'), ('completed', 1, 'host-1234-ab12')]
+
+    `attempt` is the task's attempt count after the change; `error` is set on `failed`
+    (that attempt's error), `rescued` and `released` (unknown task); `details` holds the
+    rest (`run_at` of `retry_scheduled`, the previous `status` of `cancelled`, ...).
+    """
+
+    task_id: uuid.UUID
+    id: int
+    at: datetime
+    event: str
+    attempt: int
+    worker_id: str | None = None
+    error: str | None = None
+    details: dict[str, Any] | None = None
+
+    @classmethod
+    def from_row(cls, row: dict[str, Any]) -> TaskEvent:
+        return cls(**row)
+
+
 # Not frozen: a frozen dataclass's __init__ costs 3.3 us against 1.1 us, one per row of a
 # bulk queue_tasks call. Nothing mutates a NewTask once made.
 @dataclasses.dataclass(slots=True)

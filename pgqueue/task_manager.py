@@ -13,7 +13,7 @@ from pgqueue.brokers import get_broker
 from pgqueue.brokers.base import Broker
 from pgqueue.db.database import Database, database_from_settings
 from pgqueue.db.store import TaskStore
-from pgqueue.records import NewTask, Task
+from pgqueue.records import NewTask, Task, TaskEvent
 from pgqueue.settings import Settings, get_settings, load_settings
 from pgqueue.tasks import call, definition
 from pgqueue.tasks.call import UniqueKey
@@ -268,6 +268,19 @@ class TaskManager:
 
     async def aget_task(self, task_id: uuid.UUID | str) -> Task | None:
         return await self.store.aget(task_id)
+
+    def history(self, task_id: uuid.UUID | str) -> list[TaskEvent]:
+        """Every change of the task's state, oldest first (empty: no such task, cleaned up,
+        or queued while history was off).
+
+        >>> for event in tm.history(task_id):
+        ...     print(event.at, event.event, event.attempt, event.worker_id, event.error)
+        """
+        return self.store.history(task_id)
+
+    async def ahistory(self, task_id: uuid.UUID | str) -> list[TaskEvent]:
+        """The async twin of `history`: `events = await tm.ahistory(task_id)`."""
+        return await self.store.ahistory(task_id)
 
     def cancel(self, task_id: uuid.UUID | str) -> bool:
         """Cancel a task that has not finished; True if it is now CANCELLED."""

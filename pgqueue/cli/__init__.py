@@ -72,6 +72,7 @@ COMMANDS = {
     "db": "pgqueue.cli.db:db",
     "demo": "pgqueue.cli.demo:demo",
     "enqueue": "pgqueue.cli.enqueue:enqueue",
+    "history": "pgqueue.cli.history:history",
     "migrate": "pgqueue.cli.migrate:migrate",
     "queue": "pgqueue.cli.queue:queue",
     "status": "pgqueue.cli.status:status",

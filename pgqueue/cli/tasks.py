@@ -26,6 +26,7 @@ from pgqueue.cli.output import (
     status_text,
     table,
 )
+from pgqueue.cli.timeline import timeline
 from pgqueue.db.store import parse_task_id
 from pgqueue.errors import first_line
 from pgqueue.ops.admin import Admin
@@ -87,11 +88,13 @@ def timings(task: Task) -> dict[str, float | None]:
 @click.argument("task_id")
 @json_option
 def show(task_id: str, as_json: bool) -> None:
-    """One task: arguments, attempts, result, error with its traceback, timings."""
+    """One task: arguments, attempts, result, timings, history, its last error."""
     with admin_session() as admin:
         task = admin.get_task(task_id)
+        events = admin.history(task.id)
+        history_off = not events and not admin.history_enabled()
     if as_json:
-        print_json({**jsonable(task), **timings(task)})
+        print_json({**jsonable(task), **timings(task), "history": events})
         return
     facts = Table.grid(padding=(0, 2))
     facts.add_column(style="bold")
@@ -115,7 +118,8 @@ def show(task_id: str, as_json: bool) -> None:
         ("Result", cell(_json_text(task.result))),
     ):
         facts.add_row(label, value)
-    parts: list[Any] = [facts]
+    parts: list[Any] = [facts, Text("\nHistory", style="bold")]
+    parts.append(timeline(events) if events else _no_history(history_off))
     if task.error:
         parts.append(Panel(Text(task.error), title="Error", title_align="left", style="red"))
     console().print(Group(*parts))
@@ -135,6 +139,12 @@ def explain(task_id: str, as_json: bool) -> None:
     click.echo(f"task {task.id} {task.name} ({task.status.value}, queue {task.queue}):")
     for reason in found["reasons"]:
         click.echo(f"  - {reason['message']}")
+
+
+def _no_history(history_off: bool) -> Text:
+    if history_off:
+        return Text("no events: history is off (`pgqueue history on`)", style="dim")
+    return Text("no events (queued before history was kept, or while it was off)", style="dim")
 
 
 def _json_text(value: Any) -> str:

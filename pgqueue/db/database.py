@@ -158,24 +158,33 @@ class Database:
             raise unavailable(self.dsn, error) from error
 
     def fetch_one(self, query: str, params: dict[str, Any]) -> dict[str, Any] | None:
+        """The first row of a named query (see fetch_all), or None."""
+        rows = self.fetch_all(query, params)
+        return rows[0] if rows else None
+
+    async def afetch_one(self, query: str, params: dict[str, Any]) -> dict[str, Any] | None:
+        rows = await self.afetch_all(query, params)
+        return rows[0] if rows else None
+
+    def fetch_all(self, query: str, params: dict[str, Any]) -> list[dict[str, Any]]:
         """Run a named query once more on a fresh connection if the pooled one was stale."""
         for attempt in (1, 2):
             try:
                 with self.connection() as conn, conn.cursor(row_factory=dict_row) as cursor:
                     cursor.execute(self.queries[query], params)
-                    return cursor.fetchone()
+                    return cursor.fetchall()
             except DatabaseUnavailable:
                 if attempt == 2:
                     raise
         raise AssertionError("unreachable")
 
-    async def afetch_one(self, query: str, params: dict[str, Any]) -> dict[str, Any] | None:
+    async def afetch_all(self, query: str, params: dict[str, Any]) -> list[dict[str, Any]]:
         for attempt in (1, 2):
             try:
                 async with self.async_connection() as conn:
                     cursor = conn.cursor(row_factory=dict_row)
                     await cursor.execute(self.queries[query], params)
-                    return await cursor.fetchone()
+                    return await cursor.fetchall()
             except DatabaseUnavailable:
                 if attempt == 2:
                     raise

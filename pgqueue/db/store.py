@@ -12,7 +12,7 @@ import psycopg
 
 from pgqueue.db.database import Database
 from pgqueue.errors import DatabaseUnavailable, InvalidTaskArguments, TaskNotFound
-from pgqueue.records import NewTask, Task
+from pgqueue.records import NewTask, Task, TaskEvent
 
 
 def parse_task_id(task_id: Any) -> uuid.UUID:
@@ -333,6 +333,14 @@ class TaskStore:
     async def aget(self, task_id: Any) -> Task | None:
         row = await self.database.afetch_one("get_task", {"id": parse_task_id(task_id)})
         return Task.from_row(row) if row else None
+
+    def history(self, task_id: Any) -> list[TaskEvent]:
+        rows = self.database.fetch_all("task_history", {"id": parse_task_id(task_id)})
+        return [TaskEvent.from_row(row) for row in rows]
+
+    async def ahistory(self, task_id: Any) -> list[TaskEvent]:
+        rows = await self.database.afetch_all("task_history", {"id": parse_task_id(task_id)})
+        return [TaskEvent.from_row(row) for row in rows]
 
     def cancel(self, task_id: Any) -> bool:
         row = self.database.fetch_one("cancel_task", {"id": parse_task_id(task_id)})

@@ -23,7 +23,7 @@ from pgqueue.db.queries import DEFAULT_SCHEMA, queries
 from pgqueue.db.store import parse_task_id
 from pgqueue.dsn import parse_dsn
 from pgqueue.errors import ConfigurationError, InvalidTaskOption, TaskNotFound, first_line
-from pgqueue.records import Task, TaskStatus
+from pgqueue.records import Task, TaskEvent, TaskStatus
 from pgqueue.tasks.options import check_queue
 from pgqueue.tasks.schedule import CronSchedule
 
@@ -138,6 +138,21 @@ class Admin:
         if not rows:
             raise TaskNotFound(f"no task has id {parsed} (never queued, or cleaned up)")
         return Task.from_row(rows[0])
+
+    def history(self, task_id: Any) -> list[TaskEvent]:
+        """The task's events (`pgqueue.task_events`), oldest first."""
+        rows = self._rows("task_history", {"id": parse_task_id(task_id)})
+        return [TaskEvent.from_row(row) for row in rows]
+
+    def history_enabled(self) -> bool:
+        """Whether lifecycle statements write events (`pgqueue.history_enabled()`)."""
+        return bool(self._value("history_enabled"))
+
+    def set_history(self, enabled: bool) -> bool:
+        """Turn history on or off for every process using the database; the previous state."""
+        if not isinstance(enabled, bool):
+            raise InvalidTaskOption(f"enabled must be True or False, not {enabled!r}")
+        return bool(self._value("set_history", {"enabled": enabled}))
 
     def cancel(self, task_id: Any) -> bool:
         """Cancel a task that has not finished; True if it is now CANCELLED."""

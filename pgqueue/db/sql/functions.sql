@@ -15,25 +15,48 @@ $$;
 -- name: complete_tasks
 -- Record the results of finished runs, many per call; returns the ids it accepted.
 -- p_started (optional, per task): when a run claimed ahead of a free slot really started.
+-- Events: "completed", after "started" for a run whose start this records.
 CREATE OR REPLACE FUNCTION pgqueue.complete_tasks(
     p_ids uuid[], p_tokens integer[], p_results jsonb[], p_started timestamptz[] DEFAULT NULL
 ) RETURNS SETOF uuid
 LANGUAGE sql AS $$
-    UPDATE pgqueue.tasks AS t
-    SET status = 'COMPLETED', result = done.result, finished_at = now(), lease_expires_at = NULL,
-        started_at = coalesce(done.started_at, t.started_at)
-    FROM unnest(p_ids, p_tokens, p_results, p_started) AS done(id, token, result, started_at)
-    -- status::text (not status): the planner then cannot drive the update from the partial
-    -- index of RUNNING rows, whose row count is always stale on a queue table (estimated 1),
-    -- which made a nested loop of every RUNNING row times every array element: O(n^2),
-    -- 850 ms for 2,000 completions. The array drives it, one primary-key lookup per element.
-    WHERE t.id = done.id AND t.lease_token = done.token AND t.status::text = 'RUNNING'
-    RETURNING t.id;
+    WITH held AS (
+        -- Locked first, so that whether the start is recorded here (started_at NULL) is
+        -- read from the latest row, not from a heartbeat's concurrent write recording it.
+        SELECT t.id, done.result, done.started_at,
+               t.started_at IS NULL AND done.started_at IS NOT NULL AS starts
+        FROM unnest(p_ids, p_tokens, p_results, p_started) AS done(id, token, result, started_at)
+        -- status::text (not status): the planner then cannot drive the join from the
+        -- partial index of RUNNING rows, whose row count is always stale on a queue table
+        -- (estimated 1), which made a nested loop of every RUNNING row times every array
+        -- element: O(n^2), 850 ms for 2,000 completions. The array drives it, one
+        -- primary-key lookup per element.
+        JOIN pgqueue.tasks AS t
+          ON t.id = done.id AND t.lease_token = done.token AND t.status::text = 'RUNNING'
+        FOR UPDATE OF t
+    ), completed AS (
+        UPDATE pgqueue.tasks AS t
+        SET status = 'COMPLETED', result = held.result, finished_at = now(),
+            lease_expires_at = NULL, started_at = coalesce(held.started_at, t.started_at)
+        FROM held
+        WHERE t.id = held.id
+        RETURNING t.id, t.attempts, t.worker_id, t.started_at, held.starts
+    ), recorded AS (
+        INSERT INTO pgqueue.task_events (task_id, at, event, attempt, worker_id)
+        SELECT c.id, e.at, e.event, c.attempts, c.worker_id
+        FROM completed AS c
+        CROSS JOIN LATERAL (VALUES (1, c.started_at, 'started'), (2, now(), 'completed'))
+            AS e(step, at, event)
+        WHERE (e.step = 2 OR c.starts) AND pgqueue.history_enabled()
+        ORDER BY c.id, e.step
+    )
+    SELECT id FROM completed;
 $$;
 
 -- name: fail_task
 -- Record a failed run: RETRYING after retry_backoff while attempts <= max_retries (and
 -- p_retryable), else FAILED. Returns the new status and run_at; no row when refused.
+-- Events: "failed" with this attempt's error, then "retry_scheduled" if it runs again.
 CREATE OR REPLACE FUNCTION pgqueue.fail_task(
     p_id uuid, p_token integer, p_error text, p_retryable boolean DEFAULT true
 ) RETURNS TABLE (new_status pgqueue.task_status, new_run_at timestamptz)
@@ -42,36 +65,63 @@ LANGUAGE sql AS $$
         SELECT t.id, (p_retryable AND t.attempts <= t.max_retries) AS will_retry
         FROM pgqueue.tasks AS t
         WHERE t.id = p_id AND t.lease_token = p_token AND t.status = 'RUNNING'
+    ), failed AS (
+        UPDATE pgqueue.tasks AS t
+        SET status = CASE WHEN d.will_retry THEN 'RETRYING'
+                          ELSE 'FAILED' END::pgqueue.task_status,
+            run_at = CASE WHEN d.will_retry THEN now() + pgqueue.retry_backoff(t.attempts)
+                          ELSE t.run_at END,
+            finished_at = CASE WHEN d.will_retry THEN NULL ELSE now() END,
+            error = p_error,
+            lease_expires_at = NULL,
+            -- This worker knew the name: a later give-back by one that does not starts a
+            -- new grace.
+            unknown_since = NULL, unknown_fails_at = NULL, unknown_give_backs = 0
+        FROM decision AS d
+        WHERE t.id = d.id
+        RETURNING t.id, t.status, t.run_at, t.attempts, t.worker_id
+    ), recorded AS (
+        INSERT INTO pgqueue.task_events (task_id, event, attempt, worker_id, error, details)
+        SELECT f.id, e.event, f.attempts, f.worker_id, e.error, e.details
+        FROM failed AS f
+        CROSS JOIN LATERAL (VALUES
+            (1, 'failed', p_error,
+             CASE WHEN NOT p_retryable THEN '{"retryable": false}'::jsonb END),
+            (2, 'retry_scheduled', NULL, jsonb_build_object('run_at', f.run_at))
+        ) AS e(step, event, error, details)
+        WHERE (e.step = 1 OR f.status = 'RETRYING') AND pgqueue.history_enabled()
+        ORDER BY e.step
     )
-    UPDATE pgqueue.tasks AS t
-    SET status = CASE WHEN d.will_retry THEN 'RETRYING' ELSE 'FAILED' END::pgqueue.task_status,
-        run_at = CASE WHEN d.will_retry THEN now() + pgqueue.retry_backoff(t.attempts)
-                      ELSE t.run_at END,
-        finished_at = CASE WHEN d.will_retry THEN NULL ELSE now() END,
-        error = p_error,
-        lease_expires_at = NULL,
-        -- This worker knew the name: a later give-back by one that does not starts a new grace.
-        unknown_since = NULL, unknown_fails_at = NULL, unknown_give_backs = 0
-    FROM decision AS d
-    WHERE t.id = d.id
-    RETURNING t.status, t.run_at;
+    SELECT status, run_at FROM failed;
 $$;
 
 -- name: reschedule_task
 -- Put a running task back to run after p_delay_seconds without recording a failure
 -- (Retry, Snooze). With p_refund_attempt the run does not count as an attempt.
+-- Event: "retry_scheduled" (details: run_at, rescheduled, attempt_refunded).
 CREATE OR REPLACE FUNCTION pgqueue.reschedule_task(
     p_id uuid, p_token integer, p_delay_seconds double precision, p_refund_attempt boolean
 ) RETURNS timestamptz
 LANGUAGE sql AS $$
-    UPDATE pgqueue.tasks AS t
-    SET status = 'RETRYING',
-        run_at = now() + make_interval(secs => p_delay_seconds),
-        attempts = CASE WHEN p_refund_attempt THEN greatest(t.attempts - 1, 0) ELSE t.attempts END,
-        lease_expires_at = NULL,
-        unknown_since = NULL, unknown_fails_at = NULL, unknown_give_backs = 0
-    WHERE t.id = p_id AND t.lease_token = p_token AND t.status = 'RUNNING'
-    RETURNING t.run_at;
+    WITH rescheduled AS (
+        UPDATE pgqueue.tasks AS t
+        SET status = 'RETRYING',
+            run_at = now() + make_interval(secs => p_delay_seconds),
+            attempts = CASE WHEN p_refund_attempt THEN greatest(t.attempts - 1, 0)
+                            ELSE t.attempts END,
+            lease_expires_at = NULL,
+            unknown_since = NULL, unknown_fails_at = NULL, unknown_give_backs = 0
+        WHERE t.id = p_id AND t.lease_token = p_token AND t.status = 'RUNNING'
+        RETURNING t.id, t.run_at, t.attempts, t.worker_id
+    ), recorded AS (
+        INSERT INTO pgqueue.task_events (task_id, event, attempt, worker_id, details)
+        SELECT r.id, 'retry_scheduled', r.attempts, r.worker_id,
+               jsonb_build_object('run_at', r.run_at, 'rescheduled', true,
+                                  'attempt_refunded', p_refund_attempt)
+        FROM rescheduled AS r
+        WHERE pgqueue.history_enabled()
+    )
+    SELECT run_at FROM rescheduled;
 $$;
 
 -- name: unknown_task_backoff
@@ -148,7 +198,16 @@ BEGIN
             END
         FROM held
         WHERE t.id = held.id
-        RETURNING t.id, t.status, t.run_at, t.error, t.queue
+        RETURNING t.id, t.status, t.run_at, t.error, t.queue, t.attempts, t.worker_id
+    ), recorded AS (
+        -- "released" (given back, PENDING) or "failed" (the grace is over), with the error.
+        INSERT INTO pgqueue.task_events (task_id, event, attempt, worker_id, error, details)
+        SELECT m.id, CASE WHEN m.status = 'FAILED' THEN 'failed' ELSE 'released' END,
+               m.attempts, m.worker_id, m.error,
+               CASE WHEN m.status = 'FAILED' THEN '{"unknown_task": true}'::jsonb
+                    ELSE jsonb_build_object('unknown_task', true, 'run_at', m.run_at) END
+        FROM moved AS m
+        WHERE pgqueue.history_enabled()
     )
     SELECT array_agg(m.id), array_agg(m.status), array_agg(m.run_at), array_agg(m.error),
            array_agg(DISTINCT m.queue) FILTER (WHERE m.status = 'PENDING')
@@ -162,23 +221,41 @@ $$;
 -- name: extend_leases
 -- Heartbeat: renew the leases a worker still holds; returns the ids it still holds.
 -- p_started (per task, NULL for those still waiting in the worker's buffer): when a task
--- claimed ahead started, recorded here at no extra write (see rescue_expired_leases).
+-- claimed ahead started, recorded here at no extra write (see rescue_expired_leases),
+-- with its "started" event.
 CREATE OR REPLACE FUNCTION pgqueue.extend_leases(
     p_ids uuid[], p_tokens integer[], p_lease_seconds double precision,
     p_started timestamptz[] DEFAULT NULL
 ) RETURNS SETOF uuid
 LANGUAGE sql AS $$
-    UPDATE pgqueue.tasks AS t
-    SET lease_expires_at = now() + make_interval(secs => p_lease_seconds),
-        started_at = coalesce(t.started_at, held.started_at)
-    FROM unnest(p_ids, p_tokens, p_started) AS held(id, token, started_at)
-    -- status::text: a primary-key lookup per element (see complete_tasks).
-    WHERE t.id = held.id AND t.lease_token = held.token AND t.status::text = 'RUNNING'
-    RETURNING t.id;
+    WITH held AS (
+        -- Locked first: whether the start is recorded here is read from the latest row
+        -- (see complete_tasks).
+        SELECT t.id, h.started_at, t.started_at IS NULL AND h.started_at IS NOT NULL AS starts
+        FROM unnest(p_ids, p_tokens, p_started) AS h(id, token, started_at)
+        -- status::text: a primary-key lookup per element (see complete_tasks).
+        JOIN pgqueue.tasks AS t
+          ON t.id = h.id AND t.lease_token = h.token AND t.status::text = 'RUNNING'
+        FOR UPDATE OF t
+    ), renewed AS (
+        UPDATE pgqueue.tasks AS t
+        SET lease_expires_at = now() + make_interval(secs => p_lease_seconds),
+            started_at = coalesce(t.started_at, held.started_at)
+        FROM held
+        WHERE t.id = held.id
+        RETURNING t.id, t.attempts, t.worker_id, t.started_at, held.starts
+    ), recorded AS (
+        INSERT INTO pgqueue.task_events (task_id, at, event, attempt, worker_id)
+        SELECT r.id, r.started_at, 'started', r.attempts, r.worker_id
+        FROM renewed AS r
+        WHERE r.starts AND pgqueue.history_enabled()
+    )
+    SELECT id FROM renewed;
 $$;
 
 -- name: release_tasks
 -- Graceful shutdown: give running tasks back, PENDING, their attempt not counted.
+-- Event: "released" (details: started, whether the run had begun), by the worker.
 CREATE OR REPLACE FUNCTION pgqueue.release_tasks(p_ids uuid[], p_tokens integer[])
 RETURNS integer
 LANGUAGE plpgsql AS $$
@@ -186,14 +263,25 @@ DECLARE
     released integer;
     queues text[];
 BEGIN
-    WITH freed AS (
+    WITH held AS (
+        SELECT t.id, t.worker_id, t.started_at IS NOT NULL AS started
+        FROM unnest(p_ids, p_tokens) AS h(id, token)
+        -- status::text: a primary-key lookup per element (see complete_tasks).
+        JOIN pgqueue.tasks AS t
+          ON t.id = h.id AND t.lease_token = h.token AND t.status::text = 'RUNNING'
+        FOR UPDATE OF t
+    ), freed AS (
         UPDATE pgqueue.tasks AS t
         SET status = 'PENDING', attempts = greatest(t.attempts - 1, 0), started_at = NULL,
             worker_id = NULL, lease_expires_at = NULL
-        FROM unnest(p_ids, p_tokens) AS held(id, token)
-        -- status::text: a primary-key lookup per element (see complete_tasks).
-        WHERE t.id = held.id AND t.lease_token = held.token AND t.status::text = 'RUNNING'
-        RETURNING t.queue
+        FROM held
+        WHERE t.id = held.id
+        RETURNING t.id, t.queue, t.attempts, held.worker_id, held.started
+    ), recorded AS (
+        INSERT INTO pgqueue.task_events (task_id, event, attempt, worker_id, details)
+        SELECT f.id, 'released', f.attempts, f.worker_id, jsonb_build_object('started', f.started)
+        FROM freed AS f
+        WHERE pgqueue.history_enabled()
     )
     SELECT count(*), array_agg(DISTINCT queue) INTO released, queues FROM freed;
     PERFORM pg_notify('pgqueue.tasks', q) FROM unnest(queues) AS q;
@@ -208,6 +296,7 @@ $$;
 -- it goes back to PENDING with its attempt given back, as release_tasks does. Its start
 -- is recorded at the worker's next heartbeat (a third of a lease), so a task that kills
 -- its worker sooner looks unstarted: after max_unstarted_rescues such rescues, it counts.
+-- Events: "rescued", then "failed" for a task that ends FAILED.
 CREATE OR REPLACE FUNCTION pgqueue.rescue_expired_leases() RETURNS integer
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -217,7 +306,7 @@ DECLARE
 BEGIN
     WITH expired AS (
         SELECT t.id, (t.started_at IS NULL AND t.unstarted_rescues < max_unstarted_rescues)
-                     AS unstarted
+                     AS unstarted, t.worker_id
         FROM pgqueue.tasks AS t
         WHERE t.status = 'RUNNING' AND t.lease_expires_at < now()
         FOR UPDATE SKIP LOCKED
@@ -240,7 +329,21 @@ BEGIN
             lease_expires_at = NULL
         FROM expired
         WHERE t.id = expired.id
-        RETURNING t.queue, t.status
+        RETURNING t.id, t.queue, t.status, t.attempts, t.error, expired.worker_id,
+                  expired.unstarted
+    ), recorded AS (
+        -- "rescued" (the lost worker; its error, or started false for a run given back
+        -- unstarted), then "failed" when that was the last attempt.
+        INSERT INTO pgqueue.task_events (task_id, event, attempt, worker_id, error, details)
+        SELECT m.id, e.event, m.attempts, m.worker_id,
+               CASE WHEN m.unstarted THEN NULL ELSE m.error END, e.details
+        FROM moved AS m
+        CROSS JOIN LATERAL (VALUES
+            (1, 'rescued', CASE WHEN m.unstarted THEN '{"started": false}'::jsonb END),
+            (2, 'failed', NULL)
+        ) AS e(step, event, details)
+        WHERE (e.step = 1 OR m.status = 'FAILED') AND pgqueue.history_enabled()
+        ORDER BY m.id, e.step
     )
     SELECT count(*), array_agg(DISTINCT queue) FILTER (WHERE status <> 'FAILED')
     INTO rescued, queues FROM moved;
@@ -253,7 +356,8 @@ $$;
 -- Cancel a task that has not finished; True if it is now CANCELLED. A RUNNING task's
 -- worker hears of it on the "pgqueue.control" channel (payload "cancel <id>") and stops
 -- the run at once; its outcome is refused in any case (and its lease lost at the next
--- heartbeat, should the notification be missed).
+-- heartbeat, should the notification be missed). Event: "cancelled" (details: status,
+-- the one it had).
 CREATE OR REPLACE FUNCTION pgqueue.cancel_task(p_id uuid) RETURNS boolean
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -263,9 +367,18 @@ BEGIN
     IF previous IS NULL OR previous NOT IN ('PENDING', 'RETRYING', 'RUNNING') THEN
         RETURN false;
     END IF;
-    UPDATE pgqueue.tasks
-    SET status = 'CANCELLED', finished_at = now(), lease_expires_at = NULL
-    WHERE id = p_id;
+    WITH cancelled AS (
+        UPDATE pgqueue.tasks
+        SET status = 'CANCELLED', finished_at = now(), lease_expires_at = NULL
+        WHERE id = p_id
+        RETURNING id, attempts, worker_id
+    )
+    INSERT INTO pgqueue.task_events (task_id, event, attempt, worker_id, details)
+    SELECT c.id, 'cancelled', c.attempts,
+           CASE WHEN previous = 'RUNNING' THEN c.worker_id END,
+           jsonb_build_object('status', previous)
+    FROM cancelled AS c
+    WHERE pgqueue.history_enabled();
     IF previous = 'RUNNING' THEN
         PERFORM pg_notify('pgqueue.control', 'cancel ' || p_id::text);
     END IF;
@@ -275,25 +388,37 @@ $$;
 
 -- name: retry_task
 -- Run a FAILED or CANCELLED task once more, now; its attempts keep counting.
+-- Event: "retried" (details: status, the one it had).
 CREATE OR REPLACE FUNCTION pgqueue.retry_task(p_id uuid) RETURNS boolean
 LANGUAGE plpgsql AS $$
 DECLARE
+    previous pgqueue.task_status;
     task_queue text;
 BEGIN
-    UPDATE pgqueue.tasks AS t
-    SET status = 'PENDING', run_at = now(), started_at = NULL, finished_at = NULL,
-        result = NULL, lease_expires_at = NULL,
-        unknown_since = NULL, unknown_fails_at = NULL, unknown_give_backs = 0,
-        -- It keeps its unique_key (sql/features.sql) unless another task holds it now.
-        unique_key = CASE WHEN EXISTS (
-            SELECT 1 FROM pgqueue.tasks AS o
-            WHERE o.unique_key = t.unique_key AND o.status IN ('PENDING', 'RETRYING', 'RUNNING')
-        ) THEN NULL ELSE t.unique_key END
-    WHERE t.id = p_id AND t.status IN ('FAILED', 'CANCELLED')
-    RETURNING t.queue INTO task_queue;
-    IF NOT FOUND THEN
+    SELECT status INTO previous FROM pgqueue.tasks WHERE id = p_id FOR UPDATE;
+    IF previous IS NULL OR previous NOT IN ('FAILED', 'CANCELLED') THEN
         RETURN false;
     END IF;
+    WITH retried AS (
+        UPDATE pgqueue.tasks AS t
+        SET status = 'PENDING', run_at = now(), started_at = NULL, finished_at = NULL,
+            result = NULL, lease_expires_at = NULL,
+            unknown_since = NULL, unknown_fails_at = NULL, unknown_give_backs = 0,
+            -- It keeps its unique_key (sql/features.sql) unless another task holds it now.
+            unique_key = CASE WHEN EXISTS (
+                SELECT 1 FROM pgqueue.tasks AS o
+                WHERE o.unique_key = t.unique_key
+                  AND o.status IN ('PENDING', 'RETRYING', 'RUNNING')
+            ) THEN NULL ELSE t.unique_key END
+        WHERE t.id = p_id
+        RETURNING t.id, t.queue, t.attempts
+    ), recorded AS (
+        INSERT INTO pgqueue.task_events (task_id, event, attempt, details)
+        SELECT r.id, 'retried', r.attempts, jsonb_build_object('status', previous)
+        FROM retried AS r
+        WHERE pgqueue.history_enabled()
+    )
+    SELECT queue INTO task_queue FROM retried;
     PERFORM pg_notify('pgqueue.tasks', task_queue);
     RETURN true;
 END;
@@ -301,8 +426,8 @@ $$;
 
 -- name: cleanup_tasks
 -- Delete up to p_batch_size finished tasks (COMPLETED, FAILED, CANCELLED) older than
--- p_older_than; callers loop until it returns less than p_batch_size, so no
--- transaction holds many row locks for long.
+-- p_older_than, with their events; callers loop until it returns less than p_batch_size,
+-- so no transaction holds many row locks for long.
 CREATE OR REPLACE FUNCTION pgqueue.cleanup_tasks(p_older_than interval, p_batch_size integer)
 RETURNS integer
 LANGUAGE sql AS $$
@@ -315,6 +440,8 @@ LANGUAGE sql AS $$
         FOR UPDATE SKIP LOCKED
     ), deleted AS (
         DELETE FROM pgqueue.tasks AS t USING doomed WHERE t.id = doomed.id RETURNING 1
+    ), forgotten AS (
+        DELETE FROM pgqueue.task_events AS e USING doomed WHERE e.task_id = doomed.id
     )
     SELECT count(*)::integer FROM deleted;
 $$;
@@ -402,6 +529,7 @@ $$;
 
 -- name: retry_failed_tasks
 -- retry_task for every FAILED task (of one queue, or all when p_queue is NULL); their ids.
+-- Event: "retried" for each.
 CREATE OR REPLACE FUNCTION pgqueue.retry_failed_tasks(p_queue text DEFAULT NULL)
 RETURNS SETOF uuid
 LANGUAGE plpgsql AS $$
@@ -426,7 +554,12 @@ BEGIN
             ) THEN NULL ELSE t.unique_key END
         FROM failed AS f
         WHERE t.id = f.id
-        RETURNING t.id, t.queue
+        RETURNING t.id, t.queue, t.attempts
+    ), recorded AS (
+        INSERT INTO pgqueue.task_events (task_id, event, attempt, details)
+        SELECT r.id, 'retried', r.attempts, '{"status": "FAILED"}'::jsonb
+        FROM retried AS r
+        WHERE pgqueue.history_enabled()
     )
     SELECT array_agg(id), array_agg(DISTINCT queue) INTO retried_ids, queues FROM retried;
     PERFORM pg_notify('pgqueue.tasks', q) FROM unnest(queues) AS q;
@@ -436,7 +569,8 @@ $$;
 
 -- name: purge_tasks
 -- Delete up to p_batch_size tasks of one status older than p_older_than (by finished_at,
--- else created_at); callers loop until it returns less than p_batch_size. Never RUNNING.
+-- else created_at), with their events; callers loop until it returns less than
+-- p_batch_size. Never RUNNING.
 CREATE OR REPLACE FUNCTION pgqueue.purge_tasks(
     p_status pgqueue.task_status, p_older_than interval, p_batch_size integer
 ) RETURNS integer
@@ -449,6 +583,8 @@ LANGUAGE sql AS $$
         FOR UPDATE SKIP LOCKED
     ), deleted AS (
         DELETE FROM pgqueue.tasks AS t USING doomed WHERE t.id = doomed.id RETURNING 1
+    ), forgotten AS (
+        DELETE FROM pgqueue.task_events AS e USING doomed WHERE e.task_id = doomed.id
     )
     SELECT count(*)::integer FROM deleted;
 $$;

@@ -31,7 +31,7 @@ SELECT * FROM pgqueue.tasks WHERE id = %(id)s;
 -- now(); the test mode passes its own, as River does. A stable expression either way, so the
 -- prepared plan's index scan is the same. Every time the claim writes is the database's.
 -- The first %(start_now)s start at once (NULL: all); the others are claimed ahead (see
--- started_at). Returns the columns a run needs, in the order db/claim.py reads them, kwargs
+-- started_at), with their "started" events. Returns the columns a run needs, in the order db/claim.py reads them, kwargs
 -- as text, and the claim's time as started_at of the tasks claimed ahead (the worker moves
 -- it on to their real start).
 WITH candidates AS (
@@ -74,6 +74,13 @@ WITH candidates AS (
     -- pick a hash join over a scan of the whole table (20 ms at 20,000 rows).
     WHERE t.id = ANY (ARRAY(SELECT candidates.id FROM candidates))
     RETURNING t.*
+), started AS (
+    -- "started" for the tasks that start now; those claimed ahead get theirs when their
+    -- start is recorded (extend_leases, complete_tasks).
+    INSERT INTO pgqueue.task_events (task_id, at, event, attempt, worker_id)
+    SELECT c.id, c.started_at, 'started', c.attempts, c.worker_id
+    FROM claimed AS c
+    WHERE c.started_at IS NOT NULL AND pgqueue.history_enabled()
 )
 SELECT id, name, queue, priority, kwargs::text, attempts, max_retries, run_at, created_at,
        coalesce(started_at, now()), error, worker_id, lease_expires_at, lease_token, unique_key
@@ -122,6 +129,21 @@ SELECT pgqueue.release_tasks(%(ids)s, %(tokens)s);
 -- name: rescue_expired_leases
 -- Put back the tasks of vanished workers.
 SELECT pgqueue.rescue_expired_leases();
+
+-- name: task_history
+-- A task's events, oldest first: one scan of the primary key (task_id, id).
+SELECT task_id, id, at, event, attempt, worker_id, error, details
+FROM pgqueue.task_events
+WHERE task_id = %(id)s
+ORDER BY id;
+
+-- name: history_enabled
+-- Whether lifecycle statements write events (`pgqueue history on|off`).
+SELECT pgqueue.history_enabled();
+
+-- name: set_history
+-- Turn history on or off for the whole database; the previous state.
+SELECT pgqueue.set_history(%(enabled)s);
 
 -- name: cancel_task
 -- Cancel one task; true if it is now CANCELLED.
@@ -226,8 +248,12 @@ JOIN pgqueue.tasks AS t ON t.id = held.id AND t.lease_token = held.token
 WHERE t.status = 'RUNNING';
 
 -- name: delete_pending_tasks
--- RabbitMQ producer: take back the records of tasks the broker did not accept.
-DELETE FROM pgqueue.tasks WHERE id = ANY(%(ids)s) AND status = 'PENDING';
+-- RabbitMQ producer: take back the records of tasks the broker did not accept, and their
+-- events.
+WITH deleted AS (
+    DELETE FROM pgqueue.tasks WHERE id = ANY(%(ids)s) AND status = 'PENDING' RETURNING id
+)
+DELETE FROM pgqueue.task_events AS e USING deleted WHERE e.task_id = deleted.id;
 
 -- name: outbox_insert
 -- Queue one task for the relay, inside the caller's transaction.

@@ -101,3 +101,73 @@ CREATE TABLE pgqueue.paused_queues (
     queue     text PRIMARY KEY,
     paused_at timestamptz NOT NULL DEFAULT now()
 );
+
+-- ===========================================================================================
+-- History: one row per change of a task's state, written by the statement that makes the
+-- change (the lifecycle functions of functions.sql, the claim of queries.sql, the trigger
+-- below for new rows), so it commits or rolls back with it. docs/features.md, "History".
+-- ===========================================================================================
+
+-- Events: enqueued, started, completed, failed, retry_scheduled, rescued, cancelled,
+-- retried, released. `attempt` is the task's attempt count after the change; `id` orders a
+-- task's events exactly (each is written under the task's row lock, so a later change of a
+-- task always draws a larger id). No foreign key: it would cost a lookup per event;
+-- cleanup and purge delete a task's events with the task instead.
+CREATE TABLE pgqueue.task_events (
+    task_id   uuid NOT NULL,
+    id        bigint GENERATED ALWAYS AS IDENTITY,
+    at        timestamptz NOT NULL DEFAULT now(),
+    event     text NOT NULL,
+    attempt   integer NOT NULL,
+    worker_id text,
+    error     text,
+    details   jsonb,
+    -- A task's timeline is one scan of this index, however many events the table holds.
+    PRIMARY KEY (task_id, id)
+);
+
+-- The switch: history is kept unless this row says otherwise (`pgqueue history off`).
+-- One row at most; it holds for every process using the database, so a task's history is
+-- never half written by processes that disagree.
+CREATE TABLE pgqueue.history_settings (
+    single_row boolean PRIMARY KEY DEFAULT true CHECK (single_row),
+    enabled    boolean NOT NULL,
+    changed_at timestamptz NOT NULL DEFAULT now()
+);
+
+-- name: history_enabled
+-- Whether lifecycle statements write events; read once per statement (an InitPlan), so
+-- the switch costs no round trip. The dashboard reads it to say when history is off.
+CREATE FUNCTION pgqueue.history_enabled() RETURNS boolean
+LANGUAGE sql STABLE AS $$
+    SELECT coalesce((SELECT s.enabled FROM pgqueue.history_settings AS s), true);
+$$;
+
+-- name: set_history
+-- Turn history on or off for every process using the database; returns the previous state.
+CREATE FUNCTION pgqueue.set_history(p_enabled boolean) RETURNS boolean
+LANGUAGE sql AS $$
+    WITH previous AS (SELECT pgqueue.history_enabled() AS enabled)
+    INSERT INTO pgqueue.history_settings AS s (enabled) VALUES (p_enabled)
+    ON CONFLICT (single_row) DO UPDATE SET enabled = excluded.enabled, changed_at = now()
+    RETURNING (SELECT enabled FROM previous);
+$$;
+
+-- "enqueued" for every new row, once per statement: one INSERT, a COPY of 100,000 rows,
+-- a unique insert, a cron occurrence or a RabbitMQ record alike.
+CREATE FUNCTION pgqueue.record_enqueued() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO pgqueue.task_events (task_id, at, event, attempt, details)
+    SELECT n.id, n.created_at, 'enqueued', n.attempts,
+           CASE WHEN n.run_at > n.created_at THEN jsonb_build_object('run_at', n.run_at) END
+    FROM new_tasks AS n
+    WHERE pgqueue.history_enabled();
+    RETURN NULL;
+END;
+$$;
+
+CREATE TRIGGER tasks_history_insert
+    AFTER INSERT ON pgqueue.tasks
+    REFERENCING NEW TABLE AS new_tasks
+    FOR EACH STATEMENT EXECUTE FUNCTION pgqueue.record_enqueued();

@@ -1,0 +1,621 @@
+-- Revision 0003: task history. The table pgqueue.task_events, the switch
+-- (history_settings, history_enabled, set_history), the trigger that records new rows,
+-- and the lifecycle functions that now write their events in the statement that makes
+-- the change. Copies of the live files of pgqueue/db/sql/ (schema.sql, functions.sql,
+-- outbox.sql) as of this revision; the claim (queries.sql) is a statement, not part of
+-- the schema. Written for the schema "pgqueue"; the revision points it at the
+-- configured one.
+
+-- ===========================================================================================
+-- History: one row per change of a task's state, written by the statement that makes the
+-- change (the lifecycle functions of functions.sql, the claim of queries.sql, the trigger
+-- below for new rows), so it commits or rolls back with it. docs/features.md, "History".
+-- ===========================================================================================
+
+-- Events: enqueued, started, completed, failed, retry_scheduled, rescued, cancelled,
+-- retried, released. `attempt` is the task's attempt count after the change; `id` orders a
+-- task's events exactly (each is written under the task's row lock, so a later change of a
+-- task always draws a larger id). No foreign key: it would cost a lookup per event;
+-- cleanup and purge delete a task's events with the task instead.
+CREATE TABLE pgqueue.task_events (
+    task_id   uuid NOT NULL,
+    id        bigint GENERATED ALWAYS AS IDENTITY,
+    at        timestamptz NOT NULL DEFAULT now(),
+    event     text NOT NULL,
+    attempt   integer NOT NULL,
+    worker_id text,
+    error     text,
+    details   jsonb,
+    -- A task's timeline is one scan of this index, however many events the table holds.
+    PRIMARY KEY (task_id, id)
+);
+
+-- The switch: history is kept unless this row says otherwise (`pgqueue history off`).
+-- One row at most; it holds for every process using the database, so a task's history is
+-- never half written by processes that disagree.
+CREATE TABLE pgqueue.history_settings (
+    single_row boolean PRIMARY KEY DEFAULT true CHECK (single_row),
+    enabled    boolean NOT NULL,
+    changed_at timestamptz NOT NULL DEFAULT now()
+);
+
+-- name: history_enabled
+-- Whether lifecycle statements write events; read once per statement (an InitPlan), so
+-- the switch costs no round trip. The dashboard reads it to say when history is off.
+CREATE FUNCTION pgqueue.history_enabled() RETURNS boolean
+LANGUAGE sql STABLE AS $$
+    SELECT coalesce((SELECT s.enabled FROM pgqueue.history_settings AS s), true);
+$$;
+
+-- name: set_history
+-- Turn history on or off for every process using the database; returns the previous state.
+CREATE FUNCTION pgqueue.set_history(p_enabled boolean) RETURNS boolean
+LANGUAGE sql AS $$
+    WITH previous AS (SELECT pgqueue.history_enabled() AS enabled)
+    INSERT INTO pgqueue.history_settings AS s (enabled) VALUES (p_enabled)
+    ON CONFLICT (single_row) DO UPDATE SET enabled = excluded.enabled, changed_at = now()
+    RETURNING (SELECT enabled FROM previous);
+$$;
+
+-- "enqueued" for every new row, once per statement: one INSERT, a COPY of 100,000 rows,
+-- a unique insert, a cron occurrence or a RabbitMQ record alike.
+CREATE FUNCTION pgqueue.record_enqueued() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO pgqueue.task_events (task_id, at, event, attempt, details)
+    SELECT n.id, n.created_at, 'enqueued', n.attempts,
+           CASE WHEN n.run_at > n.created_at THEN jsonb_build_object('run_at', n.run_at) END
+    FROM new_tasks AS n
+    WHERE pgqueue.history_enabled();
+    RETURN NULL;
+END;
+$$;
+
+CREATE TRIGGER tasks_history_insert
+    AFTER INSERT ON pgqueue.tasks
+    REFERENCING NEW TABLE AS new_tasks
+    FOR EACH STATEMENT EXECUTE FUNCTION pgqueue.record_enqueued();
+
+-- name: complete_tasks
+-- Record the results of finished runs, many per call; returns the ids it accepted.
+-- p_started (optional, per task): when a run claimed ahead of a free slot really started.
+-- Events: "completed", after "started" for a run whose start this records.
+CREATE OR REPLACE FUNCTION pgqueue.complete_tasks(
+    p_ids uuid[], p_tokens integer[], p_results jsonb[], p_started timestamptz[] DEFAULT NULL
+) RETURNS SETOF uuid
+LANGUAGE sql AS $$
+    WITH held AS (
+        -- Locked first, so that whether the start is recorded here (started_at NULL) is
+        -- read from the latest row, not from a heartbeat's concurrent write recording it.
+        SELECT t.id, done.result, done.started_at,
+               t.started_at IS NULL AND done.started_at IS NOT NULL AS starts
+        FROM unnest(p_ids, p_tokens, p_results, p_started) AS done(id, token, result, started_at)
+        -- status::text (not status): the planner then cannot drive the join from the
+        -- partial index of RUNNING rows, whose row count is always stale on a queue table
+        -- (estimated 1), which made a nested loop of every RUNNING row times every array
+        -- element: O(n^2), 850 ms for 2,000 completions. The array drives it, one
+        -- primary-key lookup per element.
+        JOIN pgqueue.tasks AS t
+          ON t.id = done.id AND t.lease_token = done.token AND t.status::text = 'RUNNING'
+        FOR UPDATE OF t
+    ), completed AS (
+        UPDATE pgqueue.tasks AS t
+        SET status = 'COMPLETED', result = held.result, finished_at = now(),
+            lease_expires_at = NULL, started_at = coalesce(held.started_at, t.started_at)
+        FROM held
+        WHERE t.id = held.id
+        RETURNING t.id, t.attempts, t.worker_id, t.started_at, held.starts
+    ), recorded AS (
+        INSERT INTO pgqueue.task_events (task_id, at, event, attempt, worker_id)
+        SELECT c.id, e.at, e.event, c.attempts, c.worker_id
+        FROM completed AS c
+        CROSS JOIN LATERAL (VALUES (1, c.started_at, 'started'), (2, now(), 'completed'))
+            AS e(step, at, event)
+        WHERE (e.step = 2 OR c.starts) AND pgqueue.history_enabled()
+        ORDER BY c.id, e.step
+    )
+    SELECT id FROM completed;
+$$;
+
+-- name: fail_task
+-- Record a failed run: RETRYING after retry_backoff while attempts <= max_retries (and
+-- p_retryable), else FAILED. Returns the new status and run_at; no row when refused.
+-- Events: "failed" with this attempt's error, then "retry_scheduled" if it runs again.
+CREATE OR REPLACE FUNCTION pgqueue.fail_task(
+    p_id uuid, p_token integer, p_error text, p_retryable boolean DEFAULT true
+) RETURNS TABLE (new_status pgqueue.task_status, new_run_at timestamptz)
+LANGUAGE sql AS $$
+    WITH decision AS (
+        SELECT t.id, (p_retryable AND t.attempts <= t.max_retries) AS will_retry
+        FROM pgqueue.tasks AS t
+        WHERE t.id = p_id AND t.lease_token = p_token AND t.status = 'RUNNING'
+    ), failed AS (
+        UPDATE pgqueue.tasks AS t
+        SET status = CASE WHEN d.will_retry THEN 'RETRYING'
+                          ELSE 'FAILED' END::pgqueue.task_status,
+            run_at = CASE WHEN d.will_retry THEN now() + pgqueue.retry_backoff(t.attempts)
+                          ELSE t.run_at END,
+            finished_at = CASE WHEN d.will_retry THEN NULL ELSE now() END,
+            error = p_error,
+            lease_expires_at = NULL,
+            -- This worker knew the name: a later give-back by one that does not starts a
+            -- new grace.
+            unknown_since = NULL, unknown_fails_at = NULL, unknown_give_backs = 0
+        FROM decision AS d
+        WHERE t.id = d.id
+        RETURNING t.id, t.status, t.run_at, t.attempts, t.worker_id
+    ), recorded AS (
+        INSERT INTO pgqueue.task_events (task_id, event, attempt, worker_id, error, details)
+        SELECT f.id, e.event, f.attempts, f.worker_id, e.error, e.details
+        FROM failed AS f
+        CROSS JOIN LATERAL (VALUES
+            (1, 'failed', p_error,
+             CASE WHEN NOT p_retryable THEN '{"retryable": false}'::jsonb END),
+            (2, 'retry_scheduled', NULL, jsonb_build_object('run_at', f.run_at))
+        ) AS e(step, event, error, details)
+        WHERE (e.step = 1 OR f.status = 'RETRYING') AND pgqueue.history_enabled()
+        ORDER BY e.step
+    )
+    SELECT status, run_at FROM failed;
+$$;
+
+-- name: reschedule_task
+-- Put a running task back to run after p_delay_seconds without recording a failure
+-- (Retry, Snooze). With p_refund_attempt the run does not count as an attempt.
+-- Event: "retry_scheduled" (details: run_at, rescheduled, attempt_refunded).
+CREATE OR REPLACE FUNCTION pgqueue.reschedule_task(
+    p_id uuid, p_token integer, p_delay_seconds double precision, p_refund_attempt boolean
+) RETURNS timestamptz
+LANGUAGE sql AS $$
+    WITH rescheduled AS (
+        UPDATE pgqueue.tasks AS t
+        SET status = 'RETRYING',
+            run_at = now() + make_interval(secs => p_delay_seconds),
+            attempts = CASE WHEN p_refund_attempt THEN greatest(t.attempts - 1, 0)
+                            ELSE t.attempts END,
+            lease_expires_at = NULL,
+            unknown_since = NULL, unknown_fails_at = NULL, unknown_give_backs = 0
+        WHERE t.id = p_id AND t.lease_token = p_token AND t.status = 'RUNNING'
+        RETURNING t.id, t.run_at, t.attempts, t.worker_id
+    ), recorded AS (
+        INSERT INTO pgqueue.task_events (task_id, event, attempt, worker_id, details)
+        SELECT r.id, 'retry_scheduled', r.attempts, r.worker_id,
+               jsonb_build_object('run_at', r.run_at, 'rescheduled', true,
+                                  'attempt_refunded', p_refund_attempt)
+        FROM rescheduled AS r
+        WHERE pgqueue.history_enabled()
+    )
+    SELECT run_at FROM rescheduled;
+$$;
+
+-- name: give_back_unknown_tasks
+-- Running tasks whose name the worker holding them has not registered: that worker never
+-- calls them, and they are not its to fail. Each goes back PENDING, its attempt refunded,
+-- due again after unknown_task_backoff, with an error naming the worker (worker_id, kept,
+-- is the one the lease token proves claimed it). Once it has been given back for
+-- p_grace_seconds since the first give-back (no worker knowing the name ran it meanwhile:
+-- that clears unknown_since), it ends FAILED instead. Fenced like the other writes;
+-- returns (id, new status, new run_at, error) of those accepted, and wakes the workers of
+-- their queues, so that an idle worker that knows the name sets its timer to the new run_at.
+CREATE OR REPLACE FUNCTION pgqueue.give_back_unknown_tasks(
+    p_ids uuid[], p_tokens integer[], p_grace_seconds double precision
+) RETURNS TABLE (
+    task_id uuid, new_status pgqueue.task_status, new_run_at timestamptz, task_error text
+)
+LANGUAGE plpgsql AS $$
+DECLARE
+    ids uuid[];
+    statuses pgqueue.task_status[];
+    run_ats timestamptz[];
+    errors text[];
+    queues text[];
+BEGIN
+    WITH held AS (
+        SELECT h.id, since, since + make_interval(secs => p_grace_seconds) AS fails_at,
+               since + make_interval(secs => p_grace_seconds) <= now() AS expired
+        FROM unnest(p_ids, p_tokens) AS h(id, token)
+        -- status::text: a primary-key lookup per element (see complete_tasks).
+        JOIN pgqueue.tasks AS t
+          ON t.id = h.id AND t.lease_token = h.token AND t.status::text = 'RUNNING'
+        CROSS JOIN LATERAL (SELECT coalesce(t.unknown_since, now()) AS since) AS began
+    ), moved AS (
+        UPDATE pgqueue.tasks AS t
+        SET status = CASE WHEN held.expired THEN 'FAILED'
+                          ELSE 'PENDING' END::pgqueue.task_status,
+            attempts = greatest(t.attempts - 1, 0),
+            run_at = CASE WHEN held.expired THEN t.run_at
+                          ELSE now() + pgqueue.unknown_task_backoff(t.unknown_give_backs + 1)
+                     END,
+            started_at = NULL,
+            finished_at = CASE WHEN held.expired THEN now() END,
+            lease_expires_at = NULL,
+            unknown_since = held.since,
+            unknown_fails_at = held.fails_at,
+            unknown_give_backs = t.unknown_give_backs + 1,
+            error = CASE
+                WHEN held.expired THEN format(
+                    'UnknownTask: no worker knew task name %L for %s s (given back %s '
+                    'time%s since %s, last by worker %s); start a worker that imports the '
+                    'module defining it (--import or PGQUEUE_IMPORTS), then '
+                    '`pgqueue tasks retry`',
+                    t.name, round(EXTRACT(epoch FROM now() - held.since)),
+                    t.unknown_give_backs + 1,
+                    CASE WHEN t.unknown_give_backs = 0 THEN '' ELSE 's' END,
+                    date_trunc('second', held.since), t.worker_id)
+                ELSE format(
+                    'UnknownTask: worker %s has no task named %L registered; given back '
+                    'without spending an attempt, for a worker that imports the module '
+                    'defining it (--import or PGQUEUE_IMPORTS); FAILED at %s if none has',
+                    t.worker_id, t.name, date_trunc('second', held.fails_at))
+            END
+        FROM held
+        WHERE t.id = held.id
+        RETURNING t.id, t.status, t.run_at, t.error, t.queue, t.attempts, t.worker_id
+    ), recorded AS (
+        -- "released" (given back, PENDING) or "failed" (the grace is over), with the error.
+        INSERT INTO pgqueue.task_events (task_id, event, attempt, worker_id, error, details)
+        SELECT m.id, CASE WHEN m.status = 'FAILED' THEN 'failed' ELSE 'released' END,
+               m.attempts, m.worker_id, m.error,
+               CASE WHEN m.status = 'FAILED' THEN '{"unknown_task": true}'::jsonb
+                    ELSE jsonb_build_object('unknown_task', true, 'run_at', m.run_at) END
+        FROM moved AS m
+        WHERE pgqueue.history_enabled()
+    )
+    SELECT array_agg(m.id), array_agg(m.status), array_agg(m.run_at), array_agg(m.error),
+           array_agg(DISTINCT m.queue) FILTER (WHERE m.status = 'PENDING')
+    INTO ids, statuses, run_ats, errors, queues
+    FROM moved AS m;
+    PERFORM pg_notify('pgqueue.tasks', q) FROM unnest(queues) AS q;
+    RETURN QUERY SELECT * FROM unnest(ids, statuses, run_ats, errors);
+END;
+$$;
+
+-- name: extend_leases
+-- Heartbeat: renew the leases a worker still holds; returns the ids it still holds.
+-- p_started (per task, NULL for those still waiting in the worker's buffer): when a task
+-- claimed ahead started, recorded here at no extra write (see rescue_expired_leases),
+-- with its "started" event.
+CREATE OR REPLACE FUNCTION pgqueue.extend_leases(
+    p_ids uuid[], p_tokens integer[], p_lease_seconds double precision,
+    p_started timestamptz[] DEFAULT NULL
+) RETURNS SETOF uuid
+LANGUAGE sql AS $$
+    WITH held AS (
+        -- Locked first: whether the start is recorded here is read from the latest row
+        -- (see complete_tasks).
+        SELECT t.id, h.started_at, t.started_at IS NULL AND h.started_at IS NOT NULL AS starts
+        FROM unnest(p_ids, p_tokens, p_started) AS h(id, token, started_at)
+        -- status::text: a primary-key lookup per element (see complete_tasks).
+        JOIN pgqueue.tasks AS t
+          ON t.id = h.id AND t.lease_token = h.token AND t.status::text = 'RUNNING'
+        FOR UPDATE OF t
+    ), renewed AS (
+        UPDATE pgqueue.tasks AS t
+        SET lease_expires_at = now() + make_interval(secs => p_lease_seconds),
+            started_at = coalesce(t.started_at, held.started_at)
+        FROM held
+        WHERE t.id = held.id
+        RETURNING t.id, t.attempts, t.worker_id, t.started_at, held.starts
+    ), recorded AS (
+        INSERT INTO pgqueue.task_events (task_id, at, event, attempt, worker_id)
+        SELECT r.id, r.started_at, 'started', r.attempts, r.worker_id
+        FROM renewed AS r
+        WHERE r.starts AND pgqueue.history_enabled()
+    )
+    SELECT id FROM renewed;
+$$;
+
+-- name: release_tasks
+-- Graceful shutdown: give running tasks back, PENDING, their attempt not counted.
+-- Event: "released" (details: started, whether the run had begun), by the worker.
+CREATE OR REPLACE FUNCTION pgqueue.release_tasks(p_ids uuid[], p_tokens integer[])
+RETURNS integer
+LANGUAGE plpgsql AS $$
+DECLARE
+    released integer;
+    queues text[];
+BEGIN
+    WITH held AS (
+        SELECT t.id, t.worker_id, t.started_at IS NOT NULL AS started
+        FROM unnest(p_ids, p_tokens) AS h(id, token)
+        -- status::text: a primary-key lookup per element (see complete_tasks).
+        JOIN pgqueue.tasks AS t
+          ON t.id = h.id AND t.lease_token = h.token AND t.status::text = 'RUNNING'
+        FOR UPDATE OF t
+    ), freed AS (
+        UPDATE pgqueue.tasks AS t
+        SET status = 'PENDING', attempts = greatest(t.attempts - 1, 0), started_at = NULL,
+            worker_id = NULL, lease_expires_at = NULL
+        FROM held
+        WHERE t.id = held.id
+        RETURNING t.id, t.queue, t.attempts, held.worker_id, held.started
+    ), recorded AS (
+        INSERT INTO pgqueue.task_events (task_id, event, attempt, worker_id, details)
+        SELECT f.id, 'released', f.attempts, f.worker_id, jsonb_build_object('started', f.started)
+        FROM freed AS f
+        WHERE pgqueue.history_enabled()
+    )
+    SELECT count(*), array_agg(DISTINCT queue) INTO released, queues FROM freed;
+    PERFORM pg_notify('pgqueue.tasks', q) FROM unnest(queues) AS q;
+    RETURN released;
+END;
+$$;
+
+-- name: rescue_expired_leases
+-- Tasks whose worker vanished (lease expired): the lost run counts as an attempt, so a
+-- task that kills its worker ends FAILED ("worker lost") instead of looping forever.
+-- A task the lost worker had claimed ahead and not started (started_at NULL) never ran:
+-- it goes back to PENDING with its attempt given back, as release_tasks does. Its start
+-- is recorded at the worker's next heartbeat (a third of a lease), so a task that kills
+-- its worker sooner looks unstarted: after max_unstarted_rescues such rescues, it counts.
+-- Events: "rescued", then "failed" for a task that ends FAILED.
+CREATE OR REPLACE FUNCTION pgqueue.rescue_expired_leases() RETURNS integer
+LANGUAGE plpgsql AS $$
+DECLARE
+    max_unstarted_rescues CONSTANT integer := 3;
+    rescued integer;
+    queues text[];
+BEGIN
+    WITH expired AS (
+        SELECT t.id, (t.started_at IS NULL AND t.unstarted_rescues < max_unstarted_rescues)
+                     AS unstarted, t.worker_id
+        FROM pgqueue.tasks AS t
+        WHERE t.status = 'RUNNING' AND t.lease_expires_at < now()
+        FOR UPDATE SKIP LOCKED
+    ), moved AS (
+        UPDATE pgqueue.tasks AS t
+        SET status = CASE WHEN expired.unstarted THEN 'PENDING'
+                          WHEN t.attempts > t.max_retries THEN 'FAILED'
+                          ELSE 'RETRYING' END::pgqueue.task_status,
+            attempts = CASE WHEN expired.unstarted THEN greatest(t.attempts - 1, 0)
+                            ELSE t.attempts END,
+            unstarted_rescues = t.unstarted_rescues + expired.unstarted::integer,
+            finished_at = CASE WHEN NOT expired.unstarted AND t.attempts > t.max_retries
+                               THEN now() END,
+            run_at = CASE WHEN expired.unstarted OR t.attempts > t.max_retries THEN t.run_at
+                          ELSE now() END,
+            error = CASE WHEN expired.unstarted THEN t.error
+                         ELSE format('worker lost: worker %s stopped renewing its lease '
+                                     '(expired at %s)', t.worker_id, t.lease_expires_at) END,
+            worker_id = CASE WHEN expired.unstarted THEN NULL ELSE t.worker_id END,
+            lease_expires_at = NULL
+        FROM expired
+        WHERE t.id = expired.id
+        RETURNING t.id, t.queue, t.status, t.attempts, t.error, expired.worker_id,
+                  expired.unstarted
+    ), recorded AS (
+        -- "rescued" (the lost worker; its error, or started false for a run given back
+        -- unstarted), then "failed" when that was the last attempt.
+        INSERT INTO pgqueue.task_events (task_id, event, attempt, worker_id, error, details)
+        SELECT m.id, e.event, m.attempts, m.worker_id,
+               CASE WHEN m.unstarted THEN NULL ELSE m.error END, e.details
+        FROM moved AS m
+        CROSS JOIN LATERAL (VALUES
+            (1, 'rescued', CASE WHEN m.unstarted THEN '{"started": false}'::jsonb END),
+            (2, 'failed', NULL)
+        ) AS e(step, event, details)
+        WHERE (e.step = 1 OR m.status = 'FAILED') AND pgqueue.history_enabled()
+        ORDER BY m.id, e.step
+    )
+    SELECT count(*), array_agg(DISTINCT queue) FILTER (WHERE status <> 'FAILED')
+    INTO rescued, queues FROM moved;
+    PERFORM pg_notify('pgqueue.tasks', q) FROM unnest(queues) AS q;
+    RETURN rescued;
+END;
+$$;
+
+-- name: cancel_task
+-- Cancel a task that has not finished; True if it is now CANCELLED. A RUNNING task's
+-- worker hears of it on the "pgqueue.control" channel (payload "cancel <id>") and stops
+-- the run at once; its outcome is refused in any case (and its lease lost at the next
+-- heartbeat, should the notification be missed). Event: "cancelled" (details: status,
+-- the one it had).
+CREATE OR REPLACE FUNCTION pgqueue.cancel_task(p_id uuid) RETURNS boolean
+LANGUAGE plpgsql AS $$
+DECLARE
+    previous pgqueue.task_status;
+BEGIN
+    SELECT status INTO previous FROM pgqueue.tasks WHERE id = p_id FOR UPDATE;
+    IF previous IS NULL OR previous NOT IN ('PENDING', 'RETRYING', 'RUNNING') THEN
+        RETURN false;
+    END IF;
+    WITH cancelled AS (
+        UPDATE pgqueue.tasks
+        SET status = 'CANCELLED', finished_at = now(), lease_expires_at = NULL
+        WHERE id = p_id
+        RETURNING id, attempts, worker_id
+    )
+    INSERT INTO pgqueue.task_events (task_id, event, attempt, worker_id, details)
+    SELECT c.id, 'cancelled', c.attempts,
+           CASE WHEN previous = 'RUNNING' THEN c.worker_id END,
+           jsonb_build_object('status', previous)
+    FROM cancelled AS c
+    WHERE pgqueue.history_enabled();
+    IF previous = 'RUNNING' THEN
+        PERFORM pg_notify('pgqueue.control', 'cancel ' || p_id::text);
+    END IF;
+    RETURN true;
+END;
+$$;
+
+-- name: retry_task
+-- Run a FAILED or CANCELLED task once more, now; its attempts keep counting.
+-- Event: "retried" (details: status, the one it had).
+CREATE OR REPLACE FUNCTION pgqueue.retry_task(p_id uuid) RETURNS boolean
+LANGUAGE plpgsql AS $$
+DECLARE
+    previous pgqueue.task_status;
+    task_queue text;
+BEGIN
+    SELECT status INTO previous FROM pgqueue.tasks WHERE id = p_id FOR UPDATE;
+    IF previous IS NULL OR previous NOT IN ('FAILED', 'CANCELLED') THEN
+        RETURN false;
+    END IF;
+    WITH retried AS (
+        UPDATE pgqueue.tasks AS t
+        SET status = 'PENDING', run_at = now(), started_at = NULL, finished_at = NULL,
+            result = NULL, lease_expires_at = NULL,
+            unknown_since = NULL, unknown_fails_at = NULL, unknown_give_backs = 0,
+            -- It keeps its unique_key (sql/features.sql) unless another task holds it now.
+            unique_key = CASE WHEN EXISTS (
+                SELECT 1 FROM pgqueue.tasks AS o
+                WHERE o.unique_key = t.unique_key
+                  AND o.status IN ('PENDING', 'RETRYING', 'RUNNING')
+            ) THEN NULL ELSE t.unique_key END
+        WHERE t.id = p_id
+        RETURNING t.id, t.queue, t.attempts
+    ), recorded AS (
+        INSERT INTO pgqueue.task_events (task_id, event, attempt, details)
+        SELECT r.id, 'retried', r.attempts, jsonb_build_object('status', previous)
+        FROM retried AS r
+        WHERE pgqueue.history_enabled()
+    )
+    SELECT queue INTO task_queue FROM retried;
+    PERFORM pg_notify('pgqueue.tasks', task_queue);
+    RETURN true;
+END;
+$$;
+
+-- name: cleanup_tasks
+-- Delete up to p_batch_size finished tasks (COMPLETED, FAILED, CANCELLED) older than
+-- p_older_than, with their events; callers loop until it returns less than p_batch_size,
+-- so no transaction holds many row locks for long.
+CREATE OR REPLACE FUNCTION pgqueue.cleanup_tasks(p_older_than interval, p_batch_size integer)
+RETURNS integer
+LANGUAGE sql AS $$
+    WITH doomed AS (
+        SELECT id FROM pgqueue.tasks
+        WHERE status IN ('COMPLETED', 'FAILED', 'CANCELLED')
+          AND finished_at < now() - p_older_than
+        ORDER BY finished_at
+        LIMIT p_batch_size
+        FOR UPDATE SKIP LOCKED
+    ), deleted AS (
+        DELETE FROM pgqueue.tasks AS t USING doomed WHERE t.id = doomed.id RETURNING 1
+    ), forgotten AS (
+        DELETE FROM pgqueue.task_events AS e USING doomed WHERE e.task_id = doomed.id
+    )
+    SELECT count(*)::integer FROM deleted;
+$$;
+
+-- name: retry_failed_tasks
+-- retry_task for every FAILED task (of one queue, or all when p_queue is NULL); their ids.
+-- Event: "retried" for each.
+CREATE OR REPLACE FUNCTION pgqueue.retry_failed_tasks(p_queue text DEFAULT NULL)
+RETURNS SETOF uuid
+LANGUAGE plpgsql AS $$
+DECLARE
+    retried_ids uuid[];
+    queues text[];
+BEGIN
+    WITH failed AS (
+        -- Of failed tasks sharing a unique_key, only the newest may keep it.
+        SELECT id, row_number() OVER (PARTITION BY unique_key ORDER BY id DESC) AS rank
+        FROM pgqueue.tasks
+        WHERE status = 'FAILED' AND (p_queue IS NULL OR queue = p_queue)
+    ), retried AS (
+        UPDATE pgqueue.tasks AS t
+        SET status = 'PENDING', run_at = now(), started_at = NULL, finished_at = NULL,
+            result = NULL, lease_expires_at = NULL,
+            unknown_since = NULL, unknown_fails_at = NULL, unknown_give_backs = 0,
+            unique_key = CASE WHEN f.rank > 1 OR EXISTS (
+                SELECT 1 FROM pgqueue.tasks AS o
+                WHERE o.unique_key = t.unique_key
+                  AND o.status IN ('PENDING', 'RETRYING', 'RUNNING')
+            ) THEN NULL ELSE t.unique_key END
+        FROM failed AS f
+        WHERE t.id = f.id
+        RETURNING t.id, t.queue, t.attempts
+    ), recorded AS (
+        INSERT INTO pgqueue.task_events (task_id, event, attempt, details)
+        SELECT r.id, 'retried', r.attempts, '{"status": "FAILED"}'::jsonb
+        FROM retried AS r
+        WHERE pgqueue.history_enabled()
+    )
+    SELECT array_agg(id), array_agg(DISTINCT queue) INTO retried_ids, queues FROM retried;
+    PERFORM pg_notify('pgqueue.tasks', q) FROM unnest(queues) AS q;
+    RETURN QUERY SELECT unnest(retried_ids);
+END;
+$$;
+
+-- name: purge_tasks
+-- Delete up to p_batch_size tasks of one status older than p_older_than (by finished_at,
+-- else created_at), with their events; callers loop until it returns less than
+-- p_batch_size. Never RUNNING.
+CREATE OR REPLACE FUNCTION pgqueue.purge_tasks(
+    p_status pgqueue.task_status, p_older_than interval, p_batch_size integer
+) RETURNS integer
+LANGUAGE sql AS $$
+    WITH doomed AS (
+        SELECT id FROM pgqueue.tasks
+        WHERE status = p_status AND p_status <> 'RUNNING'
+          AND coalesce(finished_at, created_at) < now() - p_older_than
+        LIMIT p_batch_size
+        FOR UPDATE SKIP LOCKED
+    ), deleted AS (
+        DELETE FROM pgqueue.tasks AS t USING doomed WHERE t.id = doomed.id RETURNING 1
+    ), forgotten AS (
+        DELETE FROM pgqueue.task_events AS e USING doomed WHERE e.task_id = doomed.id
+    )
+    SELECT count(*)::integer FROM deleted;
+$$;
+
+-- name: broker_start_tasks
+-- RabbitMQ worker: mark delivered messages RUNNING under a fresh fencing token; returns
+-- the tasks to run. p_attempts are the runs each message says were made before. A
+-- message is stale (not returned, acked and dropped) when its record has moved on:
+-- finished, cancelled, or a later attempt already recorded (a retry published before
+-- the original's ack was lost). A RUNNING record is taken over (redelivery after its
+-- worker died), and that lost run counts as an attempt, as with the database broker.
+-- Records missing (queued with status tracking off) are created first. Events: "started",
+-- after "rescued" for a record taken over.
+CREATE OR REPLACE FUNCTION pgqueue.broker_start_tasks(
+    p_ids uuid[], p_names text[], p_queues text[], p_priorities integer[], p_kwargs jsonb[],
+    p_max_retries integer[], p_run_ats timestamptz[], p_attempts integer[], p_worker_id text
+) RETURNS TABLE (task_id uuid, task_attempts integer, task_lease_token integer)
+LANGUAGE sql AS $$
+    INSERT INTO pgqueue.tasks (id, name, queue, priority, kwargs, max_retries, run_at, attempts)
+    SELECT m.id, m.name, m.queue, m.priority::smallint, m.kwargs, m.max_retries, m.run_at,
+           m.attempts
+    FROM unnest(p_ids, p_names, p_queues, p_priorities, p_kwargs, p_max_retries, p_run_ats,
+                p_attempts) AS m(id, name, queue, priority, kwargs, max_retries, run_at, attempts)
+    ON CONFLICT (id) DO NOTHING;
+
+    WITH held AS (
+        SELECT t.id, m.attempts AS delivered_attempts, t.status = 'RUNNING' AS taken_over,
+               t.attempts, t.worker_id
+        FROM unnest(p_ids, p_attempts) AS m(id, attempts)
+        JOIN pgqueue.tasks AS t ON t.id = m.id
+        WHERE (t.status IN ('PENDING', 'RETRYING') AND t.attempts <= m.attempts)
+           OR (t.status = 'RUNNING' AND t.attempts <= m.attempts + 1)
+        FOR UPDATE OF t
+    ), started AS (
+        UPDATE pgqueue.tasks AS t
+        SET status = 'RUNNING',
+            attempts = greatest(t.attempts, held.delivered_attempts) + 1,
+            started_at = now(),
+            finished_at = NULL,
+            worker_id = p_worker_id,
+            lease_token = t.lease_token + 1,
+            lease_expires_at = NULL   -- RabbitMQ redelivers; the database rescue must not touch it
+        FROM held
+        WHERE t.id = held.id
+        RETURNING t.id, t.attempts, t.lease_token, held.taken_over,
+                  held.attempts AS lost_attempt, held.worker_id AS lost_worker_id
+    ), recorded AS (
+        -- "started"; after "rescued" (the run of the worker that lost it) for a take-over.
+        INSERT INTO pgqueue.task_events (task_id, event, attempt, worker_id, error, details)
+        SELECT s.id, e.event, e.attempt, e.worker_id, e.error, e.details
+        FROM started AS s
+        CROSS JOIN LATERAL (VALUES
+            (1, 'rescued', s.lost_attempt, s.lost_worker_id,
+             format('worker lost: redelivered by the broker after worker %s stopped',
+                    s.lost_worker_id),
+             '{"redelivered": true}'::jsonb),
+            (2, 'started', s.attempts, p_worker_id, NULL, NULL)
+        ) AS e(step, event, attempt, worker_id, error, details)
+        WHERE (e.step = 2 OR s.taken_over) AND pgqueue.history_enabled()
+        ORDER BY s.id, e.step
+    )
+    SELECT id, attempts, lease_token FROM started;
+$$;
