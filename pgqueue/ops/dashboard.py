@@ -258,12 +258,6 @@ class DashboardQueries(Admin):
         """A value that changes when tasks, workers or paused queues change (see the SQL)."""
         return tuple(self._rows("dashboard_fingerprint")[0].values())
 
-    def timeline(self, task_id: Any) -> list[dict[str, Any]] | None:
-        """A task's events, oldest first; None where the database keeps no history."""
-        if not self._value("dashboard_history_kept"):
-            return None
-        return self._rows("dashboard_task_timeline", {"id": parse_task_id(task_id)})
-
 
 def _empty_queue_row(queue: str) -> dict[str, Any]:
     return {

@@ -121,7 +121,12 @@ async def task(request: Request) -> Response:
     def read(board: DashboardQueries) -> dict[str, Any]:
         found = board.get_task(task_id)
         reasons = [] if found.status.is_finished else board.explain(found.id)["reasons"]
-        return {"task": found, "timeline": board.timeline(found.id), "reasons": reasons}
+        return {
+            "task": found,
+            "timeline": board.history(found.id),
+            "history_on": board.history_enabled(),
+            "reasons": reasons,
+        }
 
     try:
         found = await state.run(read)
@@ -131,8 +136,7 @@ async def task(request: Request) -> Response:
         )
     except InvalidTaskOption as error:
         return _bad_request(request, "tasks", error)
-    timeline = found["timeline"]
-    attempts = [event for event in timeline or [] if event["event"] == "failed"]
+    attempts = [event for event in found["timeline"] if event.event == "failed" and event.error]
     return state.render(
         request,
         "task.html",

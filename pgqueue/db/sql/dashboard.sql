@@ -194,14 +194,3 @@ FROM (
       AND (%(contains)s::jsonb IS NULL OR t.kwargs @> %(contains)s::jsonb)
     LIMIT %(cap)s
 ) AS matching;
-
--- name: dashboard_history_kept
--- Whether this database has the task_events table of the history.
-SELECT to_regclass('pgqueue.task_events') IS NOT NULL AS kept;
-
--- name: dashboard_task_timeline
--- A task's events, oldest first (the history: one row per change of its state).
-SELECT e.at, e.event, e.attempt, e.worker_id, e.error, e.details
-FROM pgqueue.task_events AS e
-WHERE e.task_id = %(id)s
-ORDER BY e.at, e.attempt NULLS FIRST;

@@ -1,7 +1,7 @@
 """The dashboard's index: FAILED and CANCELLED tasks in id order (tasks_problems_idx).
 
 Revision ID: 0005
-Revises: 0002
+Revises: 0003
 Create Date: 2026-12-20
 """
 
@@ -10,9 +10,8 @@ from alembic import context, op
 from pgqueue.db.migrations import run_revision_sql
 
 revision = "0005"
-# Revisions 0003 (history) and 0004 come from branches merged beside this one: at the merge,
-# this points at the last of them.
-down_revision = "0002"
+# Revision 0004 comes from a branch merged beside this one: at the merge, this points at it.
+down_revision = "0003"
 branch_labels = None
 depends_on = None
 
