@@ -1,56 +1,20 @@
-"""The dashboard under test: an app on the test database, served by uvicorn in a thread for
-the browser tests, and Debian's Chromium driven by Playwright."""
+"""The dashboard under test: an app on the test database served by uvicorn in a thread (the
+browser tests), and Debian's Chromium for pytest-playwright."""
 
 from __future__ import annotations
 
 import os
 import shutil
-import socket
-import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from support.paths import ROOT
-from support.waiting import wait_until
 
-uvicorn = pytest.importorskip("uvicorn", reason="the dashboard needs pgqueue[web]")
+pytest.importorskip("starlette", reason="the dashboard needs pgqueue[web]")
 
-from pgqueue.web import create_app  # noqa: E402
+from support.dashboard import CHROMIUM_ARGS, Served
 
-#: Where the browser tests save the screenshots the docs show (docs/dashboard.md).
-SCREENSHOTS = ROOT / "docs" / "img"
-
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
-
-
-class Served:
-    """One dashboard served by uvicorn on a free port of 127.0.0.1, in a thread."""
-
-    def __init__(self, app: Any) -> None:
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            self.port = probe.getsockname()[1]
-        self.url = f"http://127.0.0.1:{self.port}"
-        config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning")
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-
-    def start(self) -> Served:
-        self.thread.start()
-        wait_until(lambda: self.server.started, timeout=30)
-        return self
-
-    def stop(self) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=15)
+from pgqueue.web import create_app
 
 
 @pytest.fixture
