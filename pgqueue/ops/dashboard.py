@@ -25,8 +25,9 @@ from pgqueue.tasks.options import check_queue
 
 #: Counts up to this many matching tasks are exact; past it they are the planner's estimate.
 EXACT_COUNT_LIMIT = 100_000
-#: A page of the task list reads at most this many tasks of the index its status picks.
-PAGE_SCAN_LIMIT = 20_000
+#: A page of the task list filtered by queue, name or arguments reads at most this many
+#: tasks of the index its status picks (unfiltered, it reads just the page).
+PAGE_SCAN_LIMIT = 10_000
 #: Failures are grouped by error over this many of the latest FAILED tasks.
 FAILURE_SCAN_LIMIT = 10_000
 #: Statuses whose tasks an operator may run again (tm.retry).
@@ -191,6 +192,8 @@ class DashboardQueries(Admin):
         scan: int = PAGE_SCAN_LIMIT,
     ) -> TaskPage:
         """The newest tasks matching `filters` whose id is below `before` (keyset)."""
+        if dataclasses.replace(filters, status=None).is_empty:
+            scan = limit  # every task of the status index matches: the page is its first rows
         rows = self._rows(
             "dashboard_tasks_page",
             {
@@ -208,11 +211,16 @@ class DashboardQueries(Admin):
         return TaskPage(tasks, last_scanned if window_ended else None, window_ended)
 
     def count_tasks(self, filters: TaskFilter) -> Count:
-        """How many tasks match: exact up to EXACT_COUNT_LIMIT where counting is cheap (a
-        small table, or a status filter alone, which an index serves), else estimated."""
-        total = int(self._value("dashboard_table_estimate"))
-        only_status = dataclasses.replace(filters, status=None).is_empty
-        if total <= EXACT_COUNT_LIMIT or only_status:
+        """How many tasks match: the planner's estimate past EXACT_COUNT_LIMIT, else exact
+        where counting is cheap (a small table, or a status filter alone, which an index
+        serves), else estimated too."""
+        estimate = max(self._estimate_matching(filters), 0)
+        if estimate > EXACT_COUNT_LIMIT:
+            return Count(estimate, exact=False)
+        only_status = (
+            filters.status is not None and dataclasses.replace(filters, status=None).is_empty
+        )
+        if only_status or self.total_estimate() <= EXACT_COUNT_LIMIT:
             counted = int(
                 self._value(
                     "dashboard_count_matching",
@@ -221,7 +229,7 @@ class DashboardQueries(Admin):
             )
             if counted <= EXACT_COUNT_LIMIT:
                 return Count(counted, exact=True)
-        return Count(max(self._estimate_matching(filters), 0), exact=False)
+        return Count(estimate, exact=False)
 
     def _estimate_matching(self, filters: TaskFilter) -> int:
         statement = "EXPLAIN (FORMAT JSON) " + self.queries["dashboard_tasks_matching"]

@@ -5,21 +5,34 @@
 
 -- name: dashboard_active_counts
 -- Unfinished tasks per queue: their statuses, due and scheduled, how long the oldest due
--- one has waited (read through the partial indexes of runnable and running tasks).
+-- one has waited. Two branches, each matching the predicate of one partial index (runnable
+-- tasks, running tasks), so neither reads a finished row.
 SELECT
-    t.queue,
-    count(*) FILTER (WHERE t.status = 'PENDING') AS pending,
-    count(*) FILTER (WHERE t.status = 'RETRYING') AS retrying,
-    count(*) FILTER (WHERE t.status = 'RUNNING') AS running,
-    count(*) FILTER (WHERE t.status IN ('PENDING', 'RETRYING') AND t.run_at <= now()) AS due,
-    count(*) FILTER (WHERE t.status IN ('PENDING', 'RETRYING') AND t.run_at > now())
-        AS scheduled,
-    EXTRACT(epoch FROM now() - min(t.run_at) FILTER (
-        WHERE t.status IN ('PENDING', 'RETRYING') AND t.run_at <= now()
-    ))::double precision AS oldest_due_seconds
-FROM pgqueue.tasks AS t
-WHERE t.status IN ('PENDING', 'RETRYING', 'RUNNING')
-GROUP BY t.queue;
+    a.queue,
+    sum(a.pending)::bigint AS pending,
+    sum(a.retrying)::bigint AS retrying,
+    sum(a.running)::bigint AS running,
+    sum(a.due)::bigint AS due,
+    sum(a.scheduled)::bigint AS scheduled,
+    EXTRACT(epoch FROM now() - min(a.oldest_due))::double precision AS oldest_due_seconds
+FROM (
+    SELECT t.queue,
+           count(*) FILTER (WHERE t.status = 'PENDING') AS pending,
+           count(*) FILTER (WHERE t.status = 'RETRYING') AS retrying,
+           0 AS running,
+           count(*) FILTER (WHERE t.run_at <= now()) AS due,
+           count(*) FILTER (WHERE t.run_at > now()) AS scheduled,
+           min(t.run_at) FILTER (WHERE t.run_at <= now()) AS oldest_due
+    FROM pgqueue.tasks AS t
+    WHERE t.status IN ('PENDING', 'RETRYING')
+    GROUP BY t.queue
+    UNION ALL
+    SELECT t.queue, 0, 0, count(*), 0, 0, NULL
+    FROM pgqueue.tasks AS t
+    WHERE t.status = 'RUNNING'
+    GROUP BY t.queue
+) AS a
+GROUP BY a.queue;
 
 -- name: dashboard_problem_counts
 -- FAILED and CANCELLED tasks per queue, all of them (the problem index holds only those).
@@ -78,7 +91,7 @@ WHERE c.oid = 'pgqueue.tasks'::regclass;
 -- more than that: `scanned` and `last_scanned_id` tell whether the window ran out and where
 -- to continue.
 WITH window_tasks AS (
-    SELECT t.*
+    SELECT t.id, t.queue, t.name, t.kwargs
     FROM pgqueue.tasks AS t
     WHERE (%(status)s::pgqueue.task_status IS NULL OR t.status = %(status)s::pgqueue.task_status)
       AND (%(before)s::uuid IS NULL OR t.id < %(before)s::uuid)
@@ -88,19 +101,20 @@ WITH window_tasks AS (
     SELECT count(*) AS scanned,
            (SELECT w.id FROM window_tasks AS w ORDER BY w.id LIMIT 1) AS last_scanned_id
     FROM window_tasks
-)
-SELECT m.*, b.scanned, b.last_scanned_id
-FROM bounds AS b
-LEFT JOIN LATERAL (
-    SELECT w.*
+), matches AS (
+    SELECT w.id
     FROM window_tasks AS w
     WHERE (%(queue)s::text IS NULL OR w.queue = %(queue)s::text)
       AND (%(name)s::text IS NULL OR w.name = %(name)s::text)
       AND (%(contains)s::jsonb IS NULL OR w.kwargs @> %(contains)s::jsonb)
     ORDER BY w.id DESC
     LIMIT %(limit)s
-) AS m ON true
-ORDER BY m.id DESC;
+)
+SELECT t.*, b.scanned, b.last_scanned_id
+FROM bounds AS b
+LEFT JOIN matches AS m ON true
+LEFT JOIN pgqueue.tasks AS t ON t.id = m.id
+ORDER BY t.id DESC;
 
 -- name: dashboard_tasks_matching
 -- The tasks every filter matches (counted, capped at %(cap)s, or estimated by EXPLAIN).
