@@ -15,7 +15,8 @@ try:
 except ImportError as missing:  # pragma: no cover - depends on the installed extras
     raise ImportError(
         f"pgqueue's dashboard needs the extra 'web' ({missing.name} is missing): "
-        "pip install 'pgqueue[web]'"
+        "pip install 'pgqueue[web]'",
+        name=missing.name,
     ) from missing
 
 from pgqueue.web.app import create_app
