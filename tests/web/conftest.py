@@ -1,17 +1,17 @@
 """The dashboard under test: an app on the test database served by uvicorn in a thread (the
-browser tests), and Debian's Chromium for pytest-playwright."""
+browser tests), and Debian's Chromium driven by Playwright."""
 
 from __future__ import annotations
 
 import os
 import shutil
 from collections.abc import Callable, Iterator
-from typing import Any
 
 import pytest
 
 pytest.importorskip("starlette", reason="the dashboard needs pgqueue[web]")
 
+from playwright.sync_api import Browser, Page, sync_playwright
 from support.dashboard import CHROMIUM_ARGS, Served
 
 from pgqueue.web import create_app
@@ -34,13 +34,31 @@ def serve(dsn: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., S
         served.stop()
 
 
-@pytest.fixture(scope="session")
-def browser_type_launch_args() -> dict[str, Any]:
-    """pytest-playwright launches Debian's Chromium (`playwright install` cannot download)."""
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    """Debian's Chromium (`playwright install` cannot download one), for one test module.
+
+    Playwright's sync API runs an event loop in this thread while it is started: it is
+    stopped when the module ends, so later tests can run their own (asyncio.run).
+    """
     executable = shutil.which("chromium")
     if executable is None:
         message = "no chromium: apt-get install -y chromium"
         if os.environ.get("CI"):
             pytest.fail(message)
         pytest.skip(message)
-    return {"executable_path": executable, "args": CHROMIUM_ARGS}
+    playwright = sync_playwright().start()
+    try:
+        launched = playwright.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
+        yield launched
+        launched.close()
+    finally:
+        playwright.stop()
+
+
+@pytest.fixture
+def page(browser: Browser) -> Iterator[Page]:
+    """A fresh browser context and its page, closed after the test."""
+    context = browser.new_context(viewport={"width": 1280, "height": 800})
+    yield context.new_page()
+    context.close()
