@@ -62,6 +62,7 @@ def test_wheel_installs_migrates_and_runs_a_task(tmp_path: Path, empty_dsn: str)
         "outbox.sql",
         "features.sql",
         "queries.sql",
+        "dashboard.sql",
     ):
         assert f"pgqueue/db/sql/{filename}" in names
     assert "pgqueue/db/alembic/env.py" in names

@@ -107,6 +107,7 @@ def main(log_level: str, log_format: str) -> None:
 COMMANDS = {
     "config": "pgqueue.cli.config:config",
     "cron": "pgqueue.cli.cron:cron",
+    "dashboard": "pgqueue.cli.dashboard:dashboard",
     "db": "pgqueue.cli.db:db",
     "demo": "pgqueue.cli.demo:demo",
     "enqueue": "pgqueue.cli.enqueue:enqueue",

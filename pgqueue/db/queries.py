@@ -59,10 +59,17 @@ def parse_blocks(text: str) -> dict[str, str]:
     return blocks
 
 
+#: The files of named queries: the worker's and the CLI's, then the web dashboard's.
+QUERY_FILES = ("queries.sql", "dashboard.sql")
+
+
 @functools.cache
 def queries(schema: str = DEFAULT_SCHEMA) -> dict[str, str]:
-    """Every named query of `sql/queries.sql` for the given schema."""
-    return parse_blocks(sql_file("queries.sql", schema))
+    """Every named query of the QUERY_FILES of `sql/`, for the given schema."""
+    blocks: dict[str, str] = {}
+    for filename in QUERY_FILES:
+        blocks.update(parse_blocks(sql_file(filename, schema)))
+    return blocks
 
 
 class Channel(enum.StrEnum):

@@ -54,6 +54,11 @@ CREATE INDEX tasks_leases_idx ON pgqueue.tasks (lease_expires_at)
 CREATE INDEX tasks_finished_idx ON pgqueue.tasks (finished_at)
     WHERE status IN ('COMPLETED', 'FAILED', 'CANCELLED');
 
+-- FAILED and CANCELLED rows in id (creation) order, for the dashboard's failures and its
+-- task list filtered by those statuses: few rows, so it costs the lifecycle little.
+CREATE INDEX tasks_problems_idx ON pgqueue.tasks (status, id)
+    WHERE status IN ('FAILED', 'CANCELLED');
+
 -- Workers asleep on their LISTEN connection, a row per worker and queue (the announcement
 -- of queries.sql, announce_sleep). Unlogged: nothing here needs to survive a crash, and a
 -- worker announces again whenever its LISTEN connection comes back.

@@ -1,15 +1,14 @@
 """Add tasks.trace_context: the OpenTelemetry context current at .delay(), continued by the run.
 
 Revision ID: 0006
-Revises: 0002 (0003 to 0005 are other branches' numbers: once they are merged, this
-    revision follows 0005)
+Revises: 0005
 Create Date: 2026-12-20
 """
 
 from pgqueue.db.migrations import run_revision_sql
 
 revision = "0006"
-down_revision = "0004"
+down_revision = "0005"
 branch_labels = None
 depends_on = None
 

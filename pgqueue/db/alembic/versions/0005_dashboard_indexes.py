@@ -1,0 +1,26 @@
+"""The dashboard's index: FAILED and CANCELLED tasks in id order (tasks_problems_idx).
+
+Revision ID: 0005
+Revises: 0004
+Create Date: 2026-12-20
+"""
+
+from alembic import context, op
+
+from pgqueue.db.migrations import run_revision_sql
+
+revision = "0005"
+# Revision 0004 comes from a branch merged beside this one: at the merge, this points at it.
+down_revision = "0004"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    # The change, in the .sql file of this name beside it; the same index is in sql/schema.sql.
+    run_revision_sql(__file__)
+
+
+def downgrade() -> None:
+    schema = context.config.attributes.get("schema", "pgqueue")
+    op.execute(f'DROP INDEX IF EXISTS "{schema}".tasks_problems_idx')
