@@ -80,12 +80,17 @@ def run_revision_sql(revision_file: str) -> None:
     A revision's upgrade() calls `run_revision_sql(__file__)`. The file is written for the
     schema `pgqueue`, as the live files of `sql/` are, and holds several statements.
     """
-    schema = context.config.attributes.get("schema", DEFAULT_SCHEMA)
-    script = Path(revision_file).with_suffix(".sql").read_text(encoding="utf-8")
-    driver_connection = op.get_bind().connection.driver_connection
-    assert driver_connection is not None
     # On psycopg itself, not op.execute(): the script holds several statements, and
     # SQLAlchemy's text() would take any ":word" in a function body for a bind parameter.
+    run_downgrade_sql(Path(revision_file).with_suffix(".sql").read_text(encoding="utf-8"))
+
+
+def run_downgrade_sql(script: str) -> None:
+    """Run a revision's downgrade statements, written for the schema `pgqueue` as the
+    revision files are, on the schema being migrated."""
+    schema = context.config.attributes.get("schema", DEFAULT_SCHEMA)
+    driver_connection = op.get_bind().connection.driver_connection
+    assert driver_connection is not None
     driver_connection.execute(for_schema(script, schema).encode())
 
 

@@ -17,7 +17,7 @@ from pgqueue.db.drivers import (
     async_driver_connection,
     sync_driver_connection,
 )
-from pgqueue.errors import DatabaseUnavailable, InvalidTaskArguments, TaskNotFound
+from pgqueue.errors import DatabaseUnavailable, TaskNotFound
 from pgqueue.records import NewTask, Task, TaskEvent
 
 

@@ -210,7 +210,7 @@ class DashboardQueries(Admin):
         window_ended = scanned == scan
         return TaskPage(tasks, last_scanned if window_ended else None, window_ended)
 
-    def count_tasks(self, filters: TaskFilter) -> Count:
+    def count_matching(self, filters: TaskFilter) -> Count:
         """How many tasks match: the planner's estimate past EXACT_COUNT_LIMIT, else exact
         where counting is cheap (a small table, or a status filter alone, which an index
         serves), else estimated too."""

@@ -71,7 +71,7 @@ async def tasks(request: Request) -> Response:
     def read(board: DashboardQueries) -> dict[str, Any]:
         return {
             "result": board.tasks_page(filters, before=before, limit=PAGE_SIZE),
-            "count": board.count_tasks(filters),
+            "count": board.count_matching(filters),
         }
 
     try:
@@ -108,7 +108,7 @@ async def confirm_retry(request: Request) -> Response:
             )
     except InvalidTaskOption as error:
         return _bad_request(request, "tasks", error)
-    count = await state.run(lambda board: board.count_tasks(filters))
+    count = await state.run(lambda board: board.count_matching(filters))
     return state.render(
         request, "confirm_retry.html", {"page": "tasks", "filters": filters, "count": count}
     )

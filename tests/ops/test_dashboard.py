@@ -56,14 +56,14 @@ def test_counts_are_exact_up_to_the_limit_then_estimated(
 ) -> None:
     tm.queue_tasks("app.jobs.a", [{"n": n} for n in range(40)], queue="q")
     db.execute("ANALYZE pgqueue.tasks")
-    assert board.count_tasks(TaskFilter(queue="q")) == dashboard.Count(40, exact=True)
+    assert board.count_matching(TaskFilter(queue="q")) == dashboard.Count(40, exact=True)
 
     monkeypatch.setattr(dashboard, "EXACT_COUNT_LIMIT", 10)
-    estimated = board.count_tasks(TaskFilter(name="app.jobs.a"))
+    estimated = board.count_matching(TaskFilter(name="app.jobs.a"))
     assert not estimated.exact and estimated.value > 10
-    by_status = board.count_tasks(TaskFilter(status=TaskStatus.PENDING))
+    by_status = board.count_matching(TaskFilter(status=TaskStatus.PENDING))
     assert not by_status.exact
-    assert board.count_tasks(TaskFilter(status=TaskStatus.FAILED)) == dashboard.Count(0, True)
+    assert board.count_matching(TaskFilter(status=TaskStatus.FAILED)) == dashboard.Count(0, True)
 
 
 def test_failed_and_cancelled_filters_read_the_problem_index(

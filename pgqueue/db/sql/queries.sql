@@ -426,9 +426,12 @@ SELECT DISTINCT queue FROM pgqueue.tasks WHERE status IN ('PENDING', 'RETRYING')
 -- name: testing_reset
 -- The test mode's reset: every task, whatever its status, and what runs leave behind (cron
 -- occurrences and the schedules workers recorded, paused queues, result waiters, the
--- outbox), as on a fresh database. DELETE, not TRUNCATE: a test's idle transaction that
--- read these tables would make TRUNCATE wait for ever.
+-- outbox, task history, sleep announcements of workers gone), as on a fresh database.
+-- DELETE, not TRUNCATE: a test's idle transaction that read these tables would make
+-- TRUNCATE wait for ever.
+DELETE FROM pgqueue.task_events;
 DELETE FROM pgqueue.tasks;
+DELETE FROM pgqueue.sleeping_workers;
 DELETE FROM pgqueue.cron_runs;
 DELETE FROM pgqueue.cron_schedules;
 DELETE FROM pgqueue.paused_queues;

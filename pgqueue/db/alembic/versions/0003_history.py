@@ -8,10 +8,7 @@ Create Date: 2027-01-10
 
 from pathlib import Path
 
-from alembic import context, op
-
-from pgqueue.db.migrations import run_revision_sql
-from pgqueue.db.queries import DEFAULT_SCHEMA, for_schema
+from pgqueue.db.migrations import run_downgrade_sql, run_revision_sql
 
 revision = "0003"
 down_revision = "0002"
@@ -28,7 +25,6 @@ def upgrade() -> None:
 def downgrade() -> None:
     """Put back the lifecycle functions of revision 0001 (frozen in 0001_initial.sql, the
     same text for these), then drop the history objects."""
-    schema = context.config.attributes.get("schema", DEFAULT_SCHEMA)
     frozen = Path(__file__).with_name("0001_initial.sql").read_text(encoding="utf-8")
     blocks = [_function_block(frozen, name) for name in _CHANGED_FUNCTIONS]
     script = "\n".join(blocks) + (
@@ -39,9 +35,7 @@ def downgrade() -> None:
         "DROP TABLE pgqueue.history_settings;\n"
         "DROP TABLE pgqueue.task_events;\n"
     )
-    driver_connection = op.get_bind().connection.driver_connection
-    assert driver_connection is not None
-    driver_connection.execute(for_schema(script, schema).encode())
+    run_downgrade_sql(script)
 
 
 #: The functions this revision replaces (0002 changed none of them).

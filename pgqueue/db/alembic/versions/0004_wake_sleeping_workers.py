@@ -9,10 +9,7 @@ Revises: 0003
 Create Date: 2026-12-20
 """
 
-from alembic import context, op
-
-from pgqueue.db.migrations import run_revision_sql
-from pgqueue.db.queries import DEFAULT_SCHEMA, for_schema
+from pgqueue.db.migrations import run_downgrade_sql, run_revision_sql
 
 revision = "0004"
 down_revision = "0003"
@@ -40,7 +37,4 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    schema = context.config.attributes.get("schema", DEFAULT_SCHEMA)
-    driver_connection = op.get_bind().connection.driver_connection
-    assert driver_connection is not None
-    driver_connection.execute(for_schema(DOWNGRADE_SQL, schema).encode())
+    run_downgrade_sql(DOWNGRADE_SQL)

@@ -5,12 +5,9 @@ Revises: 0004
 Create Date: 2026-12-20
 """
 
-from alembic import context, op
-
-from pgqueue.db.migrations import run_revision_sql
+from pgqueue.db.migrations import run_downgrade_sql, run_revision_sql
 
 revision = "0005"
-# Revision 0004 comes from a branch merged beside this one: at the merge, this points at it.
 down_revision = "0004"
 branch_labels = None
 depends_on = None
@@ -22,5 +19,4 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    schema = context.config.attributes.get("schema", "pgqueue")
-    op.execute(f'DROP INDEX IF EXISTS "{schema}".tasks_problems_idx')
+    run_downgrade_sql("DROP INDEX IF EXISTS pgqueue.tasks_problems_idx;")

@@ -5,7 +5,7 @@ Revises: 0005
 Create Date: 2026-12-20
 """
 
-from pgqueue.db.migrations import run_revision_sql
+from pgqueue.db.migrations import run_downgrade_sql, run_revision_sql
 
 revision = "0006"
 down_revision = "0005"
@@ -20,5 +20,4 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    # Nothing to take back: a NULL column that older code ignores (it selects by name).
-    pass
+    run_downgrade_sql("ALTER TABLE pgqueue.tasks DROP COLUMN IF EXISTS trace_context;")
