@@ -6,3 +6,8 @@ __version__ = "0.1.0"
 DISTRIBUTION = "pgqueue-tasks"
 """The name on the package index (`pip install pgqueue-tasks`): `pgqueue` there is another
 project. The import name and the command stay `pgqueue`."""
+
+
+def install_hint(extra: str) -> str:
+    """The command that installs pgqueue with one of its extras, for error messages."""
+    return f"pip install '{DISTRIBUTION}[{extra}]'"

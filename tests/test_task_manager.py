@@ -203,6 +203,10 @@ def test_queue_tasks_10000_rows_one_notification(
 ) -> None:
     with psycopg.connect(dsn, autocommit=True) as listener:
         listener.execute('LISTEN "pgqueue.tasks"')
+        # Inserts notify a queue only while a worker of it sleeps (revision 0004).
+        db.execute(
+            "INSERT INTO pgqueue.sleeping_workers (queue, worker_id) VALUES ('default', 'w')"
+        )
         started = time.perf_counter()
         ids = tm.queue_tasks(add, ({"x": i, "y": -i} for i in range(10_000)), priority=1, delay=30)
         elapsed = time.perf_counter() - started

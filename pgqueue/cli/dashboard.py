@@ -8,6 +8,7 @@ import click
 
 from pgqueue.db.database import resolve_dsn
 from pgqueue.settings import get_settings
+from pgqueue.version import install_hint
 
 
 @click.command()
@@ -31,7 +32,7 @@ def dashboard(host: str, port: int, read_only: bool) -> None:
         missing = getattr(error, "name", None) or "a module"
         raise click.ClickException(
             f"the dashboard needs the extra 'web' ({missing} is not installed): "
-            "pip install 'pgqueue[web]'"
+            + install_hint("web")
         ) from None
     app = web.create_app(resolve_dsn(get_settings()), read_only=read_only)
     click.echo(

@@ -1,6 +1,6 @@
 """The web dashboard: `create_app()` (an ASGI app) and `pgqueue dashboard`.
 
-Needs the extra `pgqueue[web]` (Starlette, Jinja2, uvicorn); nothing here is imported by
+Needs the extra `pgqueue-tasks[web]` (Starlette, Jinja2, uvicorn); nothing here is imported by
 `import pgqueue`.
 
 >>> from pgqueue.web import create_app
@@ -9,13 +9,15 @@ Needs the extra `pgqueue[web]` (Starlette, Jinja2, uvicorn); nothing here is imp
 
 from __future__ import annotations
 
+from pgqueue.version import install_hint
+
 try:
     import jinja2  # noqa: F401
     import starlette  # noqa: F401
 except ImportError as missing:  # pragma: no cover - depends on the installed extras
     raise ImportError(
         f"pgqueue's dashboard needs the extra 'web' ({missing.name} is missing): "
-        "pip install 'pgqueue[web]'",
+        + install_hint("web"),
         name=missing.name,
     ) from missing
 

@@ -26,5 +26,5 @@ def test_without_the_web_extra_one_line_says_what_to_install() -> None:
     assert run.returncode == 1
     assert run.stderr.strip().splitlines() == [
         "Error: the dashboard needs the extra 'web' (starlette is not installed): "
-        "pip install 'pgqueue[web]'"
+        "pip install 'pgqueue-tasks[web]'"
     ]

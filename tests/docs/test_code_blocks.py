@@ -3,8 +3,8 @@
 The conventions, for whoever writes the docs:
 
 - Every fenced block names its language. `python`, `sh`, `sql` and `yaml` blocks run; `text`
-  (output samples, diagrams, command synopses) and `promql` are only shown. A block of any
-  other language, or of none, fails the test.
+  (output samples, diagrams, command synopses), `promql` and `ini` (config files of other
+  programs) are only shown. A block of any other language, or of none, fails the test.
 - A block that cannot run says why on the line right before its fence (blank lines
   allowed in between): `<!-- not run: needs a FastAPI server -->`. A python, sh, sql or
   yaml block without that marker runs; if it cannot, the test fails.

@@ -25,7 +25,7 @@ from .waiting import wait_until
 
 #: Languages whose blocks run; the others are shown only (output, diagrams, synopses).
 RUN = {"python", "sh", "sql", "yaml"}
-SHOWN = {"text", "promql"}
+SHOWN = {"text", "promql", "ini"}
 
 _FENCE = re.compile(r"^(?P<indent>\s*)```(?P<language>\S*)\s*$")
 _NOT_RUN = re.compile(r"^<!--\s*not run:\s*(?P<reason>\S.*?)\s*-->$")
