@@ -28,6 +28,24 @@ class ConfigurationError(PgQueueError, ValueError):
     """A setting is missing or has a value pgqueue cannot use."""
 
 
+class SchemaMissing(ConfigurationError):
+    """The database lacks the pgqueue schema, or holds an older revision of it than this
+    pgqueue needs; the message names the database (never its password) and `pgqueue migrate`.
+
+    >>> try:
+    ...     send.delay(to="a@example.com")
+    ... except SchemaMissing as error:
+    ...     print(error.revision, error.required)   # None (no schema) or '0001', and '0002'
+    """
+
+    def __init__(self, message: str, *, revision: str | None, required: str) -> None:
+        super().__init__(message)
+        #: The revision the database is at; None when it has no pgqueue schema (or no record).
+        self.revision = revision
+        #: The revision this pgqueue needs.
+        self.required = required
+
+
 class DatabaseUnavailable(PgQueueError, ConnectionError):
     """PostgreSQL could not be reached or dropped the connection."""
 

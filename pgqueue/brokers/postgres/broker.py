@@ -147,6 +147,8 @@ class PostgresBroker(Broker):
         self._wake = asyncio.Event()
         self._wake.set()  # the first claim looks at once
         self._interrupted = False
+        # Refuse an unmigrated database now, in one line, rather than fail every loop.
+        await self._retrying("schema check", self.database.check_migrated)
         self._listener = Listener(
             self.database.dsn, self.database.schema, queues, self._wake.set, self._on_control
         )

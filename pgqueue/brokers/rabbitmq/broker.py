@@ -45,12 +45,12 @@ from pgqueue.brokers.rabbitmq.status_writer import (
 )
 from pgqueue.brokers.rabbitmq.topology import Topology
 from pgqueue.db.cron import CronScheduler
-from pgqueue.db.database import Database, database_from_settings
+from pgqueue.db.database import UNAVAILABLE, Database, database_from_settings
 from pgqueue.db.outcomes import report
 from pgqueue.db.queries import queries as named_queries
 from pgqueue.db.store import TaskStore, async_driver_connection, sync_driver_connection
 from pgqueue.errors import BrokerUnavailable
-from pgqueue.loops import Backoff, SupervisedTask
+from pgqueue.loops import Backoff, SupervisedTask, retrying
 from pgqueue.records import CleanupPolicy, NewTask, Outcome, Task, WorkerInfo
 from pgqueue.settings import Settings
 
@@ -185,6 +185,14 @@ class RabbitMQBroker(Broker):
         self._arrived, self._connected = asyncio.Event(), asyncio.Event()
         self._outcome_ready, self._settled = asyncio.Event(), asyncio.Event()
         self._settled.set()
+        if self.database is not None:  # refuse an unmigrated database now, in one line
+            await retrying(
+                self.database.check_migrated,
+                UNAVAILABLE,
+                Backoff(first=0.1, most=MAX_BACKOFF_SECONDS),
+                log,
+                "schema check failed, database unavailable",
+            )
         self._link = Link(self.url, self.topology, reconnect=False)
         if self.tracking:
             assert self.database is not None

@@ -366,3 +366,11 @@ SELECT DISTINCT queue FROM pgqueue.tasks WHERE status IN ('PENDING', 'RETRYING')
 -- name: database_now
 -- The database clock.
 SELECT now();
+
+-- name: schema_revision
+-- The alembic revision the pgqueue schema is at (db/migrated.py: is this database migrated).
+SELECT version_num FROM pgqueue.alembic_version;
+
+-- name: schema_exists
+-- Whether the schema exists at all (no revision record: made by hand, or a failed migration).
+SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = %(schema)s);
