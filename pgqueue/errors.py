@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -108,6 +109,21 @@ class WaitTimeout(PgQueueError, TimeoutError):
             f"task {task.id} {task.name} did not finish within {timeout:g} s "
             f"(it is {task.status.value}); it keeps running: wait again or cancel it"
         )
+
+
+def closest(name: str, choices: Iterable[str], cutoff: float = 0.6) -> str | None:
+    """The choice a misspelt `name` most likely meant, for a "did you mean ...?"; None when
+    none is close enough.
+
+    >>> closest("dns", ["dsn", "broker"])
+    'dsn'
+    """
+    import difflib
+
+    close = difflib.get_close_matches(name, list(choices), n=1, cutoff=cutoff)
+    if not close and name != name.lower():
+        close = difflib.get_close_matches(name.lower(), list(choices), n=1, cutoff=cutoff)
+    return close[0] if close else None
 
 
 def first_line(text: str | BaseException | None, limit: int | None = None) -> str:

@@ -9,13 +9,13 @@ import math
 import operator
 import os
 import re
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import Field, dataclass, field, fields
 from pathlib import Path
 from typing import Any, ClassVar, Literal, NoReturn, TypeVar
 
 from pgqueue.dsn import mask_dsn, parse_dsn
-from pgqueue.errors import ConfigurationError, first_line
+from pgqueue.errors import ConfigurationError, closest, first_line
 
 DEFAULT_CONFIG_PATH = Path("config/services.yaml")
 CONFIG_SECTION = "task"  # the section of the config file that holds pgqueue's settings
@@ -219,14 +219,6 @@ def _parse(cls: type[_Section], data: Mapping[str, Any]) -> tuple[dict[str, Any]
             hint = f", did you mean {close!r}?" if close else ""
             problems.append((str(key), value, "not a setting" + hint))
     return values, problems
-
-
-def closest(name: str, choices: Sequence[str]) -> str | None:
-    """The choice a misspelt `name` most likely meant, if one is close enough."""
-    import difflib
-
-    close = difflib.get_close_matches(name.lower(), choices, n=1, cutoff=0.6)
-    return close[0] if close else None
 
 
 def _describe(problems: list[Problem]) -> str:

@@ -8,8 +8,10 @@ from typing import Any
 import click
 
 from pgqueue.cli.output import admin_session, json_option, print_json
+from pgqueue.errors import ConfigurationError, closest
 from pgqueue.settings import get_settings
 from pgqueue.task_manager import TaskManager
+from pgqueue.tasks import registry
 from pgqueue.tasks.definition import RESERVED_OPTIONS
 from pgqueue.tasks.options import duration_seconds
 from pgqueue.tasks.registry import import_task_modules
@@ -32,6 +34,41 @@ def _kwargs(text: str) -> dict[str, Any]:
     return value
 
 
+def check_task(name: str, imported: list[str]) -> None:
+    """Refuse a task name this process cannot resolve (a typo queues a task no worker runs):
+    its module part is imported if --import did not name one, and a name it does not
+    register is refused with the closest one it does."""
+    if registry.lookup(name) is not None:
+        return
+    module = name.rpartition(".")[0]
+    unchecked = "; to queue it for workers that know it, add --unchecked"
+    if module and module not in imported:
+        try:
+            import_task_modules([module])
+        except ConfigurationError as error:
+            missing = isinstance(error.__cause__, ModuleNotFoundError)
+            hint = " (name the module that defines it with --import)" if missing else ""
+            raise click.ClickException(
+                f"cannot check task {name!r}: {error}{hint}{unchecked}"
+            ) from None
+        if registry.lookup(name) is not None:
+            return
+    where = f" in {', '.join(imported or [module])}" if imported or module else ""
+    candidates = [
+        known
+        for known in registry.registered_names()
+        if not module or imported or known.startswith(module + ".")
+    ]
+    close = closest(name, candidates)
+    if close:
+        meant = f": did you mean {close!r}?"
+    elif candidates:
+        meant = f" (registered: {', '.join(candidates[:10])})"
+    else:
+        meant = " (no task is registered: name the module that defines it with --import)"
+    raise click.ClickException(f"no task {name!r} is registered{where}{meant}{unchecked}")
+
+
 @click.command()
 @click.argument("name")
 @click.option("--queue", "-q", default=None, help="Queue [default: the task's, or settings'].")
@@ -44,7 +81,13 @@ def _kwargs(text: str) -> dict[str, Any]:
     "imports",
     multiple=True,
     help="Module defining the task, to apply its declared queue and options and check "
-    "the arguments against its signature.",
+    "the arguments against its signature [default: NAME's module part].",
+)
+@click.option(
+    "--unchecked",
+    is_flag=True,
+    help="Queue NAME even though this process cannot import it (a task only workers have); "
+    "its queue and options then come from the command line and settings.",
 )
 @json_option
 def enqueue(
@@ -55,13 +98,16 @@ def enqueue(
     max_retries: int | None,
     kwargs_json: str,
     imports: tuple[str, ...],
+    unchecked: bool,
     as_json: bool,
 ) -> None:
     """Queue one run of the task NAME; prints its id."""
     kwargs = _kwargs(kwargs_json)
     seconds = None if delay is None else duration_seconds(delay, "--delay", text=True)
     settings = get_settings()
-    import_task_modules([module for item in imports for module in item.split(",") if module])
+    modules = [module for item in imports for module in item.split(",") if module]
+    import_task_modules(modules)
+    check = (lambda: None) if unchecked else (lambda: check_task(name, modules))
     manager = TaskManager(settings=settings)
     options: dict[str, Any] = {
         "queue": queue,
@@ -73,8 +119,10 @@ def enqueue(
         if settings.broker == "database":
             # One plain connection: an unreachable database fails at once, in one line.
             with admin_session(settings) as admin:
+                check()  # after the connection: a wrong DSN is the first thing to fix
                 task_id = manager.queue_task(name, connection=admin.connection, **options, **kwargs)
         else:
+            check()
             task_id = manager.queue_task(name, **options, **kwargs)
     finally:
         manager.close()

@@ -210,6 +210,10 @@ class Admin:
 
     # -- queues --------------------------------------------------------------------------
 
+    def known_queues(self) -> list[str]:
+        """Every queue seen: with tasks, listened to by a worker, of a cron task, or paused."""
+        return [row["queue"] for row in self._rows("known_queues")]
+
     def pause_queue(self, queue: str) -> bool:
         """Workers stop claiming from `queue` (running tasks finish); False if already paused."""
         return bool(self._value("pause_queue", {"queue": check_queue(queue)}))

@@ -193,6 +193,16 @@ LIMIT %(limit)s;
 -- Make the claim skip a queue; true if it was not paused already.
 SELECT pgqueue.pause_queue(%(queue)s);
 
+-- name: known_queues
+-- Every queue pgqueue has seen: with task rows, listened to by a worker (of the registry),
+-- of a cron schedule, or paused. `pgqueue queue pause` refuses others (a typo), unless
+-- forced; it reads the whole task table, as `pgqueue status` does.
+SELECT queue FROM pgqueue.tasks
+UNION SELECT unnest(queues) FROM pgqueue.workers
+UNION SELECT queue FROM pgqueue.cron_schedules
+UNION SELECT queue FROM pgqueue.paused_queues
+ORDER BY queue;
+
 -- name: resume_queue
 -- Let workers claim from the queue again; true if it was paused.
 SELECT pgqueue.resume_queue(%(queue)s);
