@@ -7,6 +7,7 @@ import click
 from pgqueue.cli.output import admin_session, json_option, print_json
 from pgqueue.errors import closest
 from pgqueue.ops.admin import Admin
+from pgqueue.settings import get_settings
 from pgqueue.tasks.options import check_queue
 
 
@@ -38,14 +39,21 @@ def check_known(admin: Admin, name: str) -> None:
 def pause(name: str, force: bool, as_json: bool) -> None:
     """Stop claiming from a queue; running tasks finish, new ones wait."""
     check_queue(name)
-    with admin_session() as admin:
+    settings = get_settings()
+    if settings.broker == "rabbitmq" and settings.dsn is None and not settings.status_tracking:
+        raise click.ClickException(
+            "RabbitMQ workers without a database (no PGQUEUE_DSN, status tracking off) cannot "
+            "see paused queues: stop the workers of the queue instead"
+        )
+    with admin_session(settings) as admin:
         if not force:
             check_known(admin, name)
         changed = admin.pause_queue(name)
     if as_json:
         print_json({"queue": name, "paused": True, "changed": changed})
     elif changed:
-        click.echo(f"paused queue {name!r}: workers skip it until `pgqueue queue resume`")
+        within = " (RabbitMQ workers within a second)" if settings.broker == "rabbitmq" else ""
+        click.echo(f"paused queue {name!r}: workers skip it{within} until `pgqueue queue resume`")
     else:
         click.echo(f"queue {name!r} was already paused")
 

@@ -203,6 +203,10 @@ UNION SELECT queue FROM pgqueue.cron_schedules
 UNION SELECT queue FROM pgqueue.paused_queues
 ORDER BY queue;
 
+-- name: paused_among
+-- The paused ones among %(queues)s (RabbitMQ workers stop consuming them).
+SELECT queue FROM pgqueue.paused_queues WHERE queue = ANY (%(queues)s);
+
 -- name: resume_queue
 -- Let workers claim from the queue again; true if it was paused.
 SELECT pgqueue.resume_queue(%(queue)s);
