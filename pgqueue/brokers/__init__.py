@@ -30,10 +30,11 @@ def get_broker(settings: Settings | None = None) -> Broker:
         try:
             from pgqueue.brokers.rabbitmq.broker import RabbitMQBroker
         except ModuleNotFoundError as error:
-            if error.name not in RABBITMQ_PACKAGES:
+            package = (error.name or "").partition(".")[0]
+            if package not in RABBITMQ_PACKAGES:
                 raise
             raise ConfigurationError(
-                f"the RabbitMQ broker (PGQUEUE_BROKER=rabbitmq) needs the {error.name} package, "
+                f"the RabbitMQ broker (PGQUEUE_BROKER=rabbitmq) needs the {package} package, "
                 f"which is not installed: pip install '{DISTRIBUTION}[rabbitmq]'"
             ) from error
 

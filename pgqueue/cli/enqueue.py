@@ -46,7 +46,7 @@ def check_task(name: str, imported: list[str]) -> None:
         try:
             import_task_modules([module])
         except ConfigurationError as error:
-            missing = isinstance(error.__cause__, ModuleNotFoundError)
+            missing = registry.module_missing(module, error.__cause__)
             hint = " (name the module that defines it with --import)" if missing else ""
             raise click.ClickException(
                 f"cannot check task {name!r}: {error}{hint}{unchecked}"

@@ -57,7 +57,7 @@ def import_task_modules(modules: list[str]) -> None:
 
 def import_problem(module: str, error: BaseException) -> str:
     """Why `module` did not import, in one line: the error, where it happened, its message."""
-    if isinstance(error, ModuleNotFoundError) and error.name and _is_package_of(error.name, module):
+    if module_missing(module, error):
         return (
             f"no module named {error.name!r} (the command's folder and PYTHONPATH are searched: "
             "run it from your project's folder, or set PYTHONPATH)"
@@ -75,9 +75,12 @@ def import_problem(module: str, error: BaseException) -> str:
     return f"{type(error).__name__}{where}" + (f": {message[0]}" if message else "")
 
 
-def _is_package_of(name: str, module: str) -> bool:
-    """Whether `name` is `module` or a package it lives in (not a dependency it imports)."""
-    return module == name or module.startswith(name + ".")
+def module_missing(module: str, error: BaseException | None) -> bool:
+    """Whether `error` says that `module` itself, or a package it lives in, is not there
+    (rather than a dependency it imports)."""
+    if not isinstance(error, ModuleNotFoundError) or not error.name:
+        return False
+    return module == error.name or module.startswith(error.name + ".")
 
 
 def _shown_path(path: str) -> str:
