@@ -63,6 +63,8 @@ def test_every_producer_call_says_to_migrate(empty_dsn: str, empty_tm: TaskManag
         "queue_tasks": lambda: empty_tm.queue_tasks(worker_tasks.record, [{"label": "x"}] * 3),
         "enqueue_unique": lambda: worker_tasks.record.delay(unique_key="k", label="x"),
         "get_task": lambda: empty_tm.get_task(uuid.uuid4()),
+        "wait": lambda: empty_tm.wait(uuid.uuid4(), timeout=5),
+        "await_result": lambda: asyncio.run(empty_tm.await_result(uuid.uuid4(), timeout=5)),
     }
     for name, call in calls.items():
         with pytest.raises(SchemaMissing) as caught:

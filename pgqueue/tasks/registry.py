@@ -57,7 +57,7 @@ def import_task_modules(modules: list[str]) -> None:
 
 def import_problem(module: str, error: BaseException) -> str:
     """Why `module` did not import, in one line: the error, where it happened, its message."""
-    if module_missing(module, error):
+    if isinstance(error, ModuleNotFoundError) and module_missing(module, error):
         return (
             f"no module named {error.name!r} (the command's folder and PYTHONPATH are searched: "
             "run it from your project's folder, or set PYTHONPATH)"
