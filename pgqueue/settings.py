@@ -396,7 +396,7 @@ def _check_no_section(path: Path, document: Mapping[Any, Any]) -> None:
     refused; a file of other services only is used without pgqueue settings, with a warning.
     (Other top-level sections beside `task:` are other services' and left alone.)"""
     keys = [str(key) for key in document]
-    misspelt = [key for key in keys if closest(key, [CONFIG_SECTION])]
+    misspelt = [key for key in keys if closest(key, [CONFIG_SECTION], cutoff=0.8)]
     if misspelt:
         raise ConfigurationError(
             f"unknown section {misspelt[0]!r} in {path}: did you mean {CONFIG_SECTION!r}? "

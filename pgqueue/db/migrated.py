@@ -57,8 +57,8 @@ def required_revision() -> str:
 def _about_schema(error: BaseException, schema: str) -> bool:
     """Whether an undefined-object error names pgqueue's schema (a user's own SQL in a
     transactional task may miss a table of its own: that one is left alone)."""
-    text = first_line(error)
-    return f'"{schema}"' in text or f"{schema}." in text or f'"{schema}.' in text
+    # relation "pgqueue.tasks", function pgqueue.fail_task(...), schema "pgqueue"
+    return re.search(rf'(?<![\w$])"?{schema}(?:"|\.)', first_line(error)) is not None
 
 
 def schema_missing(
