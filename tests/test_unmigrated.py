@@ -99,7 +99,7 @@ def test_a_users_own_missing_table_is_not_pgqueues(empty_dsn: str) -> None:
         ["tasks", "retry", "--failed"],
         ["tasks", "cancel", str(uuid.uuid4())],
         ["tasks", "purge", "--status", "completed", "--older-than", "7d", "--yes"],
-        ["enqueue", "worker_tasks.record", "--unchecked"],
+        ["enqueue", "worker_tasks.record", "--unchecked", "--kwargs", '{"label": "x"}'],
         ["queue", "pause", "emails", "--force"],
         ["queue", "resume", "emails"],
         ["cron", "list"],

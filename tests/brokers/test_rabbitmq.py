@@ -583,7 +583,7 @@ def test_a_paused_queue_is_not_consumed_until_resumed(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     """`pgqueue queue pause` reaches RabbitMQ workers: paused at their start, or meanwhile."""
-    caplog.set_level(logging.INFO, logger="pgqueue.rabbitmq")
+    caplog.set_level(logging.INFO, logger="pgqueue.rabbitmq.pauses")
     db.execute("SELECT pgqueue.pause_queue('held')")
     rworker(queues=["held", "default"])
     first = record.delay(label="first", queue="held")

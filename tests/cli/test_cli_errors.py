@@ -120,6 +120,8 @@ def test_the_rabbitmq_broker_without_its_extra_names_the_install_line(
         f"which is not installed: pip install '{DISTRIBUTION}[rabbitmq]'"
     )
     # Producers (.delay(), TaskManager) get the same error from get_broker.
+    for name in [name for name in sys.modules if name.partition(".")[0] == "aio_pika"]:
+        monkeypatch.setitem(sys.modules, name, None)
     monkeypatch.setitem(sys.modules, "aio_pika", None)
     monkeypatch.delitem(sys.modules, "pgqueue.brokers.rabbitmq.broker", raising=False)
     with pytest.raises(ConfigurationError, match=rf"pip install '{DISTRIBUTION}\[rabbitmq\]'"):

@@ -12,7 +12,7 @@ from pgqueue.db.database import UNAVAILABLE, Database
 from pgqueue.errors import first_line
 from pgqueue.loops import BackgroundLoop
 
-log = logging.getLogger("pgqueue.rabbitmq")
+log = logging.getLogger("pgqueue.rabbitmq.pauses")
 
 #: How soon a RabbitMQ worker sees a pause or a resume (it has no NOTIFY connection).
 POLL_SECONDS = 1.0
