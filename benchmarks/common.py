@@ -123,7 +123,7 @@ def machine_facts() -> dict:
                 mem_kb = int(line.split()[1])
     versions = {}
     for pkg in (
-        "pgqueue",
+        "pgqueue-tasks",  # the distribution of pgqueue
         "procrastinate",
         "pgqueuer",
         "psycopg",

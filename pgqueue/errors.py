@@ -111,6 +111,15 @@ class WaitTimeout(PgQueueError, TimeoutError):
         )
 
 
+class PgQueueWarning(UserWarning):
+    """Root of every warning pgqueue gives: `warnings.simplefilter("error", PgQueueWarning)`."""
+
+
+class EventLoopBlockingWarning(PgQueueWarning):
+    """A blocking call, such as `.delay()`, ran inside a running event loop: the loop (every
+    request of a web app) waits for the database meanwhile; `await task.adelay(...)` does not."""
+
+
 def closest(name: str, choices: Iterable[str], cutoff: float = 0.6) -> str | None:
     """The choice a misspelt `name` most likely meant, for a "did you mean ...?"; None when
     none is close enough.

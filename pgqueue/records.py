@@ -71,6 +71,8 @@ class Task:
     lease_expires_at: datetime | None = None
     lease_token: int = 0
     unique_key: str | None = None
+    #: The OpenTelemetry carrier stored at .delay() ({"traceparent": ...}), or None.
+    trace_context: dict[str, str] | None = None
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> Task:
@@ -99,6 +101,8 @@ class NewTask:
     schedule_at: datetime | None = None
     #: While an unfinished task holds this key, queueing another returns that task's id.
     unique_key: str | None = None
+    #: The OpenTelemetry carrier of the call as JSON text (pgqueue.telemetry), or None.
+    trace_context: str | None = None
 
 
 class OutcomeKind(enum.StrEnum):

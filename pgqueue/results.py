@@ -46,6 +46,12 @@ def outcome(task: Task) -> Any:
     raise TaskFailed(task)
 
 
+def _waiter_kwargs(database: Database) -> dict[str, Any]:
+    """A waiter's connection: to where LISTEN works (PGQUEUE_LISTEN_DSN), never preparing
+    (behind a pooler its statements would vanish between transactions)."""
+    return {**database.connect_kwargs(), "prepare_threshold": None}
+
+
 def _check_timeout(timeout: float | None) -> float:
     if timeout is None:
         return math.inf
@@ -89,7 +95,7 @@ def wait(database: Database, task_id: Any, timeout: float | None = None) -> Any:
     state = _Wait(database, task_id, timeout)
     queries = state.queries
     try:
-        conn = psycopg.connect(database.dsn, **database.connect_kwargs())
+        conn = psycopg.connect(database.listen_dsn, **_waiter_kwargs(database))
     except psycopg.OperationalError as error:
         raise unavailable(database.dsn, error) from error
     with translated(database.dsn, database.schema), conn:
@@ -118,7 +124,9 @@ async def await_result(database: Database, task_id: Any, timeout: float | None =
     state = _Wait(database, task_id, timeout)
     queries = state.queries
     try:
-        conn = await psycopg.AsyncConnection.connect(database.dsn, **database.connect_kwargs())
+        conn = await psycopg.AsyncConnection.connect(
+            database.listen_dsn, **_waiter_kwargs(database)
+        )
     except psycopg.OperationalError as error:
         raise unavailable(database.dsn, error) from error
     async with atranslated(database.dsn, database.schema), conn:

@@ -303,6 +303,9 @@ class Settings(_Section):
     SECTIONS: ClassVar[tuple[str, ...]] = ("rabbitmq", "defaults")
 
     dsn: str | None = field(default=None, metadata=rule(_dsn))
+    # Where LISTEN connections go when `dsn` is a pooler in transaction mode (PgBouncer):
+    # a direct connection to the server. Unset: `dsn`, or polling if LISTEN fails there.
+    listen_dsn: str | None = field(default=None, metadata=rule(_dsn))
     broker: Literal["database", "rabbitmq"] = field(
         default="database", metadata=rule(_one_of("database", "rabbitmq"))
     )
@@ -329,6 +332,8 @@ class Settings(_Section):
     )
     data_dir: str = field(default=".pgqueue", metadata=rule(_text))
     status_tracking: bool = field(default=True, metadata=rule(_boolean))
+    # A task that fails for good (no retry left) is logged at ERROR with its traceback.
+    log_failure_tracebacks: bool = field(default=True, metadata=rule(_boolean))
 
     def rabbitmq_connection_url(self) -> str:
         """`PGQUEUE_RABBITMQ_URL`, else an amqp:// URL built from the `rabbitmq` section."""

@@ -8,14 +8,14 @@ import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from pgqueue import results
+from pgqueue import results, telemetry
 from pgqueue.brokers import get_broker
 from pgqueue.brokers.base import Broker
 from pgqueue.db.database import Database, database_from_settings
 from pgqueue.db.store import TaskStore
 from pgqueue.records import NewTask, Task
 from pgqueue.settings import Settings, get_settings, load_settings
-from pgqueue.tasks import call, definition
+from pgqueue.tasks import call, queueing
 from pgqueue.tasks.call import UniqueKey
 from pgqueue.tasks.definition import TaskFunction, TaskRef, resolve_task
 from pgqueue.tasks.options import Delay, TaskOptions
@@ -122,9 +122,10 @@ class TaskManager:
         new_task = self._build_task(
             task, args, kwargs, queue, priority, max_retries, delay, schedule_at, unique_key
         )
-        if new_task.unique_key is not None:
-            return self._unique_broker().enqueue_unique([new_task], connection)[0]
-        self.broker.enqueue([new_task], connection)
+        with telemetry.sending([new_task]):
+            if new_task.unique_key is not None:
+                return self._unique_broker().enqueue_unique([new_task], connection)[0]
+            self.broker.enqueue([new_task], connection)
         return new_task.id
 
     async def aqueue_task(
@@ -143,9 +144,10 @@ class TaskManager:
         new_task = self._build_task(
             task, args, kwargs, queue, priority, max_retries, delay, schedule_at, unique_key
         )
-        if new_task.unique_key is not None:
-            return (await self._unique_broker().aenqueue_unique([new_task], connection))[0]
-        await self.broker.aenqueue([new_task], connection)
+        with telemetry.sending([new_task]):
+            if new_task.unique_key is not None:
+                return (await self._unique_broker().aenqueue_unique([new_task], connection))[0]
+            await self.broker.aenqueue([new_task], connection)
         return new_task.id
 
     def queue_tasks(
@@ -171,10 +173,11 @@ class TaskManager:
         new_tasks = self._build_tasks(
             task, rows, queue, priority, max_retries, delay, schedule_at, unique_key
         )
-        if any(new_task.unique_key is not None for new_task in new_tasks):
-            return self._unique_broker().enqueue_unique(new_tasks, connection)
-        if new_tasks:
-            self.broker.enqueue(new_tasks, connection)
+        with telemetry.sending(new_tasks):
+            if any(new_task.unique_key is not None for new_task in new_tasks):
+                return self._unique_broker().enqueue_unique(new_tasks, connection)
+            if new_tasks:
+                self.broker.enqueue(new_tasks, connection)
         return [new_task.id for new_task in new_tasks]
 
     async def aqueue_tasks(
@@ -193,10 +196,11 @@ class TaskManager:
         new_tasks = self._build_tasks(
             task, rows, queue, priority, max_retries, delay, schedule_at, unique_key
         )
-        if any(new_task.unique_key is not None for new_task in new_tasks):
-            return await self._unique_broker().aenqueue_unique(new_tasks, connection)
-        if new_tasks:
-            await self.broker.aenqueue(new_tasks, connection)
+        with telemetry.sending(new_tasks):
+            if any(new_task.unique_key is not None for new_task in new_tasks):
+                return await self._unique_broker().aenqueue_unique(new_tasks, connection)
+            if new_tasks:
+                await self.broker.aenqueue(new_tasks, connection)
         return [new_task.id for new_task in new_tasks]
 
     def _build_task(
@@ -324,4 +328,4 @@ def set_default_task_manager(manager: TaskManager | None) -> None:
         _default = manager
 
 
-definition.use_default_producer(default_task_manager)
+queueing.use_default_producer(default_task_manager)

@@ -20,6 +20,15 @@ real clock plus its back-off, so a later `now` reaches it).
 `queue_cron(tm, now=...)` queues the occurrences of cron tasks due by `now` (within their
 catch-up window), as a worker's scheduler would; drain then runs them.
 
+`reset(tm)` clears what tests leave in the database (tasks, cron occurrences, paused
+queues, ...), so that each test, and each run of the suite, starts as on a fresh database:
+
+>>> @pytest.fixture
+... def tm():
+...     with TaskManager() as tm:
+...         testing.reset(tm)
+...         yield tm
+
 Transactional tasks (`transactional=True`) need a real worker; drain fails them. A task
 whose name this process has not registered ends FAILED (UnknownTask) at once: a drain has
 no other worker that could know it.
@@ -67,7 +76,7 @@ def drain(
 ) -> list[Task]:
     """Run the tasks due by `now` (of `queues`, default all) until none is due; the tasks
     that ran, as they are afterwards, in the order of their first run."""
-    return _run(adrain(tm, queues, now=now, max_runs=max_runs))
+    return _run(adrain(tm, queues, now=now, max_runs=max_runs), "adrain")
 
 
 async def adrain(
@@ -118,7 +127,7 @@ def queue_cron(
 ) -> list[uuid.UUID]:
     """Queue the occurrences due by `now` of cron tasks (default: every one this process
     registered), as a worker's scheduler does; their ids."""
-    return _run(aqueue_cron(tm, now=now, tasks=tasks))
+    return _run(aqueue_cron(tm, now=now, tasks=tasks), "aqueue_cron")
 
 
 async def aqueue_cron(
@@ -146,13 +155,48 @@ async def aqueue_cron(
     return queued
 
 
-def _run(coroutine: Coroutine[Any, Any, Any]) -> Any:
+def reset(tm: TaskManager) -> None:
+    """Clear pgqueue's tables of `tm`'s database as a test leaves them: every task (whatever
+    its status), the cron occurrences queued and the schedules workers recorded (so that
+    `queue_cron` queues an occurrence again), paused queues, result waiters and the RabbitMQ
+    outbox. Worker rows stay; messages already in RabbitMQ are not touched.
+
+    Refuses (PgQueueError) while a live worker serves the database: tests need a database
+    no worker serves, and a test suite pointed at a live queue by mistake must not empty it.
+
+    >>> testing.reset(tm)                  # at the start of each test (a fixture)
+    >>> testing.drain(tm)
+    []
+    """
+    _run(areset(tm), "areset")
+
+
+async def areset(tm: TaskManager) -> None:
+    """The async twin of `reset`, for async tests."""
+    database = tm.store.database
+    async with await psycopg.AsyncConnection.connect(
+        database.dsn, **database.connect_kwargs()
+    ) as conn:
+        cursor = conn.cursor(row_factory=dict_row)
+        await cursor.execute(database.queries["live_workers"])
+        workers = [row["id"] for row in await cursor.fetchall()]
+        if workers:
+            raise PgQueueError(
+                f"testing.reset refuses to clear a database that {len(workers)} live "
+                f"worker(s) serve ({', '.join(workers[:3])}): run tests against a database "
+                "no worker serves"
+            )
+        async with conn.transaction():
+            await conn.execute(database.queries["testing_reset"])
+
+
+def _run(coroutine: Coroutine[Any, Any, Any], async_twin: str) -> Any:
     try:
         asyncio.get_running_loop()
     except RuntimeError:
         return asyncio.run(coroutine)
     coroutine.close()
-    raise PgQueueError("an event loop is running here: use `await testing.adrain(...)`")
+    raise PgQueueError(f"an event loop is running here: use `await testing.{async_twin}(...)`")
 
 
 async def _clock(

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import inspect
+import warnings
+from collections.abc import Iterator
 from typing import Any
 
 import psycopg
@@ -13,12 +16,14 @@ from psycopg.rows import dict_row
 
 from pgqueue import AsyncTask, TaskFunction
 from pgqueue.errors import (
+    EventLoopBlockingWarning,
     InvalidTaskArguments,
     InvalidTaskOption,
     PgQueueError,
     TaskDefinitionError,
 )
 from pgqueue.task_manager import TaskManager
+from pgqueue.tasks import queueing
 from pgqueue.tasks.registry import lookup
 
 
@@ -210,3 +215,130 @@ def test_delay_positional_only_parameters_are_refused(tm: TaskManager) -> None:
 
     with pytest.raises(TypeError, match="positional-only"):
         positional.delay(1)
+
+
+# -- .options() ----------------------------------------------------------------------------
+
+
+def test_options_bind_the_queueing_options(tm: TaskManager, db: psycopg.Connection[Any]) -> None:
+    configured = send_email.options(queue="bulk", priority=-2, max_retries=0, delay=90)
+    task_id = configured.delay("b@example.com", "Yo")
+    row = row_of(db, task_id)
+    assert (row["queue"], row["priority"], row["max_retries"]) == ("bulk", -2, 0)
+    assert row["kwargs"] == {"to": "b@example.com", "subject": "Yo"}
+    assert row["wait"] == pytest.approx(90, abs=0.01)
+    assert "priority=-2" in repr(configured) and "test_async_task.send_email" in repr(configured)
+
+    async def main() -> Any:
+        return await send_email.options(unique_key="once").adelay(to="c@x")
+
+    first = asyncio.run(main())
+    assert asyncio.run(main()) == first
+    assert row_of(db, first)["queue"] == "emails"  # the decorator's, not set by .options()
+
+
+def test_options_connection_writes_in_the_callers_transaction(
+    tm: TaskManager, db: psycopg.Connection[Any], dsn: str
+) -> None:
+    with psycopg.connect(dsn) as conn:
+        plain.options(connection=conn).delay(x=1)
+        conn.rollback()
+    assert count(db) == 0
+
+
+@pytest.mark.parametrize(
+    ("options", "error", "words"),
+    [
+        ({"queue": ""}, ValueError, "queue name is empty"),
+        ({"priority": 40000}, ValueError, "priority 40000 is outside"),
+        ({"max_retries": "3"}, TypeError, "max_retries must be an int"),
+        ({"delay": -1}, ValueError, "delay must be a finite number"),
+        ({"delay": 1, "schedule_at": datetime.datetime(2030, 1, 1)}, ValueError, "either delay"),
+        ({"unique_key": ""}, ValueError, "unique_key"),
+    ],
+)
+def test_bad_options_are_refused_by_options(
+    options: dict[str, Any], error: type[Exception], words: str
+) -> None:
+    with pytest.raises(error, match=words) as caught:
+        plain.options(**options)
+    assert isinstance(caught.value, PgQueueError)
+
+
+def test_an_option_given_to_options_and_delay_is_refused(
+    tm: TaskManager, db: psycopg.Connection[Any]
+) -> None:
+    with pytest.raises(TypeError, match=r"priority given to both \.options\(\) and \.delay\(\)"):
+        plain.options(priority=1).delay(x=1, priority=2)  # type: ignore[call-arg]
+    assert count(db) == 0
+
+
+# -- .delay() inside an event loop ---------------------------------------------------------
+
+
+@pytest.fixture
+def fresh_process(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[warnings.WarningMessage]]:
+    """As in a process that has not warned yet; every warning recorded, none filtered."""
+    monkeypatch.setattr(queueing, "_warned_in_event_loop", False)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        yield caught
+
+
+def line_below() -> int:
+    frame = inspect.currentframe()
+    assert frame is not None and frame.f_back is not None
+    return frame.f_back.f_lineno + 1
+
+
+def test_delay_in_an_event_loop_warns_once_at_the_callers_line(
+    tm: TaskManager, db: psycopg.Connection[Any], fresh_process: list[warnings.WarningMessage]
+) -> None:
+    async def handler() -> int:
+        line = line_below()
+        plain.delay(x=1)
+        plain.delay(x=2)
+        plain.options(priority=1).delay(x=3)
+        return line
+
+    line = asyncio.run(handler())
+    asyncio.run(handler())
+    [warning] = fresh_process
+    assert warning.category is EventLoopBlockingWarning
+    assert (warning.filename, warning.lineno) == (__file__, line)
+    assert "test_async_task.plain.delay() was called inside a running event loop" in str(
+        warning.message
+    )
+    assert "`await plain.adelay(...)`" in str(warning.message)
+    assert count(db) == 6  # warned, and queued all the same
+
+
+def test_options_delay_in_an_event_loop_warns_at_the_callers_line(
+    tm: TaskManager, fresh_process: list[warnings.WarningMessage]
+) -> None:
+    async def handler() -> int:
+        line = line_below()
+        plain.options(priority=1).delay(x=3)
+        return line
+
+    line = asyncio.run(handler())
+    [warning] = fresh_process
+    assert (warning.category, warning.filename, warning.lineno) == (
+        EventLoopBlockingWarning,
+        __file__,
+        line,
+    )
+
+
+def test_no_warning_without_a_running_loop_in_the_thread(
+    tm: TaskManager, db: psycopg.Connection[Any], fresh_process: list[warnings.WarningMessage]
+) -> None:
+    async def handler() -> None:
+        await asyncio.to_thread(plain.delay, x=1)  # a thread of its own: the loop runs on
+        await plain.adelay(x=2)
+        await plain.options(priority=1).adelay(x=3)
+
+    asyncio.run(handler())
+    plain.delay(x=4)  # plain sync code, as a worker's sync task runs
+    assert fresh_process == []
+    assert count(db) == 4

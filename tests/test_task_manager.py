@@ -518,3 +518,42 @@ def test_a_task_manager_closes_its_pools_at_the_end_of_a_with_block(dsn: str) ->
             "SELECT name FROM pgqueue.tasks WHERE id = ANY(%s) ORDER BY name", (ids,)
         ).fetchall()
     assert names == [("elsewhere.async_task",), ("elsewhere.sync_task",)]
+
+
+NEVER_CLOSED = """
+import asyncio, gc, sys
+from pgqueue import TaskManager
+
+def use_and_drop(n):
+    tm = TaskManager(dsn=sys.argv[1])
+    tm.get_task(tm.queue_task("elsewhere.sync_task", n=n))
+
+async def use_async(tm, n):
+    await tm.aget_task(await tm.aqueue_task("elsewhere.async_task", n=n))
+
+for n in range(20):
+    use_and_drop(n)
+    gc.collect()
+kept = TaskManager(dsn=sys.argv[1])        # still open at exit
+for n in range(20):
+    asyncio.run(use_async(kept, n))        # a new event loop, so a new async pool, each time
+kept.get_task(kept.queue_task("elsewhere.sync_task", n=20))
+print("done")
+"""
+
+
+def test_task_managers_never_closed_leave_no_noise(dsn: str) -> None:
+    """TaskManagers dropped without close(), and one still open at exit, print nothing: no
+    "Exception ignored in: ConnectionPool.__del__ ... cannot join current thread" (the
+    garbage collector closing a pool in one of its own threads), no "error connecting in
+    'pgqueue-async'" (a connection cancelled as asyncio.run() ends)."""
+    for _ in range(3):
+        result = subprocess.run(
+            [sys.executable, "-W", "error::ResourceWarning", "-c", NEVER_CLOSED, dsn],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert (result.returncode, result.stdout.strip(), result.stderr) == (0, "done", "")
+    with psycopg.connect(dsn) as conn:
+        assert count(conn) == 3 * 41

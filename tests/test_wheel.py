@@ -53,7 +53,7 @@ def test_wheel_installs_migrates_and_runs_a_task(tmp_path: Path, empty_dsn: str)
     # Build the wheel from the source tree.
     dist = tmp_path / "dist"
     run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", dist, ROOT], cwd=tmp_path)
-    [wheel] = dist.glob("pgqueue-*.whl")
+    [wheel] = dist.glob("pgqueue_tasks-*.whl")  # the distribution pgqueue-tasks
     names = set(zipfile.ZipFile(wheel).namelist())
     for filename in (
         "schema.sql",

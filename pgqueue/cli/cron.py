@@ -9,12 +9,14 @@ from pgqueue.cli.output import (
     cell,
     console,
     json_option,
-    moment,
     print_json,
+    short_moment,
     table,
 )
 
-COLUMNS = ("Task", "Cron", "Time zone", "Queue", "Catch-up", "Last queued", "Next run", "Seen")
+#: Times in UTC; the schedule's own zone, its catch-up and when a worker last recorded it
+#: are in --json.
+COLUMNS = ("Task", "Cron", "Queue", "Last queued", "Next run")
 
 
 @click.group(name="cron")
@@ -31,21 +33,19 @@ def list_schedules(as_json: bool) -> None:
     if as_json:
         print_json(schedules)
         return
-    result = table(f"{len(schedules)} cron schedules", COLUMNS)
-    for row in schedules:
-        result.add_row(
-            cell(row["name"]),
-            row["cron"],
-            row["timezone"],
-            cell(row["queue"]),
-            f"{row['catchup_seconds']:g} s",
-            moment(row["last_scheduled_at"]),
-            moment(row["next_run_at"]),
-            moment(row["last_seen_at"]),
-        )
-    console().print(result)
     if not schedules:
-        click.echo(
-            "no schedule recorded yet: a worker records its cron tasks when it starts "
-            "(import them with --import)"
-        )
+        click.echo("no cron schedule yet: a worker records its cron tasks when it starts")
+        return
+    rows = [
+        [
+            cell(row["name"]),
+            cell(row["cron"] if row["timezone"] == "UTC" else f"{row['cron']} {row['timezone']}"),
+            cell(row["queue"]),
+            short_moment(row["last_scheduled_at"]),
+            short_moment(row["next_run_at"]),
+        ]
+        for row in schedules
+    ]
+    out = console()
+    out.print(f"{len(schedules)} cron schedule{'s' * (len(schedules) != 1)} (times in UTC)")
+    out.print(table(COLUMNS, rows, width=out.width, folding=("Task", "Cron", "Queue")))

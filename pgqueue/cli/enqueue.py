@@ -7,13 +7,12 @@ from typing import Any
 
 import click
 
-from pgqueue.cli.output import admin_session, json_option, print_json
+from pgqueue.cli.output import DURATION, Duration, admin_session, print_json
 from pgqueue.errors import ConfigurationError, closest
 from pgqueue.settings import get_settings
 from pgqueue.task_manager import TaskManager
 from pgqueue.tasks import registry
 from pgqueue.tasks.definition import RESERVED_OPTIONS
-from pgqueue.tasks.options import duration_seconds
 from pgqueue.tasks.registry import import_task_modules
 
 
@@ -21,14 +20,14 @@ def _kwargs(text: str) -> dict[str, Any]:
     try:
         value = json.loads(text)
     except json.JSONDecodeError as error:
-        raise click.ClickException(f"--kwargs is not valid JSON: {error}") from None
+        raise click.UsageError(f"--kwargs is not valid JSON: {error}") from None
     if not isinstance(value, dict):
-        raise click.ClickException(
+        raise click.UsageError(
             f'--kwargs must be a JSON object such as \'{{"to": "a@example.com"}}\', not {text}'
         )
     clashes = sorted(set(value) & (RESERVED_OPTIONS | {"task"}))
     if clashes:
-        raise click.ClickException(
+        raise click.UsageError(
             f"--kwargs cannot hold {', '.join(clashes)}: use the options of `pgqueue enqueue`"
         )
     return value
@@ -73,9 +72,18 @@ def check_task(name: str, imported: list[str]) -> None:
 @click.argument("name")
 @click.option("--queue", "-q", default=None, help="Queue [default: the task's, or settings'].")
 @click.option("--priority", "-p", default=None, type=int, help="Higher runs first.")
-@click.option("--delay", "-d", default=None, help="Run after this long: 30 (s), 90s, 5m, 2h.")
+@click.option(
+    "--delay", "-d", default=None, type=DURATION, help="Run after this long: 30 (s), 90s, 5m, 2h."
+)
 @click.option("--max-retries", default=None, type=click.IntRange(min=0), help="Retries.")
-@click.option("--kwargs", "kwargs_json", default="{}", help="Arguments as a JSON object.")
+@click.option(
+    "--kwargs",
+    "kwargs_json",
+    default="{}",
+    metavar="JSON",
+    help="The task's keyword arguments as one JSON object, quoted for the shell: "
+    """--kwargs '{"to":"a@example.com","count":2}' [default: {}].""",
+)
 @click.option(
     "--import",
     "imports",
@@ -89,21 +97,26 @@ def check_task(name: str, imported: list[str]) -> None:
     help="Queue NAME even though this process cannot import it (a task only workers have); "
     "its queue and options then come from the command line and settings.",
 )
-@json_option
+@click.option(
+    "--json", "as_json", is_flag=True, help='Print {"id": ..., "name": ...} instead of the id.'
+)
 def enqueue(
     name: str,
     queue: str | None,
     priority: int | None,
-    delay: str | None,
+    delay: Duration | None,
     max_retries: int | None,
     kwargs_json: str,
     imports: tuple[str, ...],
     unchecked: bool,
     as_json: bool,
 ) -> None:
-    """Queue one run of the task NAME; prints its id."""
+    """Queue one run of the task NAME; prints its id.
+
+    \b
+    pgqueue enqueue myapp.tasks.send_email --kwargs '{"to": "a@example.com"}'
+    """
     kwargs = _kwargs(kwargs_json)
-    seconds = None if delay is None else duration_seconds(delay, "--delay", text=True)
     settings = get_settings()
     modules = [module for item in imports for module in item.split(",") if module]
     import_task_modules(modules)
@@ -112,7 +125,7 @@ def enqueue(
     options: dict[str, Any] = {
         "queue": queue,
         "priority": priority,
-        "delay": seconds,
+        "delay": None if delay is None else float(delay),
         "max_retries": max_retries,
     }
     try:

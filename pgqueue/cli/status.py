@@ -9,27 +9,24 @@ from typing import Any
 import click
 from rich.console import Group
 from rich.live import Live
-from rich.table import Table
 from rich.text import Text
 
-from pgqueue.cli.output import admin_session, cell, console, duration, json_option, print_json
-from pgqueue.cli.output import table as make_table
+from pgqueue.cli.output import (
+    admin_session,
+    cell,
+    console,
+    count,
+    duration,
+    json_option,
+    print_json,
+    table,
+)
 from pgqueue.ops.admin import Admin
 
-COLUMNS = (
-    "Queue",
-    "State",
-    "Due",
-    "Scheduled",
-    "Running",
-    "Retrying",
-    "Failed",
-    "Completed",
-    "Cancelled",
-    "Oldest due",
-    "Done/min",
-    "Failed/min",
-)
+#: Each task counted once, in the column of its status.
+STATUS_COLUMNS = ("Queue", "Pending", "Running", "Retrying", "Failed", "Completed", "Cancelled")
+#: The pending and retrying tasks again, by when they run; then the last minute's output.
+WAITING_COLUMNS = ("Queue", "Due now", "Later", "Oldest due", "Done/min", "Failed/min")
 
 
 def snapshot(admin: Admin) -> dict[str, Any]:
@@ -41,29 +38,50 @@ def snapshot(admin: Admin) -> dict[str, Any]:
     }
 
 
-def render(state: dict[str, Any]) -> Group:
+def _queue(row: dict[str, Any]) -> str:
+    return cell(row["queue"]) + (" [yellow](paused)[/]" if row["paused"] else "")
+
+
+def render(state: dict[str, Any], width: int) -> Group:
     queues = state["queues"]
-    at = state["at"].astimezone().strftime("%H:%M:%S")
-    title = f"pgqueue at {at}: {len(queues)} queues, {state['live_workers']} live workers"
-    result: Table = make_table(title, COLUMNS, right=COLUMNS[2:])
-    for row in queues:
-        result.add_row(
-            cell(row["queue"]),
-            "[yellow]paused[/]" if row["paused"] else "active",
-            str(row["due"]),
-            str(row["scheduled"]),
-            str(row["running"]),
-            str(row["retrying"]),
-            f"[red]{row['failed']}[/]" if row["failed"] else "0",
-            str(row["completed"]),
-            str(row["cancelled"]),
-            duration(row["oldest_pending_seconds"]),
-            str(row["completed_last_minute"]),
-            str(row["failed_last_minute"]),
-        )
+    at = state["at"].astimezone(datetime.UTC).strftime("%H:%M:%SZ")
+    workers = state["live_workers"]
+    title = (
+        f"pgqueue at {at}: {len(queues)} queue{'s' * (len(queues) != 1)}, "
+        f"{workers} live worker{'s' * (workers != 1)}"
+    )
     if not queues:
-        return Group(result, Text("no tasks yet: nothing was ever queued here"))
-    return Group(result)
+        return Group(Text(title), Text("no tasks yet: nothing was ever queued here"))
+    by_status = [
+        [
+            _queue(row),
+            count(row["pending"]),
+            count(row["running"]),
+            count(row["retrying"]),
+            f"[red]{count(row['failed'])}[/]" if row["failed"] else "0",
+            count(row["completed"]),
+            count(row["cancelled"]),
+        ]
+        for row in queues
+    ]
+    by_time = [
+        [
+            _queue(row),
+            count(row["due"]),
+            count(row["scheduled"]),
+            duration(row["oldest_pending_seconds"]),
+            count(row["completed_last_minute"]),
+            count(row["failed_last_minute"]),
+        ]
+        for row in queues
+    ]
+    return Group(
+        Text(f"{title}; tasks by status:"),
+        table(STATUS_COLUMNS, by_status, width=width, right=STATUS_COLUMNS[1:], folding=("Queue",)),
+        Text(""),
+        Text("Pending and retrying tasks by when they run; finished in the last minute:"),
+        table(WAITING_COLUMNS, by_time, width=width, right=WAITING_COLUMNS[1:], folding=("Queue",)),
+    )
 
 
 def _as_json(state: dict[str, Any]) -> dict[str, Any]:
@@ -83,7 +101,10 @@ def _as_json(state: dict[str, Any]) -> dict[str, Any]:
 def status(watch: bool, interval: float, as_json: bool) -> None:
     """The queues at a glance: tasks per status, oldest due task, throughput per minute.
 
-    With --json, one JSON object (with --watch: one per line, per refresh).
+    The first table counts each task once, by status. The second splits the pending and
+    retrying ones by when they run: due now (waiting for a worker) or later (scheduled,
+    or a retry's back-off). Times in UTC. With --json, one JSON object (with --watch: one
+    per line, per refresh).
     """
     out = console()
     with admin_session() as admin:
@@ -91,7 +112,7 @@ def status(watch: bool, interval: float, as_json: bool) -> None:
             if as_json:
                 print_json(_as_json(snapshot(admin)))
             else:
-                out.print(render(snapshot(admin)))
+                out.print(render(snapshot(admin), out.width))
             return
         try:
             if as_json or not out.is_terminal:
@@ -101,12 +122,12 @@ def status(watch: bool, interval: float, as_json: bool) -> None:
                     if as_json:
                         print_json(_as_json(state))
                     else:
-                        out.print(render(state))
+                        out.print(render(state, out.width))
                         out.print()
                     time.sleep(interval)
-            with Live(render(snapshot(admin)), console=out, auto_refresh=False) as live:
+            with Live(render(snapshot(admin), out.width), console=out, auto_refresh=False) as live:
                 while True:
                     time.sleep(interval)
-                    live.update(render(snapshot(admin)), refresh=True)
+                    live.update(render(snapshot(admin), out.width), refresh=True)
         except KeyboardInterrupt:
             return

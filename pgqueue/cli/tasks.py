@@ -14,26 +14,30 @@ from rich.text import Text
 
 from pgqueue.brokers import get_broker
 from pgqueue.cli.output import (
+    DURATION,
     STATUS,
+    TASK_ID,
+    Duration,
     admin_session,
     cell,
     console,
+    count,
     duration,
     json_option,
     jsonable,
     moment,
     print_json,
+    short_ids,
+    short_moment,
     status_text,
     table,
 )
-from pgqueue.db.store import parse_task_id
 from pgqueue.errors import first_line
 from pgqueue.ops.admin import Admin
 from pgqueue.records import Task, TaskStatus
 from pgqueue.settings import get_settings
-from pgqueue.tasks.options import duration_seconds
 
-LIST_COLUMNS = ("ID", "Name", "Queue", "Status", "Priority", "Attempts", "Run at", "Error")
+LIST_COLUMNS = ("ID", "Name", "Queue", "Status", "Tries", "When", "Error")
 
 
 @click.group(name="tasks")
@@ -52,25 +56,80 @@ def tasks() -> None:
 def list_tasks(
     queue: str | None, status: TaskStatus | None, name: str | None, limit: int, as_json: bool
 ) -> None:
-    """The newest tasks, filtered by queue, status and name."""
+    """The newest tasks, filtered by queue, status and name.
+
+    ID is the end of each task's id: `tasks show`, `explain`, `retry` and `cancel` take it.
+    When: when it finished, started (RUNNING) or runs (waiting), in UTC.
+    """
     with admin_session() as admin:
         found = admin.list_tasks(queue=queue, status=status, name=name, limit=limit)
+        total, exact = len(found), True
+        if total == limit:  # there may be more
+            total, exact = admin.count_tasks(queue=queue, status=status, name=name)
     if as_json:
         print_json(found)
         return
-    result = table(f"{len(found)} tasks", LIST_COLUMNS, right=("Priority", "Attempts"))
-    for task in found:
-        result.add_row(
-            str(task.id),
-            cell(task.name),
-            cell(task.queue),
-            status_text(task.status),
-            str(task.priority),
-            f"{task.attempts}/{task.max_retries + 1}",
-            moment(task.run_at),
-            cell(first_line(task.error, 60)),
+    out = console()
+    out.print(_list_title(len(found), total, exact, queue, status, name))
+    if not found:
+        return
+    # A column the filter makes the same on every row is said once, in the title.
+    shown = [
+        column
+        for column, filtered in zip(
+            LIST_COLUMNS, (None, name, queue, status, None, None, None), strict=True
         )
-    console().print(result)
+        if filtered is None
+    ]
+    rows = []
+    for short_id, task in zip(short_ids([task.id for task in found]), found, strict=True):
+        cells = {
+            "ID": short_id,
+            "Name": cell(task.name),
+            "Queue": cell(task.queue),
+            "Status": status_text(task.status),
+            "Tries": f"{task.attempts}/{task.max_retries + 1}",
+            "When": short_moment(_when(task)),
+            "Error": cell(first_line(task.error, 200)),
+        }
+        rows.append([cells[column] for column in shown])
+    out.print(
+        table(
+            shown,
+            rows,
+            width=out.width,
+            right=("Tries",),
+            folding=("Name", "Queue"),
+            filling="Error",
+        )
+    )
+
+
+def _list_title(
+    listed: int,
+    total: int,
+    exact: bool,
+    queue: str | None,
+    status: TaskStatus | None,
+    name: str | None,
+) -> str:
+    """'50 of 10,001 FAILED tasks named app.send in queue 'emails', newest first'."""
+    kind = f"{status.value} tasks" if status is not None else "tasks"
+    named = f" named {cell(name)}" if name is not None else ""
+    where = f" in queue {cell(repr(queue))}" if queue is not None else ""
+    of = count(total) if exact else f"about {count(total)}"
+    if not listed:
+        return f"no {kind}{named}{where}"
+    return f"{count(listed)} of {of} {kind}{named}{where}, newest first"
+
+
+def _when(task: Task) -> Any:
+    """What a listed task's time is: its end, its start while RUNNING, else its run_at."""
+    if task.status.is_finished:
+        return task.finished_at
+    if task.status is TaskStatus.RUNNING:
+        return task.started_at
+    return task.run_at
 
 
 def timings(task: Task) -> dict[str, float | None]:
@@ -84,12 +143,14 @@ def timings(task: Task) -> dict[str, float | None]:
 
 
 @tasks.command()
-@click.argument("task_id")
+@click.argument("task_id", type=TASK_ID)
 @json_option
 def show(task_id: str, as_json: bool) -> None:
-    """One task: arguments, attempts, result, error with its traceback, timings."""
+    """One task: arguments, attempts, result, error with its traceback, timings.
+
+    TASK_ID: the whole id, or its end as `tasks list` shows it."""
     with admin_session() as admin:
-        task = admin.get_task(task_id)
+        task = admin.get_task(admin.find_task_id(task_id))
     if as_json:
         print_json({**jsonable(task), **timings(task)})
         return
@@ -122,12 +183,14 @@ def show(task_id: str, as_json: bool) -> None:
 
 
 @tasks.command()
-@click.argument("task_id")
+@click.argument("task_id", type=TASK_ID)
 @json_option
 def explain(task_id: str, as_json: bool) -> None:
-    """Why a task is not running: scheduled later, paused queue, no worker, backlog, ..."""
+    """Why a task is not running: scheduled later, paused queue, no worker, backlog, ...
+
+    TASK_ID: the whole id, or its end as `tasks list` shows it."""
     with admin_session() as admin:
-        found = admin.explain(task_id)
+        found = admin.explain(admin.find_task_id(task_id))
     task = found["task"]
     if as_json:
         print_json({"id": task.id, "status": task.status, "reasons": found["reasons"]})
@@ -141,9 +204,9 @@ def _json_text(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False, default=str)
 
 
-def _task_ids(values: tuple[str, ...]) -> list[uuid.UUID]:
-    # All ids are checked before any is touched: a typo changes nothing.
-    return [parse_task_id(value) for value in values]
+def _task_ids(admin: Admin, values: tuple[str, ...]) -> list[uuid.UUID]:
+    # All ids are found before any task is touched: a typo changes nothing.
+    return [admin.find_task_id(value) for value in values]
 
 
 def _report(done: list[uuid.UUID], refused: list[dict[str, Any]], verb: str, as_json: bool) -> None:
@@ -169,25 +232,26 @@ def _refusal(admin: Admin, task_id: uuid.UUID, allowed: str) -> dict[str, Any]:
 
 
 @tasks.command()
-@click.argument("task_ids", nargs=-1)
+@click.argument("task_ids", nargs=-1, type=TASK_ID)
 @click.option("--failed", is_flag=True, help="Retry every FAILED task (of --queue, or all).")
 @click.option("--queue", "-q", default=None, help="With --failed: only this queue.")
 @json_option
 def retry(task_ids: tuple[str, ...], failed: bool, queue: str | None, as_json: bool) -> None:
-    """Run FAILED or CANCELLED tasks once more: `retry ID...` or `retry --failed`."""
+    """Run FAILED or CANCELLED tasks once more: `retry ID...` or `retry --failed`.
+
+    ID: the whole id, or its end as `tasks list` shows it."""
     if bool(task_ids) == failed:
         raise click.UsageError("give task ids or --failed (not both)")
     if queue is not None and not failed:
         raise click.UsageError("--queue goes with --failed")
     settings = get_settings()
-    ids = _task_ids(task_ids)
     done: list[uuid.UUID] = []
     refused: list[dict[str, Any]] = []
     with admin_session(settings) as admin:
         if failed:
             done = admin.retry_failed(queue)
         else:
-            for task_id in ids:
+            for task_id in _task_ids(admin, task_ids):
                 if admin.retry(task_id):
                     done.append(task_id)
                 else:
@@ -201,15 +265,16 @@ def retry(task_ids: tuple[str, ...], failed: bool, queue: str | None, as_json: b
 
 
 @tasks.command()
-@click.argument("task_ids", nargs=-1, required=True)
+@click.argument("task_ids", nargs=-1, required=True, type=TASK_ID)
 @json_option
 def cancel(task_ids: tuple[str, ...], as_json: bool) -> None:
-    """Cancel tasks that have not finished (a RUNNING one's worker stops it at once)."""
-    ids = _task_ids(task_ids)
+    """Cancel tasks that have not finished (a RUNNING one's worker stops it at once).
+
+    TASK_IDS: whole ids, or their ends as `tasks list` shows them."""
     done: list[uuid.UUID] = []
     refused: list[dict[str, Any]] = []
     with admin_session() as admin:
-        for task_id in ids:
+        for task_id in _task_ids(admin, task_ids):
             if admin.cancel(task_id):
                 done.append(task_id)
             else:
@@ -222,24 +287,26 @@ def cancel(task_ids: tuple[str, ...], as_json: bool) -> None:
 @click.option("--status", "-s", "status", required=True, type=STATUS, help="Tasks of this status.")
 @click.option(
     "--older-than",
+    "seconds",
     required=True,
+    type=DURATION,
     help="Age: finished (or, unfinished, created) longer ago than this: 30m, 12h, 7d, 2w.",
 )
 @click.option("--yes", "-y", is_flag=True, help="Do not ask before deleting.")
 @json_option
-def purge(status: TaskStatus, older_than: str, yes: bool, as_json: bool) -> None:
+def purge(status: TaskStatus, seconds: Duration, yes: bool, as_json: bool) -> None:
     """Delete the tasks of a status older than an age, in batches; asks first unless --yes."""
-    seconds = duration_seconds(older_than, "--older-than", text=True)
+    older_than = seconds.text
     with admin_session() as admin:
-        count = admin.count_purgeable(status, seconds)
-        if count and not yes:
+        purgeable = admin.count_purgeable(status, seconds)
+        if purgeable and not yes:
             click.confirm(
-                f"Delete {count} {status.value} tasks older than {older_than}?",
+                f"Delete {purgeable} {status.value} tasks older than {older_than}?",
                 abort=True,
                 err=True,
             )
-        deleted = admin.purge(status, seconds) if count else 0
+        deleted = admin.purge(status, seconds) if purgeable else 0
     if as_json:
-        print_json({"deleted": deleted, "status": status, "older_than_seconds": seconds})
+        print_json({"deleted": deleted, "status": status, "older_than_seconds": float(seconds)})
     else:
         click.echo(f"deleted {deleted} {status.value} tasks older than {older_than}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 from typing import TYPE_CHECKING
@@ -13,6 +14,7 @@ from pgqueue.db.database import check_reachable, resolve_dsn
 from pgqueue.settings import get_settings
 from pgqueue.tasks.registry import import_task_modules
 from pgqueue.worker import WorkerManager
+from pgqueue.worker.manager import MAX_CLAIM_AHEAD
 
 if TYPE_CHECKING:
     from pgqueue.ops.metrics import WorkerMetrics
@@ -91,7 +93,9 @@ def serve_metrics(manager: WorkerManager, port: int, host: str) -> WorkerMetrics
     "--prefetch",
     default=None,
     type=click.IntRange(min=0),
-    help="Most tasks claimed ahead of free slots while runs are short (0: off) [default: 200].",
+    help="Most tasks claimed ahead of the free slots while runs are short (0: off) "
+    f"[default: up to {MAX_CLAIM_AHEAD}, as many as the runs' pace needs, with the database "
+    "broker; 0 with RabbitMQ, whose prefetch is --concurrent].",
 )
 @click.option(
     "--log-level",
@@ -107,9 +111,17 @@ def serve_metrics(manager: WorkerManager, port: int, host: str) -> WorkerMetrics
 )
 @click.option(
     "--metrics-host",
-    default="0.0.0.0",
+    default="127.0.0.1",
     show_default=True,
-    help="Address the metrics server listens on.",
+    envvar="PGQUEUE_METRICS_HOST",
+    show_envvar=True,
+    help="Address the metrics server listens on (0.0.0.0: every interface).",
+)
+@click.option(
+    "--log-tracebacks/--no-log-tracebacks",
+    default=None,
+    help="Log a task that fails for good (no retry left) at ERROR with its traceback "
+    "[default: on; PGQUEUE_LOG_FAILURE_TRACEBACKS].",
 )
 def worker(
     action: str,
@@ -124,11 +136,14 @@ def worker(
     metrics_host: str,
     prefetch: int | None,
     log_level: str | None,
+    log_tracebacks: bool | None,
 ) -> None:
     """Start a worker: `pgqueue worker start` (or just `pgqueue worker`)."""
     if log_level is not None:
         logging.getLogger().setLevel(log_level.upper())
     settings = get_settings()
+    if log_tracebacks is not None:
+        settings = dataclasses.replace(settings, log_failure_tracebacks=log_tracebacks)
     import_task_modules([*settings.imports, *(m for item in imports for m in _split(item))])
     if settings.broker == "database":
         # A worker rides out outages once running; at start, a wrong DSN is a user mistake.

@@ -10,12 +10,12 @@ from pgqueue.cli.output import (
     console,
     duration,
     json_option,
-    moment,
     print_json,
     table,
 )
 
-COLUMNS = ("ID", "Host", "PID", "Queues", "Running", "Version", "Started", "Up", "Heartbeat")
+#: A worker's id holds its host and pid (host:pid:random); --json has them apart.
+COLUMNS = ("ID", "Queues", "Running", "Version", "Up", "Heartbeat")
 
 
 @click.command()
@@ -27,17 +27,20 @@ def workers(as_json: bool) -> None:
     if as_json:
         print_json(rows)
         return
-    result = table(f"{len(rows)} live workers", COLUMNS, right=("PID", "Running", "Up"))
-    for row in rows:
-        result.add_row(
+    cells = [
+        [
             cell(row["id"]),
-            cell(row["host"]),
-            str(row["pid"]),
             cell(",".join(row["queues"])),
             f"{row['tasks_running']}/{row['concurrency']}",
             cell(row["version"]),
-            moment(row["started_at"]),
             duration(row["uptime_seconds"]),
             f"{duration(row['heartbeat_age_seconds'])} ago",
+        ]
+        for row in rows
+    ]
+    out = console()
+    out.print(f"{len(rows)} live worker{'s' * (len(rows) != 1)}")
+    if rows:
+        out.print(
+            table(COLUMNS, cells, width=out.width, right=("Running", "Up"), folding=("Queues",))
         )
-    console().print(result)

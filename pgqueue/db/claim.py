@@ -43,7 +43,7 @@ async def claim_tasks(
 def claimed_task(row: tuple[Any, ...]) -> Task:
     """A Task from a row of the claim (positional: no dict per row)."""
     (id_, name, queue, priority, kwargs_text, attempts, max_retries, run_at, created_at) = row[:9]
-    started_at, error, worker_id, lease_expires_at, lease_token, unique_key = row[9:]
+    started_at, error, worker_id, lease_expires_at, lease_token, unique_key, trace = row[9:]
     # Most tasks take no arguments: "{}" needs no JSON parser.
     kwargs = {} if kwargs_text == "{}" else json.loads(kwargs_text)
     return Task(
@@ -65,4 +65,5 @@ def claimed_task(row: tuple[Any, ...]) -> Task:
         lease_expires_at,
         lease_token,
         unique_key,
+        trace,
     )

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import sys
 import threading
+import weakref
 from collections.abc import AsyncIterator, Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -50,15 +51,45 @@ def unavailable(dsn: str, error: BaseException) -> DatabaseUnavailable:
 #: whatever the server's TimeZone. That is also the cheap case for psycopg: a zone it must
 #: look up ("Etc/UTC", Debian's default) costs about 1 us more per value read or written, 4
 #: values per claimed task; 10 of a worker's 44 us per task (docs/performance.md, 15).
+#: A pooler in transaction mode keeps it too: PgBouncer tracks TimeZone per client and sets
+#: it on whichever server connection runs the client's next transaction.
 UTC_SESSION = "SET TimeZone = 'UTC'"
+#: Asks the server which backend runs this session (see `behind_pooler`).
+BACKEND_PID = "SELECT pg_backend_pid()"
 
 
-def _utc_session(conn: psycopg.Connection[Any]) -> None:
+def behind_pooler(conn: psycopg.Connection[Any]) -> bool:
+    """Whether a pooler (PgBouncer, pgcat, Supavisor, ...) sits between `conn` and the server.
+
+    A pooler hands each client a cancel key of its own, so the backend pid that libpq got
+    at start-up is not the one the server reports. Behind one, the server session can change
+    between transactions: no server-side prepared statements, no session state.
+
+    >>> with psycopg.connect("postgresql://postgres@127.0.0.1:5432/postgres") as conn:
+    ...     behind_pooler(conn)
+    False
+    """
+    row = conn.execute(BACKEND_PID).fetchone()
+    return row is None or row[0] != conn.info.backend_pid
+
+
+async def abehind_pooler(conn: psycopg.AsyncConnection[Any]) -> bool:
+    """The async twin of `behind_pooler`."""
+    row = await (await conn.execute(BACKEND_PID)).fetchone()
+    return row is None or row[0] != conn.info.backend_pid
+
+
+def _configure(conn: psycopg.Connection[Any]) -> None:
     conn.execute(UTC_SESSION)
+    if behind_pooler(conn):
+        conn.prepare_threshold = None  # its statements would vanish with the server session
 
 
-async def _utc_session_async(conn: psycopg.AsyncConnection[Any]) -> None:
+async def configure_async(conn: psycopg.AsyncConnection[Any]) -> None:
+    """Configure a new pooled connection: UTC, and no prepared statements behind a pooler."""
     await conn.execute(UTC_SESSION)
+    if await abehind_pooler(conn):
+        conn.prepare_threshold = None
 
 
 class Database:
@@ -66,16 +97,28 @@ class Database:
 
     Pooled connections are in autocommit mode: each pgqueue statement is its own
     transaction unless a caller opens one, which saves the BEGIN/COMMIT round trips.
+    `listen_dsn` (PGQUEUE_LISTEN_DSN) is where LISTEN connections go, if not to `dsn`: a
+    direct connection to the server when `dsn` goes through a pooler in transaction mode.
     """
 
-    def __init__(self, dsn: str, schema: str = "pgqueue", max_connections: int = 10) -> None:
+    def __init__(
+        self,
+        dsn: str,
+        schema: str = "pgqueue",
+        max_connections: int = 10,
+        listen_dsn: str | None = None,
+    ) -> None:
         parse_dsn(dsn)  # before a pool sees it: its warnings would quote a DSN it cannot parse
+        if listen_dsn is not None:
+            parse_dsn(listen_dsn)
         mask_psycopg_logs()
         self.dsn = dsn
+        self.listen_dsn = listen_dsn or dsn
         self.schema = check_schema(schema)
         self.queries = queries(schema)
         self.max_connections = max_connections
         self._pool: ConnectionPool | None = None
+        self._pool_finalizer: weakref.finalize[Any, Any] | None = None
         self._async_pools: dict[asyncio.AbstractEventLoop, AsyncConnectionPool] = {}
         self._async_locks: dict[asyncio.AbstractEventLoop, asyncio.Lock] = {}
         self._pool_closers: dict[asyncio.AbstractEventLoop, asyncio.Task[None]] = {}
@@ -92,11 +135,12 @@ class Database:
                     min_size=1,
                     max_size=self.max_connections,
                     kwargs=self.connect_kwargs(),
-                    configure=_utc_session,
+                    configure=_configure,
                     timeout=POOL_TIMEOUT_SECONDS,
                     open=True,
                     name="pgqueue",
                 )
+                self._pool_finalizer = weakref.finalize(self, _close_abandoned, self._pool)
             return self._pool
 
     async def async_pool(self) -> AsyncConnectionPool:
@@ -119,12 +163,15 @@ class Database:
             min_size=1,
             max_size=self.max_connections,
             kwargs=self.connect_kwargs(),
-            configure=_utc_session_async,
+            configure=configure_async,
             timeout=POOL_TIMEOUT_SECONDS,
             open=False,
             name="pgqueue-async",
         )
-        await pool.open()
+        # Its first connection made before anyone asks for one: a request that found the
+        # pool still connecting would start a second connection, which asyncio.run() may
+        # cancel at its end ("error connecting in 'pgqueue-async'" on stderr).
+        await pool.open(wait=True, timeout=POOL_TIMEOUT_SECONDS)
         self._async_pools[loop] = pool
         self._pool_closers[loop] = loop.create_task(
             _close_when_cancelled(pool), name="pgqueue-async-pool-closer"
@@ -193,6 +240,9 @@ class Database:
 
     def close(self) -> None:
         with self._lock:
+            if self._pool_finalizer is not None:
+                self._pool_finalizer.detach()
+                self._pool_finalizer = None
             if self._pool is not None:
                 self._pool.close()
                 self._pool = None
@@ -205,6 +255,21 @@ class Database:
             closer.cancel()
         if pool is not None:
             await pool.close()
+
+
+def _close_abandoned(pool: ConnectionPool) -> None:
+    """Close the pool of a Database that was dropped, or is still open at exit, unclosed.
+
+    Left to psycopg_pool, the pool (a reference cycle with its connections) is closed by
+    its __del__ in whichever thread the garbage collector runs, often one of the pool's
+    own, which cannot join itself ("Exception ignored in: ConnectionPool.__del__ ...
+    cannot join current thread"). This runs when the Database goes (or at exit, in the
+    main thread) and closes the pool from a thread that is not one of the pool's.
+    """
+    if threading.current_thread() is threading.main_thread():
+        pool.close()
+    else:
+        threading.Thread(target=pool.close, name="pgqueue-pool-closer", daemon=True).start()
 
 
 async def _close_when_cancelled(pool: AsyncConnectionPool) -> None:
@@ -254,4 +319,6 @@ def check_reachable(dsn: str) -> None:
 
 
 def database_from_settings(settings: Settings) -> Database:
-    return Database(resolve_dsn(settings), schema=settings.schema_name)
+    return Database(
+        resolve_dsn(settings), schema=settings.schema_name, listen_dsn=settings.listen_dsn
+    )

@@ -25,6 +25,7 @@ from typing import Any
 import psycopg
 
 from pgqueue.errors import first_line
+from pgqueue.logs import log_with_traceback, task_fields
 from pgqueue.records import Outcome, OutcomeKind, TaskStatus
 
 log = logging.getLogger("pgqueue.outcomes")
@@ -165,8 +166,10 @@ async def _fail_or_reschedule(
         written.decisions[task.id] = Decision(TaskStatus.RETRYING, row[0])
 
 
-def report(batch: Sequence[Outcome], written: Written) -> None:
-    """Log what the database decided: refused writes, retries, failures, give-backs."""
+def report(batch: Sequence[Outcome], written: Written, *, tracebacks: bool = True) -> None:
+    """Log what the database decided: refused writes, retries, failures, give-backs. A
+    task FAILED for good is an ERROR line, with the traceback of its last run (stored in
+    its error) under it unless `tracebacks` is off (PGQUEUE_LOG_FAILURE_TRACEBACKS)."""
     if not written.lease_lost and not written.decisions:
         return  # completions, all accepted: nothing to say
     for outcome in written.lease_lost:
@@ -190,14 +193,24 @@ def report(batch: Sequence[Outcome], written: Written) -> None:
                 "task %s %s will retry at %s", outcome.task.id, outcome.task.name, decision.run_at
             )
         elif outcome.kind is OutcomeKind.FAILED:
-            log.error(
+            log_with_traceback(
+                log,
+                logging.ERROR,
+                _traceback(outcome.error) if tracebacks else None,
                 "task %s %s is FAILED: %s",
                 outcome.task.id,
                 outcome.task.name,
                 first_line(outcome.error, 300),
+                fields=task_fields(outcome.task),
             )
     if unknown:
         _log_unknown(unknown, written.decisions)
+
+
+def _traceback(error: str | None) -> str | None:
+    """The traceback part of a stored error ("Type: message", a blank line, the traceback)."""
+    _, blank, trace = (error or "").partition("\n\n")
+    return trace.rstrip("\n") if blank and trace.strip() else None
 
 
 def _log_unknown(outcomes: list[Outcome], decisions: Mapping[uuid.UUID, Decision]) -> None:

@@ -11,8 +11,14 @@ from typing import Any
 import psycopg
 
 from pgqueue.db.database import Database
+from pgqueue.db.drivers import (
+    AsyncDriverConnection,
+    AsyncpgConnection,
+    async_driver_connection,
+    sync_driver_connection,
+)
 from pgqueue.db.migrated import atranslated, translated
-from pgqueue.errors import DatabaseUnavailable, InvalidTaskArguments, TaskNotFound
+from pgqueue.errors import DatabaseUnavailable, TaskNotFound
 from pgqueue.records import NewTask, Task
 
 
@@ -38,6 +44,7 @@ def insert_params(task: NewTask) -> dict[str, Any]:
         "max_retries": task.max_retries,
         "schedule_at": task.schedule_at,
         "delay": task.delay,
+        "trace_context": task.trace_context,
     }
 
 
@@ -53,6 +60,8 @@ def unique_insert_params(tasks: Sequence[NewTask]) -> dict[str, Any]:
         "schedule_ats": [task.schedule_at for task in tasks],
         "delays": [task.delay for task in tasks],
         "unique_keys": [task.unique_key for task in tasks],
+        # The rows of one call share the trace context of that call.
+        "trace_context": tasks[0].trace_context if tasks else None,
     }
 
 
@@ -118,10 +127,19 @@ def _copy_field(text: str) -> str:
     return text
 
 
+def copy_query(tasks: Sequence[NewTask], run_at: bool) -> str:
+    """The name of the COPY block for these rows: with run_at, with a trace context."""
+    traced = "_traced" if tasks and tasks[0].trace_context is not None else ""
+    return ("copy_tasks_with_run_at" if run_at else "copy_tasks") + traced
+
+
 def copy_text_chunks(tasks: Sequence[NewTask], run_at: bool, now: Any = None) -> Iterator[str]:
-    """The rows of `copy_tasks` (run_at: `copy_tasks_with_run_at`) as COPY text, built
-    here rather than by psycopg's per-value dumpers: at a few microseconds a row, bulk
-    queueing is bound by this loop. Ids are written as 32 hex digits (a valid uuid input)."""
+    """The rows of `copy_query(tasks, run_at)` as COPY text, built here rather than by
+    psycopg's per-value dumpers: at a few microseconds a row, bulk queueing is bound by this
+    loop. Ids are written as 32 hex digits (a valid uuid input). The rows of one call share
+    its trace context (one field, the same on every line)."""
+    trace = tasks[0].trace_context if tasks else None
+    traced = "" if trace is None else "\t" + _copy_field(trace)
     names: dict[str, str] = {}
     for start in range(0, len(tasks), COPY_CHUNK_ROWS):
         lines = []
@@ -137,42 +155,9 @@ def copy_text_chunks(tasks: Sequence[NewTask], run_at: bool, now: Any = None) ->
             if run_at:
                 when = task.schedule_at or now + datetime.timedelta(seconds=task.delay)
                 line = f"{line}\t{when.isoformat()}"
-            lines.append(line)
+            lines.append(line + traced if traced else line)
         lines.append("")
         yield "\n".join(lines)
-
-
-def sync_driver_connection(connection: Any) -> psycopg.Connection[Any]:
-    """The psycopg connection behind a psycopg or SQLAlchemy (Session/Connection) object."""
-    if isinstance(connection, psycopg.Connection):
-        return connection
-    sa_connection = (
-        connection.connection() if callable(getattr(connection, "connection", None)) else connection
-    )
-    raw = getattr(getattr(sa_connection, "connection", None), "driver_connection", None)
-    if isinstance(raw, psycopg.Connection):
-        return raw
-    raise InvalidTaskArguments(
-        f"connection must be a psycopg 3 Connection or a SQLAlchemy Session/Connection using the "
-        f"postgresql+psycopg driver, not {type(connection).__name__}"
-    )
-
-
-async def async_driver_connection(connection: Any) -> psycopg.AsyncConnection[Any]:
-    """The psycopg async connection behind a psycopg AsyncConnection or SQLAlchemy AsyncSession."""
-    if isinstance(connection, psycopg.AsyncConnection):
-        return connection
-    if hasattr(connection, "get_raw_connection") or hasattr(connection, "connection"):
-        sa_connection = connection
-        if not hasattr(connection, "get_raw_connection"):  # AsyncSession
-            sa_connection = await connection.connection()
-        raw = (await sa_connection.get_raw_connection()).driver_connection
-        if isinstance(raw, psycopg.AsyncConnection):
-            return raw
-    raise InvalidTaskArguments(
-        f"with adelay/aqueue_task, connection must be a psycopg 3 AsyncConnection or a SQLAlchemy "
-        f"AsyncSession/AsyncConnection using postgresql+psycopg, not {type(connection).__name__}"
-    )
 
 
 def _needs_run_at(tasks: Sequence[NewTask]) -> bool:
@@ -226,7 +211,7 @@ class TaskStore:
         run_at = _needs_run_at(tasks)
         if run_at:
             now = conn.execute("SELECT now()").fetchone()[0]  # type: ignore[index]
-        query = self.queries["copy_tasks_with_run_at" if run_at else "copy_tasks"]
+        query = self.queries[copy_query(tasks, run_at)]
         with conn.cursor() as cursor, cursor.copy(query) as copy:
             for chunk in copy_text_chunks(tasks, run_at, now):
                 copy.write(chunk)
@@ -249,15 +234,20 @@ class TaskStore:
                 if attempt == 2:
                     raise
 
-    async def _awrite(self, conn: psycopg.AsyncConnection[Any], tasks: Sequence[NewTask]) -> None:
+    async def _awrite(self, conn: AsyncDriverConnection, tasks: Sequence[NewTask]) -> None:
         if len(tasks) == 1:
             await conn.execute(self.queries["insert_task"], insert_params(tasks[0]))
+            return
+        if isinstance(conn, AsyncpgConnection):
+            # No COPY through asyncpg's API for a statement of ours: the one-statement array
+            # insert (rows without a unique key never conflict), in the caller's transaction.
+            await conn.execute(self.queries["insert_unique_tasks"], unique_insert_params(tasks))
             return
         now = None
         run_at = _needs_run_at(tasks)
         if run_at:
             now = (await (await conn.execute("SELECT now()")).fetchone())[0]  # type: ignore[index]
-        query = self.queries["copy_tasks_with_run_at" if run_at else "copy_tasks"]
+        query = self.queries[copy_query(tasks, run_at)]
         async with conn.cursor() as cursor, cursor.copy(query) as copy:
             for chunk in copy_text_chunks(tasks, run_at, now):
                 await copy.write(chunk)
@@ -311,7 +301,7 @@ class TaskStore:
         raise AssertionError("unreachable")
 
     async def _awrite_unique(
-        self, conn: psycopg.AsyncConnection[Any], tasks: Sequence[NewTask]
+        self, conn: AsyncDriverConnection, tasks: Sequence[NewTask]
     ) -> list[uuid.UUID]:
         state = _UniqueInsert(tasks)
         for _ in range(UNIQUE_INSERT_ROUNDS):

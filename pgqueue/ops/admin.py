@@ -11,6 +11,7 @@ through the named queries of `sql/queries.sql`; it keeps no SQL of its own.
 from __future__ import annotations
 
 import contextlib
+import re
 import uuid
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -29,6 +30,11 @@ from pgqueue.tasks.options import check_queue
 from pgqueue.tasks.schedule import CronSchedule
 
 PURGE_BATCH_SIZE = 1000
+#: count_tasks counts exactly up to this many tasks, and estimates beyond.
+COUNT_EXACT_UP_TO = 100_000
+#: The fewest hex digits a short id may have (`pgqueue tasks list` shows 8).
+SHORT_ID_MIN_DIGITS = 6
+_HEX = re.compile(r"^[0-9a-f]+$")
 
 
 def parse_status(text: str | TaskStatus) -> TaskStatus:
@@ -134,6 +140,57 @@ class Admin:
         }
         return [Task.from_row(row) for row in self._rows("list_tasks", params)]
 
+    def count_tasks(
+        self,
+        *,
+        queue: str | None = None,
+        status: str | TaskStatus | None = None,
+        name: str | None = None,
+        exact_up_to: int = COUNT_EXACT_UP_TO,
+    ) -> tuple[int, bool]:
+        """How many tasks match the filters of list_tasks, and whether that is exact: past
+        `exact_up_to` matches it is the planner's estimate (never below `exact_up_to`).
+
+        >>> admin.count_tasks(status="failed")
+        (12, True)
+        """
+        params = {
+            "queue": _optional_queue(queue),
+            "status": None if status is None else parse_status(status).value,
+            "name": name,
+            "bound": _check_limit(exact_up_to),
+        }
+        counted = int(self._value("count_tasks", params))
+        if counted < exact_up_to:
+            return counted, True
+        del params["bound"]
+        plan = self._value("estimate_tasks", params)
+        estimate = int(plan[0]["Plan"]["Plan Rows"])
+        return max(estimate, exact_up_to), False
+
+    def find_task_id(self, text: str | uuid.UUID) -> uuid.UUID:
+        """The id of a task given by its full id or a short one: its last hex digits (at
+        least SHORT_ID_MIN_DIGITS), as `pgqueue tasks list` shows them. TaskNotFound when
+        no task, or more than one, ends with them.
+
+        >>> admin.find_task_id("4f1c9a2e")
+        UUID('01936f5e-8a1b-7c3d-9e4f-a1b24f1c9a2e')
+        """
+        given = parse_short_id(text)
+        if isinstance(given, uuid.UUID):
+            return given
+        rows = self._rows("task_ids_ending_with", {"suffix": given, "limit": 3})
+        found = [str(row["id"]) for row in rows]
+        if not found:
+            raise TaskNotFound(f"no task id ends with {given} (never queued, or cleaned up)")
+        if len(found) > 1:
+            listed = ", ".join(found[:2]) + (", ..." if len(found) > 2 else "")
+            raise TaskNotFound(
+                f"more than one task id ends with {given} ({listed}); "
+                "give more digits or the whole id"
+            )
+        return uuid.UUID(found[0])
+
     def get_task(self, task_id: Any) -> Task:
         """The task of that id; TaskNotFound names the id when there is none."""
         parsed = parse_task_id(task_id)
@@ -221,6 +278,27 @@ class Admin:
     def resume_queue(self, queue: str) -> bool:
         """Workers claim from `queue` again, woken at once; False if it was not paused."""
         return bool(self._value("resume_queue", {"queue": check_queue(queue)}))
+
+
+def parse_short_id(text: str | uuid.UUID) -> uuid.UUID | str:
+    """A whole task id as a UUID, or a short one as its lowercase hex digits; TaskNotFound
+    names the text when it is neither (Admin.find_task_id looks a short one up)."""
+    if isinstance(text, uuid.UUID):
+        return text
+    digits = str(text).strip().lower().replace("-", "")
+    if len(digits) == 32:
+        return parse_task_id(digits)
+    if not _HEX.match(digits) or len(digits) > 32:
+        raise TaskNotFound(
+            f"{text!r} is not a task id: give a whole id (a UUID) or its last "
+            f"{SHORT_ID_MIN_DIGITS} or more hex digits, as `pgqueue tasks list` shows them"
+        )
+    if len(digits) < SHORT_ID_MIN_DIGITS:
+        raise TaskNotFound(
+            f"{text!r} is too short for a task id: give its last {SHORT_ID_MIN_DIGITS} or "
+            "more hex digits (as `pgqueue tasks list` shows them), or the whole id"
+        )
+    return digits
 
 
 def _check_limit(limit: int) -> int:

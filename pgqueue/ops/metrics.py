@@ -202,8 +202,10 @@ class WorkerMetrics:
 
     # -- serving -------------------------------------------------------------------------
 
-    def serve(self, port: int, host: str = "0.0.0.0") -> int:
-        """Serve /metrics over HTTP in a daemon thread; returns the port (0: a free one)."""
+    def serve(self, port: int, host: str = "127.0.0.1") -> int:
+        """Serve /metrics over HTTP in a daemon thread; returns the port (0: a free one).
+
+        On this machine only unless `host` says otherwise ("0.0.0.0": every interface)."""
         self._server, self._thread = start_wsgi_server(port, host, registry=self.registry)
         bound = int(self._server.server_port)
         log.info("serving Prometheus metrics on http://%s:%d/metrics", host, bound)

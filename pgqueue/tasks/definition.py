@@ -6,8 +6,9 @@ import datetime
 import functools
 import inspect
 import sys
+import uuid
 from collections.abc import Callable, Mapping
-from typing import Any, Generic, Protocol, TypeVar, overload
+from typing import Any, Generic, TypeVar, overload
 
 from pgqueue.errors import InvalidTaskArguments, InvalidTaskOption, TaskDefinitionError
 from pgqueue.tasks import call, registry
@@ -21,47 +22,41 @@ from pgqueue.tasks.options import (
     check_queue,
     check_timeout,
 )
+from pgqueue.tasks.queueing import (
+    ConfiguredTask,
+    P,
+    checked_options,
+    producer,
+    warn_if_in_event_loop,
+)
 from pgqueue.tasks.schedule import CronSchedule
 from pgqueue.tasks.typed_arguments import TypedArguments
 
 R = TypeVar("R")
 
 #: Keyword names that .delay() takes for itself, so no task may have them as parameters.
+#: A new option also gets its own overload of .delay() and .adelay() (the typed call
+#: styles) and a keyword of .options() / queueing.checked_options.
 RESERVED_OPTIONS = frozenset(
     {"delay", "schedule_at", "priority", "queue", "max_retries", "connection", "unique_key"}
 )
 
 
-class Producer(Protocol):
-    """What `.delay()` / `.adelay()` queue through: the default TaskManager."""
+class TaskFunction(Generic[R, P]):
+    """A function declared with @AsyncTask. Calling it runs it inline; .delay() queues it.
 
-    def queue_task(self, task: Any, *args: Any, **options: Any) -> Any: ...
+    Typed by the function: `R` is what it returns, `P` its parameters, which a type
+    checker holds calls, `.delay()` and `.adelay()` to (`TaskFunction[R]`: any parameters).
 
-    async def aqueue_task(self, task: Any, *args: Any, **options: Any) -> Any: ...
-
-
-#: Set by pgqueue.task_manager when it is imported (always, by `import pgqueue`): tasks
-#: sit below the producer in the layers, so the producer registers itself here.
-_default_producer: Callable[[], Producer] | None = None
-
-
-def use_default_producer(get: Callable[[], Producer]) -> None:
-    """Make `.delay()` queue through `get()` (pgqueue.task_manager calls it)."""
-    global _default_producer
-    _default_producer = get
-
-
-def _producer() -> Producer:
-    assert _default_producer is not None, "import pgqueue first"
-    return _default_producer()
-
-
-class TaskFunction(Generic[R]):
-    """A function declared with @AsyncTask. Calling it runs it inline; .delay() queues it."""
+    >>> @AsyncTask
+    ... def add(x: int, y: int) -> int: ...
+    >>> reveal_type(add)                  # TaskFunction[int, [x: int, y: int]]
+    >>> reveal_type(add.delay(x=1, y=2))  # uuid.UUID; add.delay(x="1") is a type error
+    """
 
     def __init__(
         self,
-        fn: Callable[..., R],
+        fn: Callable[P, R],
         *,
         queue: str | None,
         priority: int | None,
@@ -97,7 +92,7 @@ class TaskFunction(Generic[R]):
         functools.update_wrapper(self, fn)
         registry.register(self)
 
-    def __call__(self, *args: Any, **kwargs: Any) -> R:
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
         return self.fn(*args, **kwargs)
 
     def __repr__(self) -> str:
@@ -138,40 +133,77 @@ class TaskFunction(Generic[R]):
             return str(error)
         return None
 
+    # The first signature of .delay() / .adelay() is the task's own: a type checker checks
+    # every argument. A call that also gives an option matches one of the others, each
+    # requiring one option (a ParamSpec takes no extra keywords): the option's type is
+    # checked, the task's arguments are not; `.options(...).delay(...)` checks both.
+
+    @overload
+    def delay(self, *args: P.args, **kwargs: P.kwargs) -> uuid.UUID: ...
+    @overload
+    def delay(self, *args: Any, connection: Any, **kwargs: Any) -> uuid.UUID: ...
+    @overload
+    def delay(self, *args: Any, delay: Delay | None, **kwargs: Any) -> uuid.UUID: ...
+    @overload
     def delay(
-        self,
-        *args: Any,
-        connection: Any = None,
-        delay: Delay | None = None,
-        schedule_at: datetime.datetime | None = None,
-        priority: int | None = None,
-        queue: str | None = None,
-        max_retries: int | None = None,
-        unique_key: UniqueKey | None = None,
-        **kwargs: Any,
-    ) -> Any:
-        """Queue a run of this task; returns its id.
+        self, *args: Any, schedule_at: datetime.datetime | None, **kwargs: Any
+    ) -> uuid.UUID: ...
+    @overload
+    def delay(self, *args: Any, priority: int | None, **kwargs: Any) -> uuid.UUID: ...
+    @overload
+    def delay(self, *args: Any, queue: str | None, **kwargs: Any) -> uuid.UUID: ...
+    @overload
+    def delay(self, *args: Any, max_retries: int | None, **kwargs: Any) -> uuid.UUID: ...
+    @overload
+    def delay(self, *args: Any, unique_key: UniqueKey | None, **kwargs: Any) -> uuid.UUID: ...
+
+    def delay(self, *args: Any, **kwargs: Any) -> uuid.UUID:
+        """Queue a run of this task; returns its id. The option keywords (`connection`,
+        `delay`, `schedule_at`, `priority`, `queue`, `max_retries`, `unique_key`) go with
+        the task's arguments, or first to `.options(...)`, which a type checker checks fully.
 
         >>> task_id = send_email.delay(to="a@example.com", subject="Hi")
         >>> task_id = send_email.delay(delay=3600, to="a@example.com", subject="Later")
         >>> task_id = send_email.delay(unique_key="welcome:42", to="a@example.com")
-        """
-        return _producer().queue_task(
-            self,
-            *args,
-            connection=connection,
-            delay=delay,
-            schedule_at=schedule_at,
-            priority=priority,
-            queue=queue,
-            max_retries=max_retries,
-            unique_key=unique_key,
-            **kwargs,
-        )
+        >>> task_id = send_email.options(priority=9).delay(to="a@example.com", subject="Now")
 
+        Inside a running event loop it warns (EventLoopBlockingWarning, once per process):
+        there `await send_email.adelay(...)` queues without holding the loop.
+        """
+        warn_if_in_event_loop(self.name, self.fn.__name__, stacklevel=2)
+        return producer().queue_task(self, *args, **kwargs)
+
+    @overload
+    async def adelay(self, *args: P.args, **kwargs: P.kwargs) -> uuid.UUID: ...
+    @overload
+    async def adelay(self, *args: Any, connection: Any, **kwargs: Any) -> uuid.UUID: ...
+    @overload
+    async def adelay(self, *args: Any, delay: Delay | None, **kwargs: Any) -> uuid.UUID: ...
+    @overload
     async def adelay(
+        self, *args: Any, schedule_at: datetime.datetime | None, **kwargs: Any
+    ) -> uuid.UUID: ...
+    @overload
+    async def adelay(self, *args: Any, priority: int | None, **kwargs: Any) -> uuid.UUID: ...
+    @overload
+    async def adelay(self, *args: Any, queue: str | None, **kwargs: Any) -> uuid.UUID: ...
+    @overload
+    async def adelay(self, *args: Any, max_retries: int | None, **kwargs: Any) -> uuid.UUID: ...
+    @overload
+    async def adelay(
+        self, *args: Any, unique_key: UniqueKey | None, **kwargs: Any
+    ) -> uuid.UUID: ...
+
+    async def adelay(self, *args: Any, **kwargs: Any) -> uuid.UUID:
+        """Queue a run of this task from async code; returns its id (options as `.delay()`).
+
+        >>> task_id = await send_email.adelay(to="a@example.com", subject="Hi")
+        """
+        return await producer().aqueue_task(self, *args, **kwargs)
+
+    def options(
         self,
-        *args: Any,
+        *,
         connection: Any = None,
         delay: Delay | None = None,
         schedule_at: datetime.datetime | None = None,
@@ -179,20 +211,25 @@ class TaskFunction(Generic[R]):
         queue: str | None = None,
         max_retries: int | None = None,
         unique_key: UniqueKey | None = None,
-        **kwargs: Any,
-    ) -> Any:
-        """Queue a run of this task from async code; returns its id."""
-        return await _producer().aqueue_task(
+    ) -> ConfiguredTask[P]:
+        """This task with queueing options bound, checked now; its `.delay()` / `.adelay()`
+        take the task's own arguments only, so a type checker checks the whole call.
+
+        >>> task_id = send_email.options(delay=3600, priority=5).delay(to="a@example.com")
+        >>> task_id = await send_email.options(connection=conn).adelay(to="b@example.com")
+        """
+        return ConfiguredTask(
             self,
-            *args,
-            connection=connection,
-            delay=delay,
-            schedule_at=schedule_at,
-            priority=priority,
-            queue=queue,
-            max_retries=max_retries,
-            unique_key=unique_key,
-            **kwargs,
+            checked_options(
+                self.name,
+                connection=connection,
+                delay=delay,
+                schedule_at=schedule_at,
+                priority=priority,
+                queue=queue,
+                max_retries=max_retries,
+                unique_key=unique_key,
+            ),
         )
 
 
@@ -232,7 +269,7 @@ def _refuse_reserved_parameters(name: str, signature: inspect.Signature) -> None
 
 
 @overload
-def AsyncTask(fn: Callable[..., R], /) -> TaskFunction[R]: ...
+def AsyncTask(fn: Callable[P, R], /) -> TaskFunction[R, P]: ...
 
 
 @overload
@@ -249,7 +286,7 @@ def AsyncTask(
     cron: str | None = None,
     timezone: str | None = None,
     cron_catchup: Delay | None = None,
-) -> Callable[[Callable[..., R]], TaskFunction[R]]: ...
+) -> Callable[[Callable[P, R]], TaskFunction[R, P]]: ...
 
 
 def AsyncTask(
@@ -290,7 +327,7 @@ def AsyncTask(
     occurrence, catching up those missed within `cron_catchup` (default one hour).
     """
 
-    def decorate(function: Callable[..., R]) -> TaskFunction[R]:
+    def decorate(function: Callable[..., Any]) -> TaskFunction[Any]:
         if not callable(function):
             raise TaskDefinitionError(f"@AsyncTask decorates a function, not {function!r}")
         return TaskFunction(

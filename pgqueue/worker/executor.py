@@ -12,9 +12,10 @@ import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from pgqueue import events
+from pgqueue import events, telemetry
 from pgqueue.brokers.base import TaskTransaction, refuse_transaction
 from pgqueue.errors import LeaseLost, TaskTimeout
+from pgqueue.logs import about_task
 from pgqueue.payload import encode_result, error_summary, error_text
 from pgqueue.records import Outcome, OutcomeKind, Task
 from pgqueue.tasks import registry
@@ -41,6 +42,16 @@ class Executor:
 
     async def run(self, task: Task) -> Outcome | None:
         """How the run ended; None when it is already recorded (a transactional task)."""
+        with about_task(task):  # every line logged in this run names the task
+            tracer = telemetry.tracer()  # None, unless the app configured OpenTelemetry
+            if tracer is None:
+                return await self._run(task, None)
+            with telemetry.processing(tracer, task) as span:
+                outcome = await self._run(task, span)
+                telemetry.ended(span, outcome)
+                return outcome
+
+    async def _run(self, task: Task, span: Any) -> Outcome | None:
         function = registry.lookup(task.name)
         refusal = self._unknown(task) if function is None else _undecodable(function, task)
         if refusal is not None or function is None:
@@ -64,6 +75,7 @@ class Executor:
                 result = await self._call(function, task)
         except LeaseLost as lost:
             log.warning("%s", lost)
+            telemetry.lease_lost(span, str(lost))
             return None
         except Retry as request:
             return Outcome(task, OutcomeKind.RESCHEDULED, delay=request.delay)
@@ -147,6 +159,8 @@ class Executor:
             raise
 
     async def _failed(self, task: Task, error: BaseException, started: float) -> Outcome:
+        # One line per failed attempt; the traceback of a task that fails for good is
+        # logged once the broker has recorded it FAILED (db.outcomes.report).
         log.warning(
             "task %s %s failed after %.3fs (attempt %d of %d): %s",
             task.id,

@@ -28,6 +28,7 @@ from pgqueue.tasks.context import request_cancel
 from pgqueue.tasks.definition import TaskFunction
 from pgqueue.tasks.options import TaskOptions, check_queue
 from pgqueue.tasks.registry import import_task_modules
+from pgqueue.telemetry import LEASE_LOST
 from pgqueue.worker.executor import Executor
 from pgqueue.worker.threads import DaemonThreadPool
 
@@ -151,8 +152,12 @@ class WorkerManager:
 
     # -- running -----------------------------------------------------------------------
 
-    async def start(self) -> None:
-        """Run until stop(), SIGINT or SIGTERM; a second signal stops at once."""
+    async def start(self, *, handle_signals: bool = True) -> None:
+        """Run until stop(), SIGINT or SIGTERM; a second signal stops at once.
+
+        `handle_signals=False` leaves the signals to the host (a worker inside a web
+        server's process, pgqueue.contrib.asgi): only stop() ends it then.
+        """
         self._loop = asyncio.get_running_loop()
         # A programmatic worker (the seed's worker.py) gets the `imports` setting's tasks too.
         import_task_modules(list(self.settings.imports))
@@ -163,7 +168,7 @@ class WorkerManager:
         self._buffer.clear()
         self._run_seconds = CLAIM_AHEAD_MAX_RUN_SECONDS
         self._stopping = self._forced = False
-        handled = self._install_signal_handlers()
+        handled = self._install_signal_handlers() if handle_signals else []
         broker = self.broker
         try:
             await broker.open(
@@ -421,7 +426,7 @@ class WorkerManager:
                         run.task.name,
                     )
                     run.abandoned = True
-                    run.future.cancel()
+                    run.future.cancel(LEASE_LOST)
 
     async def _start_record_loop(self) -> None:
         """Write the starts of runs claimed ahead that last: within START_RECORD_SECONDS

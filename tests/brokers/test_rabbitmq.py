@@ -21,7 +21,7 @@ import aio_pika
 import psycopg
 import pytest
 from broker_tasks import calls, cron_record, failures_left, flaky, forget_runs, nap, record
-from support.database import statuses
+from support.database import asyncpg_url, statuses
 from support.producer import default_task_manager
 from support.waiting import wait_until
 
@@ -322,6 +322,33 @@ def test_outbox_publishes_after_commit_and_nothing_on_rollback(
     wait_until(lambda: db.execute("SELECT count(*) FROM pgqueue.outbox").fetchone()[0] == 0)
     assert rtm.get_task(rolled_back) is None
     assert [label for label, _ in calls] == ["committed"]
+
+
+def test_outbox_on_an_asyncpg_connection(
+    rtm: TaskManager, rworker: Callable[..., Any], dsn: str, db: Any
+) -> None:
+    asyncpg = pytest.importorskip("asyncpg")
+
+    async def main() -> list[Any]:
+        conn = await asyncpg.connect(asyncpg_url(dsn))
+        try:
+            async with conn.transaction():
+                ids = await rtm.aqueue_tasks(
+                    record, [{"label": "a1"}, {"label": "a2"}], connection=conn
+                )
+            transaction = conn.transaction()
+            await transaction.start()
+            await rtm.aqueue_task(record, label="rolled back", connection=conn)
+            await transaction.rollback()
+        finally:
+            await conn.close()
+        return ids
+
+    ids = asyncio.run(main())
+    assert sorted(row[0] for row in db.execute("SELECT task_id FROM pgqueue.outbox")) == sorted(ids)
+    rworker(concurrency=2)
+    wait_until(lambda: statuses(db) == {"COMPLETED": 2})
+    assert sorted(label for label, _ in calls) == ["a1", "a2"]
 
 
 def test_outbox_bulk_with_delay_inside_a_transaction(

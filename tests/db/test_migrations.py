@@ -203,6 +203,10 @@ def test_non_default_schema_end_to_end(
     try:
         with psycopg.connect(dsn, autocommit=True) as listener:
             listener.execute('LISTEN "jobs.tasks"')
+            # Inserts notify a queue only while a worker of it sleeps (revision 0004).
+            db.execute(
+                "INSERT INTO jobs.sleeping_workers (queue, worker_id) VALUES ('claimed', 'w')"
+            )
             claimed_id = manager.queue_task(double, x=2, queue="claimed")
             assert [n.payload for n in listener.notifies(timeout=5, stop_after=1)] == ["claimed"]
         # Only the jobs schema got the row; the claim statement for that schema serves it.

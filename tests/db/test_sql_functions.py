@@ -555,9 +555,19 @@ def collect_notifications(
     raise AssertionError(f"marker notification not received; got {payloads}")
 
 
+def sleep_on(db: psycopg.Connection[Any], *queues: str, worker_id: str = "w1") -> bool:
+    """Announce a worker asleep on `queues`, as a worker does before it waits for NOTIFY."""
+    row = db.execute(
+        queries()["announce_sleep"], {"worker_id": worker_id, "queues": list(queues)}
+    ).fetchone()
+    assert row is not None
+    return bool(row[0])
+
+
 def test_one_notification_per_statement_and_queue_for_copy(
     db: psycopg.Connection[Any], dsn: str
 ) -> None:
+    assert sleep_on(db, "alpha", "beta")
     with psycopg.connect(dsn, autocommit=True) as listener:
         listener.execute('LISTEN "pgqueue.tasks"')
         with (
@@ -581,6 +591,47 @@ def test_one_notification_per_statement_and_queue_for_copy(
         "AND tgname = 'tasks_notify_insert'"
     ).fetchone()
     assert row_level == (0,)
+
+
+def test_inserts_notify_only_queues_with_a_sleeping_worker(
+    db: psycopg.Connection[Any], dsn: str
+) -> None:
+    with psycopg.connect(dsn, autocommit=True) as listener:
+        listener.execute('LISTEN "pgqueue.tasks"')
+        add(db, queue="alpha")
+        assert collect_notifications(listener, db) == []
+        assert sleep_on(db, "alpha")
+        add(db, queue="alpha")
+        add(db, queue="beta")
+        assert collect_notifications(listener, db) == ["alpha"]
+        # Awake again: its producers stop paying for NOTIFY.
+        db.execute(queries()["forget_sleep"], {"worker_id": "w1"})
+        add(db, queue="alpha")
+        assert collect_notifications(listener, db) == []
+
+
+def test_repeatable_read_producers_always_notify(db: psycopg.Connection[Any], dsn: str) -> None:
+    """Their snapshot may predate a worker's announcement, so they cannot rely on it."""
+    with psycopg.connect(dsn, autocommit=True) as listener:
+        listener.execute('LISTEN "pgqueue.tasks"')
+        with psycopg.connect(dsn) as producer:
+            producer.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+            add(producer, queue="alpha")
+            producer.commit()
+        assert collect_notifications(listener, db) == ["alpha"]
+
+
+def test_a_producer_in_flight_keeps_a_worker_from_sleeping(
+    db: psycopg.Connection[Any], dsn: str
+) -> None:
+    """A producer that inserted before the announcement was visible notifies nobody; until
+    it ends, announce_sleep says no (the worker looks again), then yes."""
+    with psycopg.connect(dsn) as producer:
+        add(producer, queue="alpha")  # open: it saw no sleeper and will send nothing
+        assert sleep_on(db, "alpha") is False
+        assert sleep_on(db, "beta") is True  # other queues are not held up
+        producer.commit()
+    assert sleep_on(db, "alpha") is True
 
 
 def test_status_updates_do_not_notify(db: psycopg.Connection[Any], dsn: str) -> None:

@@ -13,6 +13,7 @@ import psycopg
 import pytest
 from support.cluster import ensure_server_running
 from support.faults import TABLES, WorkerPool
+from support.pgbouncer import PgBouncer, pgbouncer_executable
 from support.proxy import Proxy
 from support.workers import WorkerProcess
 
@@ -38,6 +39,17 @@ def proxy(local_cluster: str) -> Iterator[Proxy]:
     tcp = Proxy("127.0.0.1", 5432).start()
     yield tcp
     tcp.close()
+
+
+@pytest.fixture
+def pgbouncer(server_dsn: str) -> Iterator[PgBouncer]:
+    """A PgBouncer in transaction pooling mode in front of the test server (.ci/run
+    installs Debian's package where it is missing)."""
+    if pgbouncer_executable() is None:
+        pytest.skip("pgbouncer is not installed (apt-get install pgbouncer)")
+    bouncer = PgBouncer(server_dsn).start()
+    yield bouncer
+    bouncer.stop()
 
 
 @pytest.fixture

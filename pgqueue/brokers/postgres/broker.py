@@ -24,6 +24,7 @@ from pgqueue.db.database import (
     CONNECT_TIMEOUT_SECONDS,
     UNAVAILABLE,
     Database,
+    configure_async,
     database_from_settings,
 )
 from pgqueue.db.outcomes import complete_outcomes
@@ -41,6 +42,10 @@ log = logging.getLogger("pgqueue.postgres")
 
 T = TypeVar("T")
 MAX_BACKOFF_SECONDS = 10.0
+#: While producers of its queues are in flight, a worker about to sleep looks again after
+#: these pauses (doubling) instead: it cannot yet rely on being notified (announce_sleep).
+SETTLE_FIRST_SECONDS = 0.001
+SETTLE_MOST_SECONDS = 0.2
 #: Connections of transactional tasks: their own pool, so that long tasks holding a
 #: transaction never starve the claims and heartbeats of the main pool.
 TASK_POOL_MAX_SIZE = 32
@@ -68,7 +73,11 @@ class PostgresTaskTransaction:
 
 
 async def _asynchronous_commit(conn: psycopg.AsyncConnection[Any]) -> None:
-    await conn.execute("SET synchronous_commit = off")
+    """Outcomes commit without waiting for the WAL flush (a lost one is rescued). A session
+    setting: behind a pooler it would leak to other clients' transactions, so not there."""
+    await configure_async(conn)
+    if conn.prepare_threshold is not None:  # a direct connection (configure_async)
+        await conn.execute("SET synchronous_commit = off")
 
 
 class PostgresBroker(Broker):
@@ -86,11 +95,13 @@ class PostgresBroker(Broker):
         database: Database,
         lease_seconds: float = 30.0,
         unknown_task_grace_seconds: float = 3600.0,
+        log_failure_tracebacks: bool = True,
     ) -> None:
         self.database = database
         self.store = TaskStore(database)
         self.lease_seconds = lease_seconds
         self.unknown_task_grace_seconds = unknown_task_grace_seconds
+        self.log_failure_tracebacks = log_failure_tracebacks
         self._worker_id = ""
         self._queues: list[str] = []
         self._wake = asyncio.Event()
@@ -103,6 +114,12 @@ class PostgresBroker(Broker):
         self._task_pool: AsyncConnectionPool | None = None
         self._on_cancel: CancelCallback | None = None
         self._cron: CronScheduler | None = None
+        # The listener generation under which this worker announced itself asleep, with no
+        # producer in flight (None: awake, or not yet sure); whether its rows may exist.
+        self._asleep_since: int | None = None
+        self._announced = False
+        self._forgetting: asyncio.Task[None] | None = None
+        self._settle_seconds = SETTLE_FIRST_SECONDS
 
     @classmethod
     def from_settings(cls, settings: Settings) -> PostgresBroker:
@@ -110,6 +127,7 @@ class PostgresBroker(Broker):
             database_from_settings(settings),
             lease_seconds=settings.lease_seconds,
             unknown_task_grace_seconds=settings.unknown_task_grace_seconds,
+            log_failure_tracebacks=settings.log_failure_tracebacks,
         )
 
     # -- producers ---------------------------------------------------------------------
@@ -147,11 +165,10 @@ class PostgresBroker(Broker):
         self._wake = asyncio.Event()
         self._wake.set()  # the first claim looks at once
         self._interrupted = False
+        self._asleep_since = None
         # Refuse an unmigrated database now, in one line, rather than fail every loop.
         await self._retrying("schema check", self.database.check_migrated)
-        self._listener = Listener(
-            self.database.dsn, self.database.schema, queues, self._wake.set, self._on_control
-        )
+        self._listener = Listener(self.database, queues, self._wake.set, self._on_control)
         self._listener.start()
         self._completion_pool = AsyncConnectionPool(
             self.database.dsn,
@@ -172,6 +189,7 @@ class PostgresBroker(Broker):
             self.database.queries,
             self._wake.set,
             self.unknown_task_grace_seconds,
+            log_failure_tracebacks=self.log_failure_tracebacks,
         )
         self._completer.start()
         self._maintenance = Maintenance(self.database, self.lease_seconds, cleanup)
@@ -195,12 +213,23 @@ class PostgresBroker(Broker):
         while not self._interrupted:
             self._wake.clear()
             tasks = await self._retrying("claim", lambda: self._claim(limit, start_now))
-            if tasks or wait_seconds <= 0:
+            if tasks:
+                await self._wake_up()
                 return tasks
+            if wait_seconds <= 0:
+                return tasks
+            settle: float | None = None
+            if self._must_announce():
+                if await self._retrying("sleep", self._announce_sleep):
+                    continue  # claim once more: what no NOTIFY will announce is visible now
+                settle = self._settle_seconds  # a producer in flight: look again soon
+                self._settle_seconds = min(2 * settle, SETTLE_MOST_SECONDS)
             until_next = await self._retrying("next due task", self._seconds_until_next_task)
             timeout = deadline - time.monotonic()
             if until_next is not None:
                 timeout = min(timeout, max(until_next, 0.0))
+            if settle is not None:
+                timeout = min(timeout, settle)
             if timeout <= 0 and time.monotonic() >= deadline:
                 return []
             try:
@@ -209,6 +238,52 @@ class PostgresBroker(Broker):
                 if time.monotonic() >= deadline:
                     return []
         return []
+
+    # -- sleeping: producers notify only queues that have a sleeping worker ------------
+    # A worker about to wait for NOTIFY announces itself (announce_sleep, queries.sql); the
+    # announcement holds only if no producer of its queues is in flight, and it claims once
+    # more after it. Found work: it forgets the announcement. See notify_new_tasks in
+    # sql/schema.sql for why no wake-up is lost.
+
+    def _must_announce(self) -> bool:
+        listener = self._listener
+        if listener is None or listener.polling or not listener.connected.is_set():
+            return False  # nobody would hear a NOTIFY: producers need not send one
+        return self._asleep_since != listener.generation
+
+    async def _announce_sleep(self) -> bool:
+        assert self._listener is not None
+        await self._forgotten()  # never after the announcement: it would erase it
+        generation = self._listener.generation
+        self._announced = True
+        row = await self.database.afetch_one(
+            "announce_sleep", {"worker_id": self._worker_id, "queues": self._queues}
+        )
+        if row is None or not row["settled"]:
+            return False
+        self._asleep_since = generation
+        self._settle_seconds = SETTLE_FIRST_SECONDS
+        return True
+
+    async def _wake_up(self) -> None:
+        """Forget the announcement beside the run that starts now, not before it."""
+        self._asleep_since = None
+        if self._announced and self._forgetting is None:
+            self._forgetting = asyncio.create_task(
+                self._retrying("wake-up", self._forget_sleep), name="pgqueue-forget-sleep"
+            )
+
+    async def _forgotten(self) -> None:
+        if self._forgetting is not None:
+            forgetting, self._forgetting = self._forgetting, None
+            await asyncio.gather(forgetting, return_exceptions=True)
+
+    async def _forget_sleep(self) -> None:
+        async with self.database.async_connection() as conn:
+            await conn.execute(
+                self.database.queries["forget_sleep"], {"worker_id": self._worker_id}
+            )
+        self._announced = False
 
     async def _claim(self, limit: int, start_now: int | None) -> list[Task]:
         async with self.database.async_connection() as conn:
@@ -287,6 +362,7 @@ class PostgresBroker(Broker):
                     "connect_timeout": CONNECT_TIMEOUT_SECONDS,
                     "application_name": "pgqueue-task",
                 },
+                configure=configure_async,
                 open=False,
                 name="pgqueue-task",
             )
@@ -319,6 +395,10 @@ class PostgresBroker(Broker):
             await self._maintenance.stop()
         if self._listener is not None:
             await self._listener.stop()
+        await self._forgotten()
+        if self._announced:
+            with contextlib.suppress(*UNAVAILABLE):
+                await self._forget_sleep()
         if self._completer is not None:
             await self._completer.close(timeout=max(self.lease_seconds / 2, 1.0))
         if self._completion_pool is not None:

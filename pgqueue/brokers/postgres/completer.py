@@ -44,8 +44,11 @@ class Completer(BackgroundLoop):
         queries: dict[str, str],
         on_retry_scheduled: Callable[[], None],
         unknown_task_grace_seconds: float = 3600.0,
+        *,
+        log_failure_tracebacks: bool = True,
     ) -> None:
         super().__init__()
+        self._log_failure_tracebacks = log_failure_tracebacks
         self._pool = pool
         self._queries = queries
         self._on_retry_scheduled = on_retry_scheduled
@@ -155,7 +158,7 @@ class Completer(BackgroundLoop):
             written = await write_outcomes(
                 conn, self._queries, batch, self._unknown_task_grace_seconds
             )
-        report(batch, written)
+        report(batch, written, tracebacks=self._log_failure_tracebacks)
         if written.retries_scheduled:
             # After the commit, not before: woken earlier, the worker would look for its
             # next due task before the retry is visible, and sleep a polling interval.

@@ -59,30 +59,32 @@ class Maintenance(BackgroundLoop):
         async with self._database.async_connection() as conn:
             cursor = await conn.execute(self._database.queries["rescue_expired_leases"])
             rescued = (await cursor.fetchone())[0]  # type: ignore[index]
+            # Producers stop waking workers that vanished asleep (a few rows at most).
+            await conn.execute(self._database.queries["forget_absent_sleepers"])
         if rescued:
             log.warning("rescued %d tasks whose workers stopped renewing their leases", rescued)
         return int(rescued)
 
     async def cleanup(self, older_than_seconds: float) -> int:
-        """Delete finished tasks older than the retention; 0 if another worker is on it."""
+        """Delete finished tasks older than the retention; 0 if another worker is on it.
+
+        Each batch holds the maintenance lock for its own transaction only (a session lock
+        would not survive a transaction-mode pooler): runners do not delete side by side.
+        """
         queries = self._database.queries
         deleted = 0
         async with self._database.async_connection() as conn:
-            locked = (await (await conn.execute(queries["try_maintenance_lock"])).fetchone())[0]  # type: ignore[index]
-            if not locked:
-                return 0
-            try:
-                while True:
-                    cursor = await conn.execute(
-                        queries["cleanup_tasks"],
-                        {"older_than": older_than_seconds, "batch_size": CLEANUP_BATCH_SIZE},
-                    )
-                    batch = (await cursor.fetchone())[0]  # type: ignore[index]
-                    deleted += batch
-                    if batch < CLEANUP_BATCH_SIZE:
-                        break
-            finally:
-                await conn.execute(queries["release_maintenance_lock"])
+            while True:
+                cursor = await conn.execute(
+                    queries["cleanup_tasks"],
+                    {"older_than": older_than_seconds, "batch_size": CLEANUP_BATCH_SIZE},
+                )
+                batch = (await cursor.fetchone())[0]  # type: ignore[index]
+                if batch < 0:  # another worker is deleting a batch
+                    break
+                deleted += batch
+                if batch < CLEANUP_BATCH_SIZE:
+                    break
         if deleted:
             log.info(
                 "cleanup deleted %d finished tasks older than %.1f days",

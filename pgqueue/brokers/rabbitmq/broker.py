@@ -47,9 +47,10 @@ from pgqueue.brokers.rabbitmq.status_writer import (
 from pgqueue.brokers.rabbitmq.topology import Topology
 from pgqueue.db.cron import CronScheduler
 from pgqueue.db.database import UNAVAILABLE, Database, database_from_settings
+from pgqueue.db.drivers import async_driver_connection, sync_driver_connection
 from pgqueue.db.outcomes import report
 from pgqueue.db.queries import queries as named_queries
-from pgqueue.db.store import TaskStore, async_driver_connection, sync_driver_connection
+from pgqueue.db.store import TaskStore
 from pgqueue.errors import BrokerUnavailable
 from pgqueue.loops import Backoff, SupervisedTask, retrying
 from pgqueue.records import CleanupPolicy, NewTask, Outcome, Task, WorkerInfo
@@ -446,7 +447,7 @@ class RabbitMQBroker(Broker):
             grace = self.settings.unknown_task_grace_seconds
             untracked = decide_untracked(batch, self._delivered_headers, self._worker_id, grace)
             written, headers = untracked.written, untracked.headers
-        report(batch, written)
+        report(batch, written, tracebacks=self.settings.log_failure_tracebacks)
         return follow_ups(batch, written, headers)
 
     def _delivered_headers(self, task: Task) -> dict[str, Any]:

@@ -25,6 +25,7 @@ from pgqueue.db.database import (
     Database,
     describe_dsn,
 )
+from pgqueue.db.drivers import AsyncDriverConnection
 from pgqueue.db.queries import Channel
 from pgqueue.errors import BrokerUnavailable, first_line
 from pgqueue.loops import BackgroundLoop, Backoff
@@ -67,7 +68,7 @@ def write(
 
 
 async def awrite(
-    conn: psycopg.AsyncConnection[Any], queries: dict[str, str], rows: Sequence[OutboxRow]
+    conn: AsyncDriverConnection, queries: dict[str, str], rows: Sequence[OutboxRow]
 ) -> None:
     async with conn.cursor() as cursor:
         await cursor.executemany(queries["outbox_insert"], [row.params() for row in rows])

@@ -82,3 +82,11 @@ CREATE TABLE pgqueue.cron_runs (
 -- ===========================================================================================
 
 ALTER TABLE pgqueue.workers ADD COLUMN task_names text[];
+
+-- ===========================================================================================
+-- OpenTelemetry (docs/opentelemetry.md): the trace context current at .delay(), as the
+-- carrier the app's propagator writes ({"traceparent": ..., "tracestate": ...}); NULL when
+-- tracing is off. The run's span continues that trace.
+-- ===========================================================================================
+
+ALTER TABLE pgqueue.tasks ADD COLUMN trace_context jsonb;

@@ -3,9 +3,10 @@
 
 -- name: insert_task
 -- Queue one task; run_at is computed with the database clock.
-INSERT INTO pgqueue.tasks (id, name, queue, priority, kwargs, max_retries, run_at)
+INSERT INTO pgqueue.tasks (id, name, queue, priority, kwargs, max_retries, run_at, trace_context)
 VALUES (%(id)s, %(name)s, %(queue)s, %(priority)s, %(kwargs)s::jsonb, %(max_retries)s,
-        COALESCE(%(schedule_at)s::timestamptz, now() + %(delay)s * interval '1 second'));
+        COALESCE(%(schedule_at)s::timestamptz, now() + %(delay)s * interval '1 second'),
+        %(trace_context)s::jsonb);
 
 -- name: copy_tasks
 -- Bulk queueing: COPY is an order of magnitude faster than multi-row INSERT.
@@ -15,6 +16,15 @@ COPY pgqueue.tasks (id, name, queue, priority, kwargs, max_retries) FROM STDIN;
 -- name: copy_tasks_with_run_at
 -- Bulk queueing of delayed or scheduled rows; run_at computed from the database's now().
 COPY pgqueue.tasks (id, name, queue, priority, kwargs, max_retries, run_at) FROM STDIN;
+
+-- name: copy_tasks_traced
+-- copy_tasks with the trace context of the .delay() call (OpenTelemetry on), every row's.
+COPY pgqueue.tasks (id, name, queue, priority, kwargs, max_retries, trace_context) FROM STDIN;
+
+-- name: copy_tasks_with_run_at_traced
+-- copy_tasks_with_run_at with the trace context of the call.
+COPY pgqueue.tasks (id, name, queue, priority, kwargs, max_retries, run_at, trace_context)
+FROM STDIN;
 
 -- name: get_task
 -- One task by id.
@@ -76,7 +86,8 @@ WITH candidates AS (
     RETURNING t.*
 )
 SELECT id, name, queue, priority, kwargs::text, attempts, max_retries, run_at, created_at,
-       coalesce(started_at, now()), error, worker_id, lease_expires_at, lease_token, unique_key
+       coalesce(started_at, now()), error, worker_id, lease_expires_at, lease_token, unique_key,
+       trace_context
 FROM claimed ORDER BY priority DESC, run_at, id;
 
 -- name: seconds_until_next_task
@@ -132,16 +143,12 @@ SELECT pgqueue.cancel_task(%(id)s);
 SELECT pgqueue.retry_task(%(id)s);
 
 -- name: cleanup_tasks
--- Delete one batch of old finished tasks.
-SELECT pgqueue.cleanup_tasks(%(older_than)s * interval '1 second', %(batch_size)s);
-
--- name: try_maintenance_lock
--- One maintenance runner at a time across all workers (session-level advisory lock).
-SELECT pg_try_advisory_lock(hashtext('pgqueue.maintenance'));
-
--- name: release_maintenance_lock
--- Let another worker run maintenance.
-SELECT pg_advisory_unlock(hashtext('pgqueue.maintenance'));
+-- Delete one batch of old finished tasks, unless another worker is deleting one: -1 then.
+-- The lock is the transaction's (this statement's), never the session's: behind a
+-- transaction-mode pooler the next statement may run on another server connection.
+SELECT CASE WHEN pg_try_advisory_xact_lock(hashtext('pgqueue.maintenance'))
+            THEN pgqueue.cleanup_tasks(%(older_than)s * interval '1 second', %(batch_size)s)
+            ELSE -1 END;
 
 -- name: register_worker
 -- Record this worker (again, if its row expired while the database was away).
@@ -187,6 +194,31 @@ WHERE (%(queue)s::text IS NULL OR queue = %(queue)s)
   AND (%(status)s::pgqueue.task_status IS NULL OR status = %(status)s::pgqueue.task_status)
   AND (%(name)s::text IS NULL OR name = %(name)s)
 ORDER BY id DESC
+LIMIT %(limit)s;
+
+-- name: count_tasks
+-- How many tasks match the filters of list_tasks, counting no further than %(bound)s.
+SELECT count(*) FROM (
+    SELECT 1 FROM pgqueue.tasks
+    WHERE (%(queue)s::text IS NULL OR queue = %(queue)s)
+      AND (%(status)s::pgqueue.task_status IS NULL OR status = %(status)s::pgqueue.task_status)
+      AND (%(name)s::text IS NULL OR name = %(name)s)
+    LIMIT %(bound)s
+) AS matching;
+
+-- name: estimate_tasks
+-- The planner's estimate of how many tasks match the filters of list_tasks (no scan).
+EXPLAIN (FORMAT JSON) SELECT 1 FROM pgqueue.tasks
+WHERE (%(queue)s::text IS NULL OR queue = %(queue)s)
+  AND (%(status)s::pgqueue.task_status IS NULL OR status = %(status)s::pgqueue.task_status)
+  AND (%(name)s::text IS NULL OR name = %(name)s);
+
+-- name: task_ids_ending_with
+-- The ids (at most %(limit)s) whose last hex digits are %(suffix)s: a short id, as
+-- `pgqueue tasks list` shows them. A scan of the table, for a person's command.
+SELECT id FROM pgqueue.tasks
+WHERE right(replace(id::text, '-', ''), length(%(suffix)s::text)) = %(suffix)s::text
+ORDER BY id
 LIMIT %(limit)s;
 
 -- name: pause_queue
@@ -269,9 +301,11 @@ DELETE FROM pgqueue.outbox WHERE id = ANY(%(ids)s);
 -- Queue tasks that may carry a unique_key: a row whose key an unfinished task holds (or an
 -- earlier row of the same call) is skipped by the partial unique index, which decides even
 -- between concurrent producers; returns the ids written.
-INSERT INTO pgqueue.tasks (id, name, queue, priority, kwargs, max_retries, run_at, unique_key)
+INSERT INTO pgqueue.tasks
+    (id, name, queue, priority, kwargs, max_retries, run_at, unique_key, trace_context)
 SELECT n.id, n.name, n.queue, n.priority, n.kwargs, n.max_retries,
-       COALESCE(n.schedule_at, now() + n.delay * interval '1 second'), n.unique_key
+       COALESCE(n.schedule_at, now() + n.delay * interval '1 second'), n.unique_key,
+       %(trace_context)s::jsonb
 FROM unnest(%(ids)s::uuid[], %(names)s::text[], %(queues)s::text[], %(priorities)s::smallint[],
             %(kwargs)s::jsonb[], %(max_retries)s::integer[], %(schedule_ats)s::timestamptz[],
             %(delays)s::double precision[], %(unique_keys)s::text[])
@@ -377,9 +411,49 @@ ORDER BY s.name;
 -- Every queue that has waiting tasks (the test mode drains all by default).
 SELECT DISTINCT queue FROM pgqueue.tasks WHERE status IN ('PENDING', 'RETRYING');
 
+-- name: testing_reset
+-- The test mode's reset: every task, whatever its status, and what runs leave behind (cron
+-- occurrences and the schedules workers recorded, paused queues, result waiters, the
+-- outbox), as on a fresh database. DELETE, not TRUNCATE: a test's idle transaction that
+-- read these tables would make TRUNCATE wait for ever.
+DELETE FROM pgqueue.tasks;
+DELETE FROM pgqueue.cron_runs;
+DELETE FROM pgqueue.cron_schedules;
+DELETE FROM pgqueue.paused_queues;
+DELETE FROM pgqueue.result_waiters;
+DELETE FROM pgqueue.outbox;
+
 -- name: database_now
 -- The database clock.
 SELECT now();
+
+-- name: announce_sleep
+-- This worker is going to sleep on LISTEN: producers of its queues notify from now on (the
+-- insert trigger of schema.sql). True if no producer of these queues is in flight, i.e.
+-- holds the shared wake lock it took before it could see this announcement: a claim after
+-- this statement then sees every task that no NOTIFY will announce. False: look again soon.
+WITH announced AS (
+    INSERT INTO pgqueue.sleeping_workers (queue, worker_id)
+    SELECT q, %(worker_id)s FROM unnest(%(queues)s::text[]) AS q
+    ON CONFLICT DO NOTHING
+)
+SELECT bool_and(pg_try_advisory_xact_lock(hashtext('pgqueue.wake'), hashtext(q))) AS settled
+FROM unnest(%(queues)s::text[]) AS q;
+
+-- name: forget_sleep
+-- This worker is awake (or leaving): producers need not wake it.
+DELETE FROM pgqueue.sleeping_workers WHERE worker_id = %(worker_id)s;
+
+-- name: forget_absent_sleepers
+-- Announcements of workers that vanished asleep (their registry row expired).
+DELETE FROM pgqueue.sleeping_workers AS s
+WHERE s.since < now() - interval '1 minute'
+  AND NOT EXISTS (SELECT FROM pgqueue.workers AS w WHERE w.id = s.worker_id);
+
+-- name: notify_probe
+-- A message on the control channel that only the listener which sent it looks for: proof
+-- that notifications reach its connection (they do not through a transaction-mode pooler).
+SELECT pg_notify(%(channel)s, 'probe ' || %(token)s);
 
 -- name: schema_revision
 -- The alembic revision the pgqueue schema is at (db/migrated.py: is this database migrated).

@@ -1,0 +1,171 @@
+"""Concurrent producers and the insert trigger's NOTIFY: tasks/s queued one per transaction
+through `.delay(connection=...)` by 4, 16 and 64 producer threads, the insert trigger as
+revision 0001 had it (always NOTIFY), disabled, and as it is now (NOTIFY only for a queue
+with a sleeping worker; none sleeps here). Interleaved: every repetition runs every
+(producers, trigger) pair, in an order that rotates.
+
+    .venv/bin/python benchmarks/producers.py [--quick] [--seconds S] [--reps N] [--out DIR]
+
+BENCH_ADMIN_DSN (default postgresql://postgres@127.0.0.1:5432/postgres) must be allowed to
+create the database bench_producers, which is dropped at the end. `make bench` runs it
+after run.py; it writes <out>/<UTC timestamp>-producers.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import threading
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import psycopg
+from psycopg.conninfo import make_conninfo
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+
+from pgqueue import AsyncTask, TaskManager  # noqa: E402
+from pgqueue.db.migrations import upgrade  # noqa: E402
+
+ADMIN_DSN = os.environ.get("BENCH_ADMIN_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
+DATABASE = "bench_producers"
+PRODUCERS = (4, 16, 64)
+TRIGGERS = ("notify", "off", "new")
+
+# Revision 0001's trigger function: one NOTIFY per queue and statement, always.
+ALWAYS_NOTIFY = """
+CREATE OR REPLACE FUNCTION pgqueue.notify_new_tasks() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_notify('pgqueue.tasks', queue)
+    FROM (SELECT DISTINCT queue FROM new_tasks) AS queues;
+    RETURN NULL;
+END;
+$$
+"""
+
+
+@AsyncTask(queue="bench-producers")
+async def produced(i: int) -> None:
+    """Never run: only queued."""
+
+
+def set_trigger(dsn: str, variant: str, current_function: str) -> None:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("TRUNCATE pgqueue.tasks")
+        conn.execute("DELETE FROM pgqueue.sleeping_workers")
+        conn.execute(ALWAYS_NOTIFY if variant == "notify" else current_function)
+        enable = "DISABLE" if variant == "off" else "ENABLE"
+        conn.execute(f"ALTER TABLE pgqueue.tasks {enable} TRIGGER tasks_notify_insert")
+        conn.execute("CHECKPOINT")
+
+
+def measure(dsn: str, tm: TaskManager, producers: int, seconds: float) -> float:
+    """Tasks committed per second by `producers` threads, each on its own connection."""
+    counts = [0] * producers
+    start = threading.Barrier(producers + 1)
+    stop = threading.Event()
+
+    def produce(k: int) -> None:
+        with psycopg.connect(dsn) as conn:
+            tm.queue_task(produced, connection=conn, i=0)  # warm: connection, statement
+            conn.commit()
+            start.wait()
+            while not stop.is_set():
+                tm.queue_task(produced, connection=conn, i=k)
+                conn.commit()
+                counts[k] += 1
+
+    threads = [threading.Thread(target=produce, args=(k,)) for k in range(producers)]
+    for thread in threads:
+        thread.start()
+    start.wait()
+    began = time.perf_counter()
+    time.sleep(seconds)
+    stop.set()
+    for thread in threads:
+        thread.join()
+    return sum(counts) / (time.perf_counter() - began)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="2 s per measurement, 2 reps")
+    parser.add_argument("--seconds", type=float, default=None)
+    parser.add_argument("--reps", type=int, default=None)
+    parser.add_argument("--out", default=str(HERE / "results"))
+    args = parser.parse_args()
+    seconds = args.seconds or (2.0 if args.quick else 5.0)
+    reps = args.reps or (2 if args.quick else 3)
+
+    dsn = make_conninfo(ADMIN_DSN, dbname=DATABASE)
+    with psycopg.connect(ADMIN_DSN, autocommit=True) as admin:
+        admin.execute(f"DROP DATABASE IF EXISTS {DATABASE} WITH (FORCE)")
+        admin.execute(f"CREATE DATABASE {DATABASE}")
+    try:
+        upgrade(dsn)
+        with psycopg.connect(dsn) as conn:
+            row = conn.execute(
+                "SELECT pg_get_functiondef('pgqueue.notify_new_tasks'::regproc)"
+            ).fetchone()
+        assert row is not None
+        current_function = row[0]
+        results: dict[tuple[int, str], list[float]] = {}
+        tm = TaskManager(dsn=dsn)
+        pairs = [(p, t) for p in PRODUCERS for t in TRIGGERS]
+        for rep in range(reps):
+            shift = rep % len(TRIGGERS)
+            for p in PRODUCERS:
+                for t in TRIGGERS[shift:] + TRIGGERS[:shift]:
+                    set_trigger(dsn, t, current_function)
+                    rate = measure(dsn, tm, p, seconds)
+                    results.setdefault((p, t), []).append(rate)
+                    print(f"rep {rep + 1}: {p:3d} producers, trigger {t:6s} {rate:8,.0f}/s")
+        tm.close()
+        set_trigger(dsn, "new", current_function)
+        report = render(results, pairs, seconds, reps)
+    finally:
+        with psycopg.connect(ADMIN_DSN, autocommit=True) as admin:
+            admin.execute(f"DROP DATABASE IF EXISTS {DATABASE} WITH (FORCE)")
+    print(report)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    (out / f"{stamp}-producers.md").write_text(report)
+
+
+def render(
+    results: dict[tuple[int, str], list[float]],
+    pairs: list[tuple[int, str]],
+    seconds: float,
+    reps: int,
+) -> str:
+    def median(p: int, t: str) -> float:
+        return statistics.median(results[(p, t)])
+
+    lines = [
+        f"# Concurrent producers: tasks/s, one per transaction ({reps} reps of {seconds:g} s, "
+        f"median (min-max))",
+        "",
+        f"load average {os.getloadavg()[0]:.1f}; `{' '.join(sys.argv)}`",
+        "",
+        "| producers | NOTIFY always (0001) | trigger off | NOTIFY if a worker sleeps "
+        "| always/off | new/off |",
+        "|---|---|---|---|---|---|",
+    ]
+    for p in PRODUCERS:
+        cells = [
+            f"{median(p, t):,.0f} ({min(results[(p, t)]):,.0f}-{max(results[(p, t)]):,.0f})"
+            for t in TRIGGERS
+        ]
+        always, off, new = (median(p, t) for t in TRIGGERS)
+        lines.append(f"| {p} | {' | '.join(cells)} | {always / off:.2f} | {new / off:.2f} |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()
