@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import re
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -38,19 +39,31 @@ UNDEFINED: tuple[type[psycopg.Error], ...] = (
 #: hand, or a failed first migration), or a database it could not ask.
 UNKNOWN = ""
 
-_REVISION_FILE = re.compile(r"^(\d{4})_\w+\.py$")
+_REVISION = re.compile(r'^revision = "(\w+)"$', re.M)
+_DOWN_REVISION = re.compile(r'^down_revision = (?:"(\w+)"|None)$', re.M)
 
 
+@functools.cache
 def known_revisions() -> list[str]:
-    """The revisions this package ships, oldest first (their files' number prefixes; no
-    alembic import, which a worker never loads)."""
-    folder = resource_dir("alembic") / "versions"
-    found = (_REVISION_FILE.match(path.name) for path in folder.iterdir())
-    return sorted(match.group(1) for match in found if match)
+    """The revisions this package ships, oldest first: the chain of their down_revision
+    links (numbers are not their order: a revision may follow a higher one). Read from the
+    scripts' text; no alembic import, which a worker never loads."""
+    follows: dict[str | None, str] = {}
+    for path in (resource_dir("alembic") / "versions").glob("*.py"):
+        text = path.read_text(encoding="utf-8")
+        revision, down = _REVISION.search(text), _DOWN_REVISION.search(text)
+        if revision and down:
+            follows[down.group(1)] = revision.group(1)
+    chain: list[str] = []
+    current = follows.get(None)
+    while current is not None and current not in chain:
+        chain.append(current)
+        current = follows.get(current)
+    return chain
 
 
 def required_revision() -> str:
-    """The revision this package needs: the newest it ships (alembic's head)."""
+    """The revision this package needs: the last of its chain (alembic's head)."""
     return known_revisions()[-1]
 
 
