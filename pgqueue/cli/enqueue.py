@@ -13,6 +13,7 @@ from pgqueue.settings import get_settings
 from pgqueue.task_manager import TaskManager
 from pgqueue.tasks import registry
 from pgqueue.tasks.definition import RESERVED_OPTIONS
+from pgqueue.tasks.options import check_queue
 from pgqueue.tasks.registry import import_task_modules
 
 
@@ -120,6 +121,8 @@ def enqueue(
     settings = get_settings()
     modules = [module for item in imports for module in item.split(",") if module]
     import_task_modules(modules)
+    if queue is not None:
+        check_queue(queue)  # a bad --queue is the mistake to report, not the name it follows
     check = (lambda: None) if unchecked else (lambda: check_task(name, modules))
     manager = TaskManager(settings=settings)
     options: dict[str, Any] = {
