@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -26,6 +27,24 @@ class InvalidTaskOption(PgQueueError, ValueError):
 
 class ConfigurationError(PgQueueError, ValueError):
     """A setting is missing or has a value pgqueue cannot use."""
+
+
+class SchemaMissing(ConfigurationError):
+    """The database lacks the pgqueue schema, or holds an older revision of it than this
+    pgqueue needs; the message names the database (never its password) and `pgqueue migrate`.
+
+    >>> try:
+    ...     send.delay(to="a@example.com")
+    ... except SchemaMissing as error:
+    ...     print(error.revision, error.required)   # None (no schema) or '0001', and '0002'
+    """
+
+    def __init__(self, message: str, *, revision: str | None, required: str) -> None:
+        super().__init__(message)
+        #: The revision the database is at; None when it has no pgqueue schema (or no record).
+        self.revision = revision
+        #: The revision this pgqueue needs.
+        self.required = required
 
 
 class DatabaseUnavailable(PgQueueError, ConnectionError):
@@ -99,6 +118,21 @@ class PgQueueWarning(UserWarning):
 class EventLoopBlockingWarning(PgQueueWarning):
     """A blocking call, such as `.delay()`, ran inside a running event loop: the loop (every
     request of a web app) waits for the database meanwhile; `await task.adelay(...)` does not."""
+
+
+def closest(name: str, choices: Iterable[str], cutoff: float = 0.6) -> str | None:
+    """The choice a misspelt `name` most likely meant, for a "did you mean ...?"; None when
+    none is close enough.
+
+    >>> closest("dns", ["dsn", "broker"])
+    'dsn'
+    """
+    import difflib
+
+    close = difflib.get_close_matches(name, list(choices), n=1, cutoff=cutoff)
+    if not close and name != name.lower():
+        close = difflib.get_close_matches(name.lower(), list(choices), n=1, cutoff=cutoff)
+    return close[0] if close else None
 
 
 def first_line(text: str | BaseException | None, limit: int | None = None) -> str:

@@ -22,6 +22,7 @@ import psycopg
 from psycopg.rows import dict_row
 
 from pgqueue.db.database import Database, unavailable
+from pgqueue.db.migrated import atranslated, translated
 from pgqueue.db.queries import Channel
 from pgqueue.db.store import parse_task_id
 from pgqueue.errors import (
@@ -97,7 +98,7 @@ def wait(database: Database, task_id: Any, timeout: float | None = None) -> Any:
         conn = psycopg.connect(database.listen_dsn, **_waiter_kwargs(database))
     except psycopg.OperationalError as error:
         raise unavailable(database.dsn, error) from error
-    with conn:
+    with translated(database.dsn, database.schema), conn:
         conn.execute(Channel.RESULTS.listen(database.schema))
         try:
             while True:
@@ -128,7 +129,7 @@ async def await_result(database: Database, task_id: Any, timeout: float | None =
         )
     except psycopg.OperationalError as error:
         raise unavailable(database.dsn, error) from error
-    async with conn:
+    async with atranslated(database.dsn, database.schema), conn:
         await conn.execute(Channel.RESULTS.listen(database.schema))
         try:
             while True:

@@ -9,15 +9,16 @@ import math
 import operator
 import os
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import Field, dataclass, field, fields
 from pathlib import Path
 from typing import Any, ClassVar, Literal, NoReturn, TypeVar
 
 from pgqueue.dsn import mask_dsn, parse_dsn
-from pgqueue.errors import ConfigurationError, first_line
+from pgqueue.errors import ConfigurationError, closest, first_line
 
 DEFAULT_CONFIG_PATH = Path("config/services.yaml")
+CONFIG_SECTION = "task"  # the section of the config file that holds pgqueue's settings
 ENV_PREFIX = "pgqueue_"  # matched without regard to case, as PGQUEUE_DSN or pgqueue_dsn
 NESTED_DELIMITER = "__"  # PGQUEUE_RABBITMQ__HOST: the `host` key of the `rabbitmq` section
 
@@ -212,11 +213,11 @@ def _parse(cls: type[_Section], data: Mapping[str, Any]) -> tuple[dict[str, Any]
                     for key, value, words in invalid.problems
                 ]
     known = cls.field_names()
-    problems += [
-        (str(key), value, "Extra inputs are not permitted")
-        for key, value in data.items()
-        if key not in known
-    ]
+    for key, value in data.items():
+        if key not in known:
+            close = closest(str(key), known)
+            hint = f", did you mean {close!r}?" if close else ""
+            problems.append((str(key), value, "not a setting" + hint))
     return values, problems
 
 
@@ -348,6 +349,10 @@ class Settings(_Section):
         )
 
 
+#: The sections of Settings, by name: their keys are checked in the config file too.
+_SECTION_TYPES: dict[str, type[_Section]] = {"rabbitmq": RabbitMQSettings, "defaults": TaskDefaults}
+
+
 # -- the sources -------------------------------------------------------------------------
 
 
@@ -376,10 +381,66 @@ def read_config_file(path: Path) -> dict[str, Any]:
         raise ConfigurationError(f"{path} is not valid YAML{where}: {problem}") from error
     if not isinstance(document, dict):
         raise ConfigurationError(f"{path} must hold a mapping with a 'task:' section")
-    section = document.get("task") or {}
+    if CONFIG_SECTION not in document:
+        _check_no_section(path, document)
+    section = document.get(CONFIG_SECTION) or {}
     if not isinstance(section, dict):
         raise ConfigurationError(f"{path}: 'task' must be a mapping, not {section!r}")
+    unknown = list(_unknown_keys(Settings, section))
+    if len(unknown) == 1:
+        key, hint = unknown[0]
+        raise ConfigurationError(f"unknown setting {key!r} in {path}: {hint}")
+    if unknown:
+        listed = ", ".join(f"{key!r} ({hint})" for key, hint in unknown)
+        raise ConfigurationError(f"unknown settings in {path}: {listed}")
     return section
+
+
+def _check_no_section(path: Path, document: Mapping[Any, Any]) -> None:
+    """A file without a `task:` section: a misspelt one, or settings at the top level, is
+    refused; a file of other services only is used without pgqueue settings, with a warning.
+    (Other top-level sections beside `task:` are other services' and left alone.)"""
+    keys = [str(key) for key in document]
+    misspelt = [key for key in keys if closest(key, [CONFIG_SECTION], cutoff=0.8)]
+    if misspelt:
+        raise ConfigurationError(
+            f"unknown section {misspelt[0]!r} in {path}: did you mean {CONFIG_SECTION!r}? "
+            "(pgqueue reads its settings from the 'task:' section)"
+        )
+    settings = [key for key in keys if key in Settings.field_names()]
+    if settings:
+        raise ConfigurationError(
+            f"{', '.join(repr(key) for key in settings)} in {path} must be inside the 'task:' "
+            "section: indent the settings under a line `task:`"
+        )
+    if path.resolve() not in _warned_files:  # once per process: settings are read often
+        _warned_files.add(path.resolve())
+        logging.getLogger("pgqueue.settings").warning(
+            "%s has no 'task:' section (it has %s): pgqueue uses its defaults and PGQUEUE_* "
+            "variables",
+            path,
+            ", ".join(repr(key) for key in keys) or "nothing",
+        )
+
+
+_warned_files: set[Path] = set()
+
+
+def _unknown_keys(
+    cls: type[_Section], data: Mapping[Any, Any], prefix: str = ""
+) -> Iterator[tuple[str, str]]:
+    """(dotted key, hint) for each key of `data`, and of its sections, that `cls` lacks."""
+    known = cls.field_names()
+    for key, value in data.items():
+        name = str(key)
+        if name in _SECTION_TYPES and not prefix and isinstance(value, Mapping):
+            yield from _unknown_keys(_SECTION_TYPES[name], value, f"{name}.")
+        elif name not in known:
+            close = closest(name, known)
+            yield (
+                prefix + name,
+                f"did you mean {prefix + close!r}?" if close else f"not one of {', '.join(known)}",
+            )
 
 
 def read_environment() -> dict[str, Any]:
@@ -413,17 +474,31 @@ def read_environment() -> dict[str, Any]:
     return found
 
 
+#: PGQUEUE_* variables of pgqueue's that are not settings (read by the command line).
+OTHER_VARIABLES = ("config", "log_level", "log_format")
+
+
 def _warn_if_misspelt(variable: str, name: str, names: tuple[str, ...]) -> None:
     """A PGQUEUE_* variable close to a setting's name is most likely a typo, silently
-    ignored otherwise; others (PGQUEUE_CONFIG, a test suite's own) are left alone."""
-    import difflib
-
-    close = difflib.get_close_matches(name, names, n=1, cutoff=0.8)
+    ignored otherwise: warned of, not refused, since others may be the user's own
+    (PGQUEUE_TEST_DSN: a setting's name with words of its own around it is left alone)."""
+    if name in OTHER_VARIABLES or any(
+        name.endswith("_" + setting) or name.startswith(setting + "_")
+        for setting in names
+        if setting not in Settings.SECTIONS
+    ):
+        return
+    nested = [
+        f"{section}{NESTED_DELIMITER}{key}"
+        for section, cls in _SECTION_TYPES.items()
+        for key in cls.field_names()
+    ]
+    close = closest(name, [*names, *nested])
     if close:
         logging.getLogger("pgqueue.settings").warning(
             "%s is not a pgqueue setting and is ignored; did you mean %s?",
             variable,
-            (ENV_PREFIX + close[0]).upper(),
+            (ENV_PREFIX + close).upper(),
         )
 
 

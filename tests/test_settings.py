@@ -126,9 +126,6 @@ def test_get_settings_reads_once(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.mark.parametrize(
     ("config", "words"),
     [
-        ("task:\n  bogus: 1\n", r"bogus=1: Extra inputs are not permitted"),
-        ("task:\n  defaults: {queue: q, colour: red}\n", r"defaults\.colour='red': Extra inputs"),
-        ("task:\n  rabbitmq: {hots: x}\n", r"rabbitmq\.hots='x': Extra inputs"),
         ("task:\n  broker: redis\n", r"broker='redis': Input should be 'database' or 'rabbitmq'"),
         ("task:\n  lease_seconds: 0\n", r"lease_seconds=0: Input should be greater than 0"),
         (
@@ -161,6 +158,63 @@ def test_config_file_mistakes_name_key_value_and_rule(
         load_settings()
     assert isinstance(caught.value, ValueError) and isinstance(caught.value, PgQueueError)
     assert str(caught.value).startswith("invalid settings: ")
+
+
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [
+        ("task:\n  dns: x\n", "unknown setting 'dns' in {path}: did you mean 'dsn'?"),
+        (
+            "task:\n  rabbitmq: {hots: x}\n",
+            "unknown setting 'rabbitmq.hots' in {path}: did you mean 'rabbitmq.host'?",
+        ),
+        (
+            "task:\n  defaults: {queue: q, colour: red}\n",
+            "unknown setting 'defaults.colour' in {path}: not one of queue, priority, max_retries",
+        ),
+        (
+            "task:\n  dns: x\n  bogus: 1\n",
+            "unknown settings in {path}: 'dns' (did you mean 'dsn'?), 'bogus' (not one of dsn, ",
+        ),
+        (
+            "tasks:\n  dsn: x\n",
+            "unknown section 'tasks' in {path}: did you mean 'task'? (pgqueue reads its "
+            "settings from the 'task:' section)",
+        ),
+        (
+            "dsn: x\nbroker: database\n",
+            "'dsn', 'broker' in {path} must be inside the 'task:' section: indent the settings "
+            "under a line `task:`",
+        ),
+    ],
+)
+def test_config_file_typos_say_what_was_meant(tmp_path: Path, config: str, message: str) -> None:
+    write_config(tmp_path, config)
+    with pytest.raises(ConfigurationError) as caught:
+        load_settings()
+    assert str(caught.value).startswith(message.format(path=Path("config/services.yaml")))
+
+
+def test_a_file_of_other_services_only_is_used_with_a_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    write_config(tmp_path, "redis:\n  host: cache\ntask_runner: {}\n")
+    assert load_settings() == load_settings(dsn=None)
+    warnings = [record.getMessage() for record in caplog.records]
+    assert warnings == [
+        "config/services.yaml has no 'task:' section (it has 'redis', 'task_runner'): pgqueue "
+        "uses its defaults and PGQUEUE_* variables"
+    ]
+
+
+def test_other_sections_beside_task_are_other_services(tmp_path: Path) -> None:
+    write_config(tmp_path, "task:\n  lease_seconds: 5\ntasks_db: {url: x}\n")
+    assert load_settings().lease_seconds == 5
+
+
+def test_an_unknown_keyword_names_the_setting_it_resembles() -> None:
+    with pytest.raises(ConfigurationError, match=r"dns='x': not a setting, did you mean 'dsn'\?"):
+        load_settings(dns="x")
 
 
 @pytest.mark.parametrize(
@@ -250,10 +304,26 @@ def test_a_misspelt_variable_is_named_with_the_setting_it_resembles(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     monkeypatch.setenv("PGQUEUE_LEASE_SECOND", "5")
-    monkeypatch.setenv("PGQUEUE_SOMETHING_ELSE", "1")  # not close to any setting: silent
-    assert load_settings().lease_seconds == 30.0
-    warnings = [record.getMessage() for record in caplog.records]
+    monkeypatch.setenv("PGQUEUE_DNS", "postgresql://x@h/db")
+    monkeypatch.setenv("PGQUEUE_RABBITMQ_HOST", "mq")  # one underscore: not the section's key
+    # Not close to any setting, a setting's name with words of the user's own around it,
+    # and pgqueue's own variables that are no settings: silent.
+    monkeypatch.setenv("PGQUEUE_SOMETHING_ELSE", "1")
+    monkeypatch.setenv("PGQUEUE_TEST_RABBITMQ_URL", "amqp://x")
+    monkeypatch.setenv("PGQUEUE_DSN_READONLY", "postgresql://x@h/db")
+    monkeypatch.setenv("PGQUEUE_LOG_LEVEL", "INFO")
+    settings = load_settings()
+    assert (settings.lease_seconds, settings.dsn, settings.rabbitmq.host) == (
+        30.0,
+        None,
+        "localhost",
+    )
+    warnings = sorted(record.getMessage() for record in caplog.records)
     assert warnings == [
-        "PGQUEUE_LEASE_SECOND is not a pgqueue setting and is ignored; "
-        "did you mean PGQUEUE_LEASE_SECONDS?"
+        f"{variable} is not a pgqueue setting and is ignored; did you mean {meant}?"
+        for variable, meant in [
+            ("PGQUEUE_DNS", "PGQUEUE_DSN"),
+            ("PGQUEUE_LEASE_SECOND", "PGQUEUE_LEASE_SECONDS"),
+            ("PGQUEUE_RABBITMQ_HOST", "PGQUEUE_RABBITMQ__HOST"),
+        ]
     ]

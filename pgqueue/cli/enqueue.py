@@ -8,9 +8,12 @@ from typing import Any
 import click
 
 from pgqueue.cli.output import DURATION, Duration, admin_session, print_json
+from pgqueue.errors import ConfigurationError, closest
 from pgqueue.settings import get_settings
 from pgqueue.task_manager import TaskManager
+from pgqueue.tasks import registry
 from pgqueue.tasks.definition import RESERVED_OPTIONS
+from pgqueue.tasks.options import check_queue
 from pgqueue.tasks.registry import import_task_modules
 
 
@@ -29,6 +32,41 @@ def _kwargs(text: str) -> dict[str, Any]:
             f"--kwargs cannot hold {', '.join(clashes)}: use the options of `pgqueue enqueue`"
         )
     return value
+
+
+def check_task(name: str, imported: list[str]) -> None:
+    """Refuse a task name this process cannot resolve (a typo queues a task no worker runs):
+    its module part is imported if --import did not name one, and a name it does not
+    register is refused with the closest one it does."""
+    if registry.lookup(name) is not None:
+        return
+    module = name.rpartition(".")[0]
+    unchecked = "; to queue it for workers that know it, add --unchecked"
+    if module and module not in imported:
+        try:
+            import_task_modules([module])
+        except ConfigurationError as error:
+            missing = registry.module_missing(module, error.__cause__)
+            hint = " (name the module that defines it with --import)" if missing else ""
+            raise click.ClickException(
+                f"cannot check task {name!r}: {error}{hint}{unchecked}"
+            ) from None
+        if registry.lookup(name) is not None:
+            return
+    where = f" in {', '.join(imported or [module])}" if imported or module else ""
+    candidates = [
+        known
+        for known in registry.registered_names()
+        if not module or imported or known.startswith(module + ".")
+    ]
+    close = closest(name, candidates)
+    if close:
+        meant = f": did you mean {close!r}?"
+    elif candidates:
+        meant = f" (registered: {', '.join(candidates[:10])})"
+    else:
+        meant = " (no task is registered: name the module that defines it with --import)"
+    raise click.ClickException(f"no task {name!r} is registered{where}{meant}{unchecked}")
 
 
 @click.command()
@@ -52,7 +90,13 @@ def _kwargs(text: str) -> dict[str, Any]:
     "imports",
     multiple=True,
     help="Module defining the task, to apply its declared queue and options and check "
-    "the arguments against its signature.",
+    "the arguments against its signature [default: NAME's module part].",
+)
+@click.option(
+    "--unchecked",
+    is_flag=True,
+    help="Queue NAME even though this process cannot import it (a task only workers have); "
+    "its queue and options then come from the command line and settings.",
 )
 @click.option(
     "--json", "as_json", is_flag=True, help='Print {"id": ..., "name": ...} instead of the id.'
@@ -65,6 +109,7 @@ def enqueue(
     max_retries: int | None,
     kwargs_json: str,
     imports: tuple[str, ...],
+    unchecked: bool,
     as_json: bool,
 ) -> None:
     """Queue one run of the task NAME; prints its id.
@@ -74,7 +119,11 @@ def enqueue(
     """
     kwargs = _kwargs(kwargs_json)
     settings = get_settings()
-    import_task_modules([module for item in imports for module in item.split(",") if module])
+    modules = [module for item in imports for module in item.split(",") if module]
+    import_task_modules(modules)
+    if queue is not None:
+        check_queue(queue)  # a bad --queue is the mistake to report, not the name it follows
+    check = (lambda: None) if unchecked else (lambda: check_task(name, modules))
     manager = TaskManager(settings=settings)
     options: dict[str, Any] = {
         "queue": queue,
@@ -86,8 +135,10 @@ def enqueue(
         if settings.broker == "database":
             # One plain connection: an unreachable database fails at once, in one line.
             with admin_session(settings) as admin:
+                check()  # after the connection: a wrong DSN is the first thing to fix
                 task_id = manager.queue_task(name, connection=admin.connection, **options, **kwargs)
         else:
+            check()
             task_id = manager.queue_task(name, **options, **kwargs)
     finally:
         manager.close()

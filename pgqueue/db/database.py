@@ -14,6 +14,7 @@ import psycopg
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool, ConnectionPool, PoolTimeout
 
+from pgqueue.db.migrated import arevision_on, atranslated, missing, outdated, translated
 from pgqueue.db.queries import check_schema, queries
 from pgqueue.dsn import describe_dsn, mask_dsn, mask_psycopg_logs, parse_dsn, redact
 from pgqueue.errors import DatabaseUnavailable, first_line
@@ -179,9 +180,10 @@ class Database:
 
     @contextlib.contextmanager
     def connection(self) -> Iterator[psycopg.Connection[Any]]:
-        """A pooled connection; connection failures become DatabaseUnavailable."""
+        """A pooled connection; connection failures become DatabaseUnavailable, statements
+        that find no pgqueue schema SchemaMissing (run `pgqueue migrate`)."""
         try:
-            with self.pool().connection() as conn:
+            with translated(self.dsn, self.schema), self.pool().connection() as conn:
                 yield conn
         except DRIVER_UNAVAILABLE as error:
             if not isinstance(error, PoolTimeout):
@@ -196,7 +198,7 @@ class Database:
         pool: AsyncConnectionPool | None = None
         try:
             pool = await self.async_pool()
-            async with pool.connection() as conn:
+            async with atranslated(self.dsn, self.schema), pool.connection() as conn:
                 yield conn
         except DRIVER_UNAVAILABLE as error:
             if pool is not None and not isinstance(error, PoolTimeout):
@@ -236,6 +238,14 @@ class Database:
                 if attempt == 2:
                     raise
         raise AssertionError("unreachable")
+
+    async def check_migrated(self) -> None:
+        """SchemaMissing (run `pgqueue migrate`) if the database has no pgqueue schema, or
+        one at an older revision than this pgqueue's; a worker asks once, at its start."""
+        async with self.async_connection() as conn:
+            revision = await arevision_on(conn, self.schema)
+        if outdated(revision):
+            raise missing(self.dsn, self.schema, revision)
 
     def close(self) -> None:
         with self._lock:

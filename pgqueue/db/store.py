@@ -17,6 +17,7 @@ from pgqueue.db.drivers import (
     async_driver_connection,
     sync_driver_connection,
 )
+from pgqueue.db.migrated import atranslated, translated
 from pgqueue.errors import DatabaseUnavailable, TaskNotFound
 from pgqueue.records import NewTask, Task, TaskEvent
 
@@ -186,7 +187,8 @@ class TaskStore:
     def insert(self, tasks: Sequence[NewTask], connection: Any = None) -> None:
         """Write new tasks: in the caller's transaction when given its connection."""
         if connection is not None:
-            self._write(sync_driver_connection(connection), tasks)
+            with translated(self.database.dsn, self.database.schema):
+                self._write(sync_driver_connection(connection), tasks)
             return
         for attempt in (1, 2):
             try:
@@ -216,7 +218,8 @@ class TaskStore:
 
     async def ainsert(self, tasks: Sequence[NewTask], connection: Any = None) -> None:
         if connection is not None:
-            await self._awrite(await async_driver_connection(connection), tasks)
+            async with atranslated(self.database.dsn, self.database.schema):
+                await self._awrite(await async_driver_connection(connection), tasks)
             return
         for attempt in (1, 2):
             try:
@@ -255,7 +258,8 @@ class TaskStore:
         """Write tasks that may carry a unique_key; per row, its own id or the id of the
         unfinished task that holds its key. In the caller's transaction when given."""
         if connection is not None:
-            return self._write_unique(sync_driver_connection(connection), tasks)
+            with translated(self.database.dsn, self.database.schema):
+                return self._write_unique(sync_driver_connection(connection), tasks)
         for attempt in (1, 2):
             try:
                 with self.database.connection() as conn, conn.transaction():
@@ -285,7 +289,8 @@ class TaskStore:
         self, tasks: Sequence[NewTask], connection: Any = None
     ) -> list[uuid.UUID]:
         if connection is not None:
-            return await self._awrite_unique(await async_driver_connection(connection), tasks)
+            async with atranslated(self.database.dsn, self.database.schema):
+                return await self._awrite_unique(await async_driver_connection(connection), tasks)
         for attempt in (1, 2):
             try:
                 async with self.database.async_connection() as conn, conn.transaction():

@@ -20,6 +20,7 @@ import psycopg
 from psycopg.rows import dict_row
 
 from pgqueue.db.database import CONNECT_TIMEOUT_SECONDS, unavailable
+from pgqueue.db.migrated import translated
 from pgqueue.db.queries import DEFAULT_SCHEMA, queries
 from pgqueue.db.store import parse_task_id
 from pgqueue.dsn import parse_dsn
@@ -54,10 +55,15 @@ class Admin:
     `recent_failures`) or the task table itself, with bound parameters only.
     """
 
-    def __init__(self, connection: psycopg.Connection[Any], schema: str = DEFAULT_SCHEMA) -> None:
+    def __init__(
+        self, connection: psycopg.Connection[Any], schema: str = DEFAULT_SCHEMA, dsn: str = ""
+    ) -> None:
         self.connection = connection
         self.queries = queries(schema)
-        self._describe = f"schema {schema!r}"
+        self.schema = schema
+        #: To name the database in errors, and read its revision (the connection's own DSN,
+        #: without its password, when not given).
+        self.dsn = dsn or connection.info.dsn
 
     @classmethod
     @contextlib.contextmanager
@@ -74,22 +80,19 @@ class Admin:
         except psycopg.OperationalError as error:
             raise unavailable(dsn, error) from error
         try:
-            yield cls(connection, schema)
+            yield cls(connection, schema, dsn)
         except psycopg.OperationalError as error:
             raise unavailable(dsn, error) from error
         finally:
             connection.close()
 
     def _rows(self, query: str, params: dict[str, Any] | None = None) -> list[dict[str, Any]]:
-        try:
-            with self.connection.cursor(row_factory=dict_row) as cursor:
-                cursor.execute(self.queries[query], params or {})
-                return cursor.fetchall()
-        except (psycopg.errors.UndefinedTable, psycopg.errors.UndefinedFunction) as error:
-            raise ConfigurationError(
-                f"the pgqueue {self._describe} is missing or older than this pgqueue "
-                f"({first_line(error)}); run `pgqueue migrate`"
-            ) from error
+        with (
+            translated(self.dsn, self.schema),
+            self.connection.cursor(row_factory=dict_row) as cursor,
+        ):
+            cursor.execute(self.queries[query], params or {})
+            return cursor.fetchall()
 
     def _value(self, query: str, params: dict[str, Any] | None = None) -> Any:
         rows = self._rows(query, params)
@@ -278,6 +281,10 @@ class Admin:
         return rows
 
     # -- queues --------------------------------------------------------------------------
+
+    def known_queues(self) -> list[str]:
+        """Every queue seen: with tasks, listened to by a worker, of a cron task, or paused."""
+        return [row["queue"] for row in self._rows("known_queues")]
 
     def pause_queue(self, queue: str) -> bool:
         """Workers stop claiming from `queue` (running tasks finish); False if already paused."""

@@ -170,13 +170,20 @@ class WorkerManager:
         self._stopping = self._forced = False
         handled = self._install_signal_handlers() if handle_signals else []
         broker = self.broker
-        await broker.open(
-            self.worker_id,
-            self.queues,
-            self.cleanup,
-            WorkerInfo(concurrency=self.concurrency, task_names=tuple(registry.registered_names())),
-            on_cancel=self._cancel_run,
-        )
+        try:
+            await broker.open(
+                self.worker_id,
+                self.queues,
+                self.cleanup,
+                WorkerInfo(
+                    concurrency=self.concurrency, task_names=tuple(registry.registered_names())
+                ),
+                on_cancel=self._cancel_run,
+            )
+        except BaseException:  # refused (an unmigrated database, ...): nothing was started
+            await broker.close()
+            self._remove_signal_handlers(handled)
+            raise
         cron_tasks = self._cron_tasks()
         if cron_tasks:
             await broker.schedule_cron(cron_tasks, self.settings.defaults)

@@ -8,6 +8,7 @@ import collections
 import datetime
 import functools
 import itertools
+import logging
 import signal
 import subprocess
 import threading
@@ -631,3 +632,34 @@ def test_sigterm_releases_unfinished_task_to_the_queue(
     rworker()
     wait_until(lambda: rtm.get_task(task_id).status is TaskStatus.COMPLETED, timeout=20)
     assert rtm.get_task(task_id).attempts == 1  # the released run was not counted
+
+
+# -- paused queues -----------------------------------------------------------------------
+
+
+def test_a_paused_queue_is_not_consumed_until_resumed(
+    rtm: TaskManager,
+    rworker: Callable[..., Any],
+    db: psycopg.Connection[Any],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """`pgqueue queue pause` reaches RabbitMQ workers: paused at their start, or meanwhile."""
+    caplog.set_level(logging.INFO, logger="pgqueue.rabbitmq.pauses")
+    db.execute("SELECT pgqueue.pause_queue('held')")
+    rworker(queues=["held", "default"])
+    first = record.delay(label="first", queue="held")
+    other = record.delay(label="other")
+    wait_until(lambda: rtm.get_task(other).status is TaskStatus.COMPLETED)
+    assert rtm.get_task(first).status is TaskStatus.PENDING
+
+    db.execute("SELECT pgqueue.resume_queue('held')")
+    wait_until(lambda: rtm.get_task(first).status is TaskStatus.COMPLETED)
+    assert "queue held resumed: consuming it again" in caplog.text
+
+    db.execute("SELECT pgqueue.pause_queue('held')")
+    wait_until(lambda: "queue held paused: not consuming it" in caplog.text)
+    second = record.delay(label="second", queue="held")
+    later = record.delay(label="later")
+    wait_until(lambda: rtm.get_task(later).status is TaskStatus.COMPLETED)
+    assert rtm.get_task(second).status is TaskStatus.PENDING
+    assert [label for label, _ in calls] == ["other", "first", "later"]

@@ -154,9 +154,9 @@ def test_a_task_queued_failed_and_retried_shows_up_where_it_should(
 
 def test_tasks_list_filters_by_name_and_limit(cli: Run) -> None:
     ids = [
-        cli("enqueue", "app.a", "--queue", "q1").stdout.strip(),
-        cli("enqueue", "app.b", "--queue", "q1").stdout.strip(),
-        cli("enqueue", "app.a", "--queue", "q2").stdout.strip(),
+        cli("enqueue", "app.a", "--unchecked", "--queue", "q1").stdout.strip(),
+        cli("enqueue", "app.b", "--unchecked", "--queue", "q1").stdout.strip(),
+        cli("enqueue", "app.a", "--unchecked", "--queue", "q2").stdout.strip(),
     ]
     by_name = as_json(cli("tasks", "list", "--name", "app.a", "--json"))
     assert [t["id"] for t in by_name] == [ids[2], ids[0]]  # newest first
@@ -231,7 +231,7 @@ def test_queue_pause_and_resume_against_a_running_worker(
 def test_status_watch_refreshes_until_interrupted(
     cli: Run, dsn: str, db: psycopg.Connection[Any], tmp_path: Path
 ) -> None:
-    cli("enqueue", "app.first", "--queue", "watched")
+    cli("enqueue", "app.first", "--unchecked", "--queue", "watched")
     out = tmp_path / "watch.out"
     env = {**os.environ, "PGQUEUE_DSN": dsn, "PYTHONPATH": str(ROOT)}
     with out.open("wb") as sink:
@@ -243,8 +243,8 @@ def test_status_watch_refreshes_until_interrupted(
         )
         try:
             wait_until(lambda: "\nwatched " in out.read_text())
-            cli("enqueue", "app.second", "--queue", "watched")
-            cli("enqueue", "app.third", "--queue", "later")
+            cli("enqueue", "app.second", "--unchecked", "--queue", "watched")
+            cli("enqueue", "app.third", "--unchecked", "--queue", "later")
             # A later refresh shows what changed after the watch started.
             wait_until(lambda: "\nlater " in out.read_text())
             watcher.send_signal(signal.SIGINT)
@@ -260,7 +260,7 @@ def test_status_watch_refreshes_until_interrupted(
 
 
 def test_status_watch_json_prints_one_object_per_refresh(cli: Run, dsn: str) -> None:
-    cli("enqueue", "app.first", "--queue", "q")
+    cli("enqueue", "app.first", "--unchecked", "--queue", "q")
     env = {**os.environ, "PGQUEUE_DSN": dsn, "PYTHONPATH": str(ROOT)}
     watcher = subprocess.Popen(
         [sys.executable, "-m", "pgqueue.cli", "status", "--watch", "--json", "--interval", "0.1"],
@@ -304,6 +304,7 @@ def test_enqueue_options_reach_the_row(cli: Run, db: psycopg.Connection[Any]) ->
         cli(
             "enqueue",
             "app.report",
+            "--unchecked",
             "--queue",
             "reports",
             "--priority",
@@ -360,7 +361,7 @@ def test_user_mistakes_are_one_line(cli: Run, args: list[str], expected: str) ->
 
 
 def test_retry_of_a_task_that_did_not_fail_is_refused(cli: Run) -> None:
-    task_id = cli("enqueue", "app.x").stdout.strip()
+    task_id = cli("enqueue", "app.x", "--unchecked").stdout.strip()
     refused = cli("tasks", "retry", task_id, code=1)
     assert refused.stdout == ""
     assert refused.stderr.strip() == (

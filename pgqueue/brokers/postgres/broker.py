@@ -166,6 +166,8 @@ class PostgresBroker(Broker):
         self._wake.set()  # the first claim looks at once
         self._interrupted = False
         self._asleep_since = None
+        # Refuse an unmigrated database now, in one line, rather than fail every loop.
+        await self._retrying("schema check", self.database.check_migrated)
         self._listener = Listener(self.database, queues, self._wake.set, self._on_control)
         self._listener.start()
         self._completion_pool = AsyncConnectionPool(

@@ -37,6 +37,7 @@ from pgqueue.brokers.rabbitmq.messages import (
     record_message,
     unknown_headers,
 )
+from pgqueue.brokers.rabbitmq.pauses import PauseWatcher
 from pgqueue.brokers.rabbitmq.status_writer import (
     FollowUp,
     RecordWriter,
@@ -45,13 +46,13 @@ from pgqueue.brokers.rabbitmq.status_writer import (
 )
 from pgqueue.brokers.rabbitmq.topology import Topology
 from pgqueue.db.cron import CronScheduler
-from pgqueue.db.database import Database, database_from_settings
+from pgqueue.db.database import UNAVAILABLE, Database, database_from_settings
 from pgqueue.db.drivers import async_driver_connection, sync_driver_connection
 from pgqueue.db.outcomes import report
 from pgqueue.db.queries import queries as named_queries
 from pgqueue.db.store import TaskStore
 from pgqueue.errors import BrokerUnavailable
-from pgqueue.loops import Backoff, SupervisedTask
+from pgqueue.loops import Backoff, SupervisedTask, retrying
 from pgqueue.records import CleanupPolicy, NewTask, Outcome, Task, WorkerInfo
 from pgqueue.settings import Settings
 
@@ -93,6 +94,9 @@ class RabbitMQBroker(Broker):
         self._settled = asyncio.Event()
         self._background: list[SupervisedTask] = []
         self._relay: outbox.Relay | None = None
+        self._pauses: PauseWatcher | None = None
+        #: The consumer tag of each queue consumed on the current channel.
+        self._consumers: dict[str, str] = {}
         self._records: RecordWriter | None = None
         self._interrupted = False
         self._prefetch = 0
@@ -186,6 +190,14 @@ class RabbitMQBroker(Broker):
         self._arrived, self._connected = asyncio.Event(), asyncio.Event()
         self._outcome_ready, self._settled = asyncio.Event(), asyncio.Event()
         self._settled.set()
+        if self.database is not None:  # refuse an unmigrated database now, in one line
+            await retrying(
+                self.database.check_migrated,
+                UNAVAILABLE,
+                Backoff(first=0.1, most=MAX_BACKOFF_SECONDS),
+                log,
+                "schema check failed, database unavailable",
+            )
         self._link = Link(self.url, self.topology, reconnect=False)
         if self.tracking:
             assert self.database is not None
@@ -201,6 +213,11 @@ class RabbitMQBroker(Broker):
         if self.database is not None:
             self._relay = outbox.Relay(self.database, self._publish_rows)
             self._relay.start()
+            # `pgqueue queue pause`: paused queues are not consumed (pauses.py).
+            self._pauses = PauseWatcher(self.database, queues, self._follow_pauses)
+            with contextlib.suppress(*UNAVAILABLE):
+                self._pauses.paused = await self._pauses.read()
+            self._pauses.start()
         if worker is not None:  # prefetch: as many unacked messages as the worker runs
             self._start_consuming(worker.concurrency)
 
@@ -254,9 +271,10 @@ class RabbitMQBroker(Broker):
                 await channel.set_qos(prefetch_count=self._prefetch, global_=True)
                 self._generation += 1
                 generation = self._generation
+                self._consumers = {}
                 for queue in self._queues:
-                    declared = await self._link.declare(queue)
-                    await declared.consume(self._receiver(generation))
+                    if queue not in self._paused():
+                        await self._consume(queue, generation)
                 if backoff.seconds > backoff.first:
                     log.info("reconnected to RabbitMQ at %s", safe_url(self.url))
                 backoff.reset()
@@ -271,6 +289,33 @@ class RabbitMQBroker(Broker):
             self._connected.clear()
             self._generation += 1  # what the old channel delivered cannot be acked any more
             await backoff.sleep()
+
+    def _paused(self) -> set[str]:
+        return self._pauses.paused if self._pauses is not None else set()
+
+    async def _consume(self, queue: str, generation: int) -> None:
+        assert self._link is not None
+        declared = await self._link.declare(queue)
+        self._consumers[queue] = await declared.consume(self._receiver(generation))
+
+    async def _follow_pauses(self, paused: set[str]) -> None:
+        """Stop consuming the queues just paused, consume those just resumed; while
+        disconnected, the reconnect consumes only what is not paused."""
+        generation = self._generation
+        if self._link is None or not self._connected.is_set():
+            return
+        try:
+            for queue, tag in list(self._consumers.items()):
+                if queue in paused:
+                    await (await self._link.declare(queue)).cancel(tag)
+                    del self._consumers[queue]
+            for queue in self._queues:
+                if queue not in paused and queue not in self._consumers:
+                    if generation != self._generation:
+                        return
+                    await self._consume(queue, generation)
+        except (BrokerUnavailable, *ERRORS) as error:  # the connection loop takes over
+            log.debug("could not follow paused queues: %s", error)
 
     def _receiver(self, generation: int) -> Any:
         async def receive(message: AbstractIncomingMessage) -> None:
@@ -304,6 +349,11 @@ class RabbitMQBroker(Broker):
                     await self._settle_message(generation, message)
                 except BrokerUnavailable:
                     pass  # redelivered after the reconnect
+                continue
+            if task.queue in self._paused():  # delivered before its consumer was cancelled
+                if generation == self._generation:
+                    with contextlib.suppress(*ERRORS):
+                        await message.nack(requeue=True)
                 continue
             if task.id in self._inflight:  # a duplicate of a run in progress
                 await self._settle_message(generation, message)
@@ -469,6 +519,9 @@ class RabbitMQBroker(Broker):
             )
         if self._relay is not None:
             await self._relay.stop()
+        if self._pauses is not None:
+            await self._pauses.stop()
+            self._pauses = None
         for loop in self._background:
             await loop.stop()
         if self._link is not None:

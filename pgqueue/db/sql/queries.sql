@@ -247,6 +247,20 @@ LIMIT %(limit)s;
 -- Make the claim skip a queue; true if it was not paused already.
 SELECT pgqueue.pause_queue(%(queue)s);
 
+-- name: known_queues
+-- Every queue pgqueue has seen: with task rows, listened to by a worker (of the registry),
+-- of a cron schedule, or paused. `pgqueue queue pause` refuses others (a typo), unless
+-- forced; it reads the whole task table, as `pgqueue status` does.
+SELECT queue FROM pgqueue.tasks
+UNION SELECT unnest(queues) FROM pgqueue.workers
+UNION SELECT queue FROM pgqueue.cron_schedules
+UNION SELECT queue FROM pgqueue.paused_queues
+ORDER BY queue;
+
+-- name: paused_among
+-- The paused ones among %(queues)s (RabbitMQ workers stop consuming them).
+SELECT queue FROM pgqueue.paused_queues WHERE queue = ANY (%(queues)s);
+
 -- name: resume_queue
 -- Let workers claim from the queue again; true if it was paused.
 SELECT pgqueue.resume_queue(%(queue)s);
@@ -469,3 +483,11 @@ WHERE s.since < now() - interval '1 minute'
 -- A message on the control channel that only the listener which sent it looks for: proof
 -- that notifications reach its connection (they do not through a transaction-mode pooler).
 SELECT pg_notify(%(channel)s, 'probe ' || %(token)s);
+
+-- name: schema_revision
+-- The alembic revision the pgqueue schema is at (db/migrated.py: is this database migrated).
+SELECT version_num FROM pgqueue.alembic_version;
+
+-- name: schema_exists
+-- Whether the schema exists at all (no revision record: made by hand, or a failed migration).
+SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = %(schema)s);
