@@ -1,4 +1,4 @@
-"""OpenTelemetry traces and metrics (`pgqueue[otel]`): on by itself once the OpenTelemetry
+"""OpenTelemetry traces and metrics (`pgqueue-tasks[otel]`): on by itself once the OpenTelemetry
 API is installed and the app has configured a tracer provider; nothing otherwise.
 
 A producer's `.delay()` runs in a `send <queue>` span (kind PRODUCER) whose context is
@@ -27,7 +27,7 @@ from pgqueue.version import __version__
 
 try:
     from opentelemetry import metrics, propagate, trace
-except ImportError:  # pgqueue[otel] is not installed: tracing is off, for good
+except ImportError:  # pgqueue-tasks[otel] is not installed: tracing is off, for good
     INSTALLED = False
 else:
     INSTALLED = True

@@ -10,7 +10,7 @@ from pgqueue.brokers.base import Broker
 from pgqueue.errors import ConfigurationError
 from pgqueue.records import CleanupPolicy
 from pgqueue.settings import get_settings
-from pgqueue.version import DISTRIBUTION
+from pgqueue.version import install_hint
 
 if TYPE_CHECKING:
     from pgqueue.settings import Settings
@@ -35,7 +35,7 @@ def get_broker(settings: Settings | None = None) -> Broker:
                 raise
             raise ConfigurationError(
                 f"the RabbitMQ broker (PGQUEUE_BROKER=rabbitmq) needs the {package} package, "
-                f"which is not installed: pip install '{DISTRIBUTION}[rabbitmq]'"
+                "which is not installed: " + install_hint("rabbitmq")
             ) from error
 
         return RabbitMQBroker.from_settings(settings)

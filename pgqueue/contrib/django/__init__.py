@@ -4,7 +4,7 @@
     TASKS = {"default": {"BACKEND": "pgqueue.contrib.django.PgQueueBackend",
                          "QUEUES": ["default", "emails"]}}
 
-Works with Django 6's `django.tasks` and with the `django-tasks` backport (`pgqueue[django]`).
+Works with Django 6's `django.tasks` and with the `django-tasks` backport (`pgqueue-tasks[django]`).
 """
 
 from pgqueue.contrib.django.backend import PgQueueBackend
