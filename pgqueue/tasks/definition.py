@@ -6,8 +6,9 @@ import datetime
 import functools
 import inspect
 import sys
-from collections.abc import Callable, Mapping
-from typing import Any, Generic, Protocol, TypeVar, overload
+import uuid
+from collections.abc import Callable, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar, cast, overload
 
 from pgqueue.errors import InvalidTaskArguments, InvalidTaskOption, TaskDefinitionError
 from pgqueue.tasks import call, registry
@@ -24,11 +25,24 @@ from pgqueue.tasks.options import (
 from pgqueue.tasks.schedule import CronSchedule
 from pgqueue.tasks.typed_arguments import TypedArguments
 
+if TYPE_CHECKING:
+    from pgqueue.tasks.workflow import Signature, WorkflowProducer
+
 R = TypeVar("R")
 
 #: Keyword names that .delay() takes for itself, so no task may have them as parameters.
 RESERVED_OPTIONS = frozenset(
-    {"delay", "schedule_at", "priority", "queue", "max_retries", "connection", "unique_key"}
+    {
+        "delay",
+        "schedule_at",
+        "priority",
+        "queue",
+        "max_retries",
+        "connection",
+        "unique_key",
+        "depends_on",
+        "on_parent_failure",
+    }
 )
 
 
@@ -54,6 +68,11 @@ def use_default_producer(get: Callable[[], Producer]) -> None:
 def _producer() -> Producer:
     assert _default_producer is not None, "import pgqueue first"
     return _default_producer()
+
+
+def workflow_producer() -> WorkflowProducer:
+    """What chain/group/chord `.delay()` queue through: the default producer."""
+    return cast("WorkflowProducer", _producer())
 
 
 class TaskFunction(Generic[R]):
@@ -148,6 +167,8 @@ class TaskFunction(Generic[R]):
         queue: str | None = None,
         max_retries: int | None = None,
         unique_key: UniqueKey | None = None,
+        depends_on: Iterable[uuid.UUID | str] | None = None,
+        on_parent_failure: str = "cancel",
         **kwargs: Any,
     ) -> Any:
         """Queue a run of this task; returns its id.
@@ -155,6 +176,11 @@ class TaskFunction(Generic[R]):
         >>> task_id = send_email.delay(to="a@example.com", subject="Hi")
         >>> task_id = send_email.delay(delay=3600, to="a@example.com", subject="Later")
         >>> task_id = send_email.delay(unique_key="welcome:42", to="a@example.com")
+        >>> later = send_email.delay(depends_on=[task_id], to="b@example.com")  # WAITING
+
+        With `depends_on` (ids of queued tasks) it waits (WAITING) until every one of them
+        is COMPLETED; if one ends FAILED or CANCELLED it is cancelled too, unless
+        `on_parent_failure="run"`.
         """
         return _producer().queue_task(
             self,
@@ -166,7 +192,40 @@ class TaskFunction(Generic[R]):
             queue=queue,
             max_retries=max_retries,
             unique_key=unique_key,
+            depends_on=depends_on,
+            on_parent_failure=on_parent_failure,
             **kwargs,
+        )
+
+    def s(
+        self,
+        *args: Any,
+        delay: Delay | None = None,
+        schedule_at: datetime.datetime | None = None,
+        priority: int | None = None,
+        queue: str | None = None,
+        max_retries: int | None = None,
+        depends_on: Iterable[uuid.UUID | str] | None = None,
+        on_parent_failure: str = "cancel",
+        **kwargs: Any,
+    ) -> Signature:
+        """A call of this task to queue later, as a step of chain, group or chord.
+
+        >>> ids = chain(fetch.s(url="https://example.com"), parse.s()).delay()
+        """
+        from pgqueue.tasks.workflow import Signature
+
+        return Signature(
+            self,
+            args,
+            kwargs,
+            queue=queue,
+            priority=priority,
+            max_retries=max_retries,
+            delay=delay,
+            schedule_at=schedule_at,
+            depends_on=depends_on,
+            on_parent_failure=on_parent_failure,
         )
 
     async def adelay(
@@ -179,6 +238,8 @@ class TaskFunction(Generic[R]):
         queue: str | None = None,
         max_retries: int | None = None,
         unique_key: UniqueKey | None = None,
+        depends_on: Iterable[uuid.UUID | str] | None = None,
+        on_parent_failure: str = "cancel",
         **kwargs: Any,
     ) -> Any:
         """Queue a run of this task from async code; returns its id."""
@@ -192,6 +253,8 @@ class TaskFunction(Generic[R]):
             queue=queue,
             max_retries=max_retries,
             unique_key=unique_key,
+            depends_on=depends_on,
+            on_parent_failure=on_parent_failure,
             **kwargs,
         )
 

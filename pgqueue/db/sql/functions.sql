@@ -24,8 +24,8 @@ $$;
 
 -- name: release_children
 -- Parents that just became COMPLETED: each child has one parent fewer left; a WAITING child
--- with none left becomes PENDING (due now at the earliest, behind what is due already) and
--- its workers are woken. Event: "ready" (details: parent, the one that released it).
+-- with none left becomes PENDING (due at the run_at it was queued with) and its workers are
+-- woken. Event: "ready" (details: parent, the one that released it).
 CREATE OR REPLACE FUNCTION pgqueue.release_children(p_parents uuid[]) RETURNS void
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -52,8 +52,7 @@ BEGIN
     ), moved AS (
         UPDATE pgqueue.tasks AS t
         SET parents_left = t.parents_left - x.n,
-            status = CASE WHEN x.ready THEN 'PENDING' ELSE t.status END::pgqueue.task_status,
-            run_at = CASE WHEN x.ready THEN greatest(t.run_at, now()) ELSE t.run_at END
+            status = CASE WHEN x.ready THEN 'PENDING' ELSE t.status END::pgqueue.task_status
         FROM targets AS x
         WHERE t.id = x.id
         RETURNING t.id, t.queue, t.attempts, x.ready, x.parent
@@ -108,7 +107,6 @@ BEGIN
                 status = CASE WHEN x.cancels THEN 'CANCELLED'
                               WHEN x.ready THEN 'PENDING'
                               ELSE t.status END::pgqueue.task_status,
-                run_at = CASE WHEN x.ready THEN greatest(t.run_at, now()) ELSE t.run_at END,
                 finished_at = CASE WHEN x.cancels THEN now() ELSE t.finished_at END,
                 cancelled_by = CASE WHEN x.cancels THEN x.parent ELSE t.cancelled_by END,
                 error = CASE WHEN x.cancels

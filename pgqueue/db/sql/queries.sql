@@ -16,6 +16,34 @@ COPY pgqueue.tasks (id, name, queue, priority, kwargs, max_retries) FROM STDIN;
 -- Bulk queueing of delayed or scheduled rows; run_at computed from the database's now().
 COPY pgqueue.tasks (id, name, queue, priority, kwargs, max_retries, run_at) FROM STDIN;
 
+-- name: lock_parents
+-- A workflow's producer: the existing parents its tasks name, locked until it commits (in
+-- id order, as complete_tasks locks them) so that no parent finishes unseen meanwhile.
+SELECT id, status::text FROM pgqueue.tasks
+WHERE id = ANY(%(ids)s::uuid[])
+ORDER BY id
+FOR SHARE;
+
+-- name: copy_workflow_tasks
+-- Tasks with parents: their first status (WAITING, PENDING, or CANCELLED by a parent that
+-- failed already) and how many parents they wait for (db/dependencies.py).
+COPY pgqueue.tasks (id, name, queue, priority, kwargs, max_retries, run_at, status,
+                    parents_left, on_parent_failure, cancelled_by, error, finished_at)
+FROM STDIN;
+
+-- name: copy_task_dependencies
+-- Their edges, in the same transaction.
+COPY pgqueue.task_dependencies (parent_id, child_id) FROM STDIN;
+
+-- name: parent_results
+-- Inside a task: each parent's result (NULL if it has none), with the results' total stored
+-- size, which parent_results() bounds.
+SELECT d.parent_id, t.result::text, sum(pg_column_size(t.result)) OVER () AS total
+FROM pgqueue.task_dependencies AS d
+LEFT JOIN pgqueue.tasks AS t ON t.id = d.parent_id
+WHERE d.child_id = %(id)s
+ORDER BY d.parent_id;
+
 -- name: get_task
 -- One task by id.
 SELECT * FROM pgqueue.tasks WHERE id = %(id)s;
