@@ -130,7 +130,7 @@ def _topological(tasks: Sequence[NewTask]) -> list[NewTask]:
 
 def edge_rows(tasks: Sequence[NewTask]) -> Iterator[str]:
     """The rows of `copy_task_dependencies` as COPY text, in chunks."""
-    lines = []
+    lines: list[str] = []
     for task in tasks:
         child = f"{task.id.int:032x}"
         lines.extend(f"{parent.int:032x}\t{child}" for parent in task.depends_on)
