@@ -256,3 +256,19 @@ def _waiting_for_a_lock(dsn: str) -> bool:
             " WHERE datname = current_database() AND wait_event_type = 'Lock'"
         ).fetchone()
     return bool(row and row[0])
+
+
+def test_a_worker_cancels_the_subtree_of_a_parent_failing_after_retries_and_retry_revives(
+    tm: TaskManager, start_worker: Callable[..., Any]
+) -> None:
+    parent = w.fails_three_times.delay()
+    child, grandchild = chain(w.step.s(n=1, depends_on=[parent]), w.step.s(n=2)).delay()
+    sibling = w.step.delay(n=3, depends_on=[parent], on_parent_failure="run")
+    start_worker(queues=[w.QUEUE], polling_interval=0.5)
+    wait_until(lambda: status(tm, grandchild) is TaskStatus.CANCELLED, timeout=60)
+    assert status(tm, parent) is TaskStatus.FAILED
+    assert status(tm, child) is TaskStatus.CANCELLED
+    wait_until(lambda: status(tm, sibling) is TaskStatus.COMPLETED, timeout=30)
+    assert tm.retry(parent)
+    assert tm.wait(grandchild, timeout=60) == 2
+    assert status(tm, parent) is TaskStatus.COMPLETED

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import uuid
 from typing import Any
 
 from pgqueue import AsyncTask, current_task
@@ -32,25 +30,9 @@ def boom() -> None:
     raise RuntimeError("boom")
 
 
-@AsyncTask(queue="faults", transactional=True, max_retries=20)
-async def node(n: int, dsn: str) -> int:
-    """A member of a random graph run under SIGKILLs: records each start on its own
-    connection (committed at once), its effect in its completing transaction."""
-    import psycopg
-
-    task_id = current_task().id
-    async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as log:
-        await log.execute(
-            "INSERT INTO executions (task_id, attempt, pid) VALUES (%s, %s, %s)",
-            (task_id, current_task().attempt, os.getpid()),
-        )
-    conn = current_task().connection
-    await conn.execute(
-        "INSERT INTO effects (task_id, n, attempt, pid) VALUES (%s, %s, %s, %s)",
-        (task_id, n, current_task().attempt, os.getpid()),
-    )
-    return n
-
-
-def new_id() -> uuid.UUID:
-    return uuid.uuid4()
+@AsyncTask(queue=QUEUE, max_retries=2)
+def fails_three_times() -> str:
+    """FAILED after its retries (attempts 1 to 3); a retry's attempt 4 completes."""
+    if current_task().attempt <= 3:
+        raise RuntimeError(f"attempt {current_task().attempt} fails")
+    return "done"
