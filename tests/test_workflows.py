@@ -272,3 +272,27 @@ def test_a_worker_cancels_the_subtree_of_a_parent_failing_after_retries_and_retr
     assert tm.retry(parent)
     assert tm.wait(grandchild, timeout=60) == 2
     assert status(tm, parent) is TaskStatus.COMPLETED
+
+
+def test_tasks_show_lists_parents_and_children_and_explain_says_what_it_waits_for(
+    tm: TaskManager, dsn: str
+) -> None:
+    from click.testing import CliRunner
+
+    from pgqueue.cli import main
+
+    first, second, third = w.step.delay(n=1), w.step.delay(n=2), w.step.delay(n=3)
+    testing.drain(tm, queues=[w.QUEUE])
+    fourth = w.step.delay(n=4)
+    fifth = w.step.delay(n=5)
+    child = w.collect.delay(depends_on=[first, fourth, fifth])
+    env = {"PGQUEUE_DSN": dsn}
+    shown = CliRunner().invoke(main, ["tasks", "show", str(child)], env=env)
+    assert shown.exit_code == 0, shown.output
+    assert str(fourth) in shown.output and str(first) in shown.output
+    parent = CliRunner().invoke(main, ["tasks", "show", str(first)], env=env)
+    assert str(child) in parent.output
+    explained = CliRunner().invoke(main, ["tasks", "explain", str(child)], env=env)
+    assert "waiting for 2 of 3 parents:" in explained.output
+    assert f"{fourth} workflow_tasks.step (PENDING)" in explained.output
+    assert str(second) not in explained.output and str(third) not in explained.output

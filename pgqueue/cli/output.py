@@ -36,6 +36,7 @@ STATUS_STYLES = {
     TaskStatus.FAILED: "bold red",
     TaskStatus.RETRYING: "yellow",
     TaskStatus.CANCELLED: "dim",
+    TaskStatus.WAITING: "magenta",
 }
 
 

@@ -376,6 +376,24 @@ SELECT
 FROM pgqueue.tasks AS t
 WHERE t.id = %(id)s;
 
+-- name: task_parents
+-- A task's parents (`tasks show`, `tasks explain`): the unsettled first, with their number.
+SELECT d.parent_id AS id, t.name, t.status::text AS status, count(*) OVER () AS total
+FROM pgqueue.task_dependencies AS d
+LEFT JOIN pgqueue.tasks AS t ON t.id = d.parent_id
+WHERE d.child_id = %(id)s
+ORDER BY t.status IS NOT DISTINCT FROM 'COMPLETED', d.parent_id
+LIMIT %(limit)s;
+
+-- name: task_children
+-- The tasks that wait for this one (`tasks show`), with their number.
+SELECT d.child_id AS id, t.name, t.status::text AS status, count(*) OVER () AS total
+FROM pgqueue.task_dependencies AS d
+LEFT JOIN pgqueue.tasks AS t ON t.id = d.child_id
+WHERE d.parent_id = %(id)s
+ORDER BY d.child_id
+LIMIT %(limit)s;
+
 -- name: cron_record_schedule
 -- A worker that imports a cron task records its schedule (first_seen_at is kept).
 INSERT INTO pgqueue.cron_schedules AS s (name, cron, timezone, queue, catchup_seconds)
