@@ -141,26 +141,25 @@ def _shape_of(part: Any) -> _Shape:
 def _joined(shapes: Sequence[_Shape], link: bool) -> _Shape:
     """Shapes one after another (link: each part's heads wait for the previous tails)."""
     steps: list[Step] = []
-    heads: tuple[int, ...] = ()
-    tails: tuple[int, ...] = ()
+    heads: list[int] = []
+    tails: list[int] = []
     for index, shape in enumerate(shapes):
         offset = len(steps)
-        before = tails if link and index > 0 else ()
+        before = tuple(tails) if link and index > 0 else ()
         head_set = set(shape.heads)
         for position, step in enumerate(shape.steps):
             after = tuple(offset + i for i in step.after)
             if position in head_set:
                 after = before + after
             steps.append(Step(step.signature, after))
-        shifted_heads = tuple(offset + i for i in shape.heads)
-        shifted_tails = tuple(offset + i for i in shape.tails)
+        shifted_tails = [offset + i for i in shape.tails]
+        if not link or index == 0:
+            heads.extend(offset + i for i in shape.heads)
         if link:
-            heads = heads if index > 0 else shifted_heads
             tails = shifted_tails
         else:
-            heads += shifted_heads
-            tails += shifted_tails
-    return _Shape(tuple(steps), heads, tails)
+            tails.extend(shifted_tails)
+    return _Shape(tuple(steps), tuple(heads), tuple(tails))
 
 
 class chain(Workflow):
