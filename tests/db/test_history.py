@@ -12,9 +12,12 @@ from typing import Any
 
 import psycopg
 import pytest
+from alembic import command
+from sqlalchemy import create_engine
 
 from pgqueue import AsyncTask, TaskManager
 from pgqueue.db.claim import claimed_task
+from pgqueue.db.migrations import alembic_config, sqlalchemy_url, upgrade
 from pgqueue.db.outcomes import write_outcomes
 from pgqueue.db.queries import queries
 from pgqueue.errors import TaskNotFound
@@ -393,3 +396,30 @@ def test_a_timeline_is_one_index_scan(db: Any) -> None:
     )
     assert "Index Scan using task_events_pkey" in plan, plan
     assert "Sort" not in plan, plan
+
+
+def test_revision_0003_downgrades_to_the_functions_of_0002(empty_dsn: str) -> None:
+    def bodies() -> dict[str, str]:
+        with psycopg.connect(empty_dsn) as conn:
+            rows = conn.execute(
+                "SELECT p.proname, p.prosrc FROM pg_proc AS p"
+                " JOIN pg_namespace AS n ON n.oid = p.pronamespace WHERE n.nspname = 'pgqueue'"
+            ).fetchall()
+        return dict(rows)
+
+    upgrade(empty_dsn, revision="0002")
+    before = bodies()
+    upgrade(empty_dsn)
+    assert "task_events" in bodies()["complete_tasks"]
+    engine = create_engine(sqlalchemy_url(empty_dsn))
+    try:
+        with engine.connect() as conn:
+            command.downgrade(alembic_config(connection=conn), "0002")
+            conn.commit()
+    finally:
+        engine.dispose()
+    assert bodies() == before
+    with psycopg.connect(empty_dsn) as conn:
+        assert conn.execute("SELECT to_regclass('pgqueue.task_events')").fetchone() == (None,)
+    upgrade(empty_dsn)  # and up again
+    assert "task_events" in bodies()["complete_tasks"]

@@ -8,6 +8,7 @@ from typing import Any
 import fault_tasks
 import psycopg
 from support.faults import WorkerPool, assert_exactly_once, execution_count, task_row
+from support.history import timeline
 from support.waiting import wait_until
 
 from pgqueue.task_manager import TaskManager
@@ -53,4 +54,10 @@ def test_drain_timeout_releases_what_still_runs(
     row = task_row(fault_db, task_id)
     assert (row["status"], row["attempts"], row["worker_id"]) == ("PENDING", 0, None)
     assert fault_db.execute("SELECT count(*) FROM effects").fetchone() == (0,)
+    released = timeline(fault_db, task_id)[-1]
+    assert (released["event"], released["attempt"], released["details"]) == (
+        "released",
+        0,
+        {"started": True},
+    )
     assert "releasing task" in worker.output

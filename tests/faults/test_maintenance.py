@@ -28,6 +28,9 @@ def test_cleanup_runs_on_one_worker_at_a_time_in_batches(
         "SELECT pgqueue.cleanup_tasks(interval '1 day', %s)", (CLEANUP_BATCH_SIZE,)
     ).fetchone()
     assert one_batch == (CLEANUP_BATCH_SIZE,)
+    # The batch took its tasks' events with them (each row has its "enqueued").
+    events = "SELECT count(*) FROM pgqueue.task_events"
+    assert db.execute(events).fetchone() == (CLEANUP_BATCH_SIZE + 500,)
 
     async def cleanup() -> int:
         database = Database(dsn)
@@ -50,3 +53,4 @@ def test_cleanup_runs_on_one_worker_at_a_time_in_batches(
     # Free again: the runner loops over batches until none is left.
     assert asyncio.run(cleanup()) == CLEANUP_BATCH_SIZE + 500
     assert db.execute("SELECT count(*) FROM pgqueue.tasks").fetchone() == (0,)
+    assert db.execute(events).fetchone() == (0,)

@@ -16,6 +16,7 @@ from typing import Any
 
 import psycopg
 
+from .history import assert_history_exact
 from .waiting import wait_until
 from .workers import WorkerProcess
 
@@ -70,7 +71,8 @@ def all_finished(db: psycopg.Connection[Any], ids: Sequence[uuid.UUID]) -> bool:
 
 
 def assert_exactly_once(db: psycopg.Connection[Any], ids: Sequence[uuid.UUID]) -> None:
-    """Every task COMPLETED, with exactly one effect, written by its final attempt."""
+    """Every task COMPLETED, with exactly one effect, written by its final attempt; and its
+    history says so (support/history.py: completed once, by that attempt and process)."""
     wanted = list(ids)
     by_status = dict(
         db.execute(
@@ -93,6 +95,7 @@ def assert_exactly_once(db: psycopg.Connection[Any], ids: Sequence[uuid.UUID]) -
     assert mismatched == 0
     running = db.execute("SELECT count(*) FROM pgqueue.tasks WHERE status = 'RUNNING'").fetchone()
     assert running == (0,)
+    assert_history_exact(db, wanted)
 
 
 class WorkerPool:

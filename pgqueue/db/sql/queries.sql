@@ -58,10 +58,10 @@ SELECT * FROM pgqueue.tasks WHERE id = %(id)s;
 -- %(now)s is the clock that decides which tasks are due: NULL (workers) means the database's
 -- now(); the test mode passes its own, as River does. A stable expression either way, so the
 -- prepared plan's index scan is the same. Every time the claim writes is the database's.
--- The first %(start_now)s start at once (NULL: all); the others are claimed ahead (see
--- started_at), with their "started" events. Returns the columns a run needs, in the order db/claim.py reads them, kwargs
--- as text, and the claim's time as started_at of the tasks claimed ahead (the worker moves
--- it on to their real start).
+-- The first %(start_now)s start at once (NULL: all), with their "started" events; the
+-- others are claimed ahead (see started_at). Returns the columns a run needs, in the order
+-- db/claim.py reads them, kwargs as text, and the claim's time as started_at of the tasks
+-- claimed ahead (the worker moves it on to their real start).
 WITH candidates AS (
     SELECT due.id, due.priority, due.run_at
     -- Paused queues are dropped before the scans: a plain filter on the queue list (not a
