@@ -10,7 +10,7 @@
 -- WAITING are not checked at creation (as pg_dump's scripts do); they run after the commit.
 SET LOCAL check_function_bodies = off;
 
-ALTER TYPE pgqueue.task_status ADD VALUE 'WAITING';
+ALTER TYPE pgqueue.task_status ADD VALUE IF NOT EXISTS 'WAITING';
 
 -- One row per (parent, child): the child waits for the parent. Written with the child, in
 -- its transaction; deleted with the child (cleanup, purge), never changed.
