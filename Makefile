@@ -50,8 +50,9 @@ test: lint ## Lint, then the whole suite against a real PostgreSQL (and RabbitMQ
 test-faults: $(STAMP) ## The fault-injection suite only
 	$(BIN)/python -m pytest -q tests/faults
 
-bench: $(STAMP) ## Benchmarks against the peers (several minutes)
+bench: $(STAMP) ## Benchmarks against the peers, then workflows (several minutes)
 	bash benchmarks/bench.sh
+	PYTHONPATH=. $(BIN)/python benchmarks/workflows.py
 
 bench-quick: $(STAMP) ## A short benchmark run (under 3 minutes)
 	bash benchmarks/bench.sh --quick

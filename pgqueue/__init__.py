@@ -13,6 +13,7 @@ from pgqueue.records import Task, TaskEvent, TaskStatus
 from pgqueue.task_manager import TaskManager
 from pgqueue.tasks.context import Retry, Snooze, TaskContext, current_task
 from pgqueue.tasks.definition import AsyncTask, TaskFunction
+from pgqueue.tasks.workflow import Signature, chain, chord, group
 from pgqueue.version import __version__ as __version__
 from pgqueue.worker import WorkerManager
 
@@ -22,6 +23,7 @@ __all__ = [
     "AsyncTask",
     "PgQueueError",
     "Retry",
+    "Signature",
     "Snooze",
     "Task",
     "TaskCancelled",
@@ -33,5 +35,8 @@ __all__ = [
     "TaskStatus",
     "WaitTimeout",
     "WorkerManager",
+    "chain",
+    "chord",
     "current_task",
+    "group",
 ]

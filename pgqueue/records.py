@@ -21,8 +21,10 @@ class TaskStatus(enum.StrEnum):
 
     PENDING -> RUNNING -> COMPLETED
                        -> RETRYING -> RUNNING ... -> FAILED (retries spent)
-    PENDING / RETRYING / RUNNING -> CANCELLED (TaskManager.cancel)
+    PENDING / RETRYING / RUNNING / WAITING -> CANCELLED (TaskManager.cancel)
     FAILED / CANCELLED -> PENDING (TaskManager.retry)
+    WAITING -> PENDING (its last parent COMPLETED, in that same transaction)
+    WAITING -> CANCELLED (a parent FAILED or CANCELLED) -> WAITING (that parent retried)
     """
 
     PENDING = "PENDING"
@@ -31,6 +33,8 @@ class TaskStatus(enum.StrEnum):
     FAILED = "FAILED"
     RETRYING = "RETRYING"
     CANCELLED = "CANCELLED"
+    #: Queued with parents (`depends_on`, chain, chord) not all COMPLETED yet.
+    WAITING = "WAITING"
 
     @property
     def is_finished(self) -> bool:
@@ -98,6 +102,8 @@ class TaskEventKind(enum.StrEnum):
     CANCELLED = "cancelled"
     RETRIED = "retried"  # put back by an operator (`tm.retry`, `pgqueue tasks retry`)
     RELEASED = "released"  # given back unstarted, at shutdown, or unknown to its worker
+    READY = "ready"  # WAITING -> PENDING: its last parent settled (details["parent"])
+    WAITING = "waiting"  # CANCELLED by a parent -> WAITING again: that parent was retried
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -145,6 +151,11 @@ class NewTask:
     unique_key: str | None = None
     #: The OpenTelemetry carrier of the call as JSON text (pgqueue.telemetry), or None.
     trace_context: str | None = None
+    #: Ids of the tasks it waits for (existing ones, or others queued with it): WAITING
+    #: until every one is COMPLETED.
+    depends_on: tuple[uuid.UUID, ...] = ()
+    #: What a parent ending FAILED or CANCELLED does to it: "cancel" it, or let it "run".
+    on_parent_failure: str = "cancel"
 
 
 class OutcomeKind(enum.StrEnum):

@@ -10,15 +10,17 @@ from typing import Any
 
 from pgqueue import results, telemetry
 from pgqueue.brokers import get_broker
-from pgqueue.brokers.base import Broker
+from pgqueue.brokers.base import WORKFLOWS_UNSUPPORTED, Broker
 from pgqueue.db.database import Database, database_from_settings
 from pgqueue.db.store import TaskStore
-from pgqueue.records import NewTask, Task, TaskEvent
+from pgqueue.errors import InvalidTaskOption
+from pgqueue.records import NewTask, Task, TaskEvent, new_task_ids
 from pgqueue.settings import Settings, get_settings, load_settings
 from pgqueue.tasks import call, queueing
 from pgqueue.tasks.call import UniqueKey
 from pgqueue.tasks.definition import TaskFunction, TaskRef, resolve_task
-from pgqueue.tasks.options import Delay, TaskOptions
+from pgqueue.tasks.options import Delay, TaskOptions, check_on_parent_failure
+from pgqueue.tasks.workflow import Step
 
 
 class TaskManager:
@@ -112,16 +114,27 @@ class TaskManager:
         queue: str | None = None,
         max_retries: int | None = None,
         unique_key: UniqueKey | None = None,
+        depends_on: Iterable[uuid.UUID | str] | None = None,
+        on_parent_failure: str = "cancel",
         **kwargs: Any,
     ) -> uuid.UUID:
         """Queue one run of `task` (a decorated function or its name); returns its id.
 
         With `unique_key` (a string, or a callable that takes the arguments as a dict), while
         an unfinished task holds the key this returns that task's id and queues nothing.
+
+        With `depends_on` (ids of tasks queued before) it is WAITING until each of them is
+        COMPLETED, then PENDING in the transaction of the last completion; a parent ending
+        FAILED or CANCELLED cancels it, unless `on_parent_failure="run"`. An id that names
+        no task raises ValueError.
+
+        >>> fetched = tm.queue_task(fetch, url="https://example.com")
+        >>> parsed = tm.queue_task(parse, depends_on=[fetched])
         """
         new_task = self._build_task(
             task, args, kwargs, queue, priority, max_retries, delay, schedule_at, unique_key
         )
+        new_task = self._with_parents([new_task], depends_on, on_parent_failure)[0]
         with telemetry.sending([new_task]):
             if new_task.unique_key is not None:
                 return self._unique_broker().enqueue_unique([new_task], connection)[0]
@@ -139,11 +152,14 @@ class TaskManager:
         queue: str | None = None,
         max_retries: int | None = None,
         unique_key: UniqueKey | None = None,
+        depends_on: Iterable[uuid.UUID | str] | None = None,
+        on_parent_failure: str = "cancel",
         **kwargs: Any,
     ) -> uuid.UUID:
         new_task = self._build_task(
             task, args, kwargs, queue, priority, max_retries, delay, schedule_at, unique_key
         )
+        new_task = self._with_parents([new_task], depends_on, on_parent_failure)[0]
         with telemetry.sending([new_task]):
             if new_task.unique_key is not None:
                 return (await self._unique_broker().aenqueue_unique([new_task], connection))[0]
@@ -162,17 +178,21 @@ class TaskManager:
         queue: str | None = None,
         max_retries: int | None = None,
         unique_key: UniqueKey | None = None,
+        depends_on: Iterable[uuid.UUID | str] | None = None,
+        on_parent_failure: str = "cancel",
     ) -> list[uuid.UUID]:
         """Queue many runs of one task in one transaction (COPY); returns their ids.
 
         >>> ids = tm.queue_tasks(send_email, [{"to": "a@x"}, {"to": "b@x"}], priority=1)
 
         With `unique_key`, each row whose key an unfinished task (or an earlier row) holds
-        gets that task's id instead of a new task.
+        gets that task's id instead of a new task. With `depends_on`, every row waits for
+        those tasks (see `queue_task`).
         """
         new_tasks = self._build_tasks(
             task, rows, queue, priority, max_retries, delay, schedule_at, unique_key
         )
+        new_tasks = self._with_parents(new_tasks, depends_on, on_parent_failure)
         with telemetry.sending(new_tasks):
             if any(new_task.unique_key is not None for new_task in new_tasks):
                 return self._unique_broker().enqueue_unique(new_tasks, connection)
@@ -192,16 +212,94 @@ class TaskManager:
         queue: str | None = None,
         max_retries: int | None = None,
         unique_key: UniqueKey | None = None,
+        depends_on: Iterable[uuid.UUID | str] | None = None,
+        on_parent_failure: str = "cancel",
     ) -> list[uuid.UUID]:
         new_tasks = self._build_tasks(
             task, rows, queue, priority, max_retries, delay, schedule_at, unique_key
         )
+        new_tasks = self._with_parents(new_tasks, depends_on, on_parent_failure)
         with telemetry.sending(new_tasks):
             if any(new_task.unique_key is not None for new_task in new_tasks):
                 return await self._unique_broker().aenqueue_unique(new_tasks, connection)
             if new_tasks:
                 await self.broker.aenqueue(new_tasks, connection)
         return [new_task.id for new_task in new_tasks]
+
+    def queue_workflow(self, steps: Sequence[Step], connection: Any = None) -> list[uuid.UUID]:
+        """Queue the steps of a workflow in one transaction (chain, group and chord
+        `.delay()` call this); their ids, in order.
+
+        >>> ids = tm.queue_workflow(chain(fetch.s(url=u), parse.s()).steps())
+        """
+        new_tasks = self._build_steps(steps)
+        with telemetry.sending(new_tasks):
+            self._workflow_broker().enqueue(new_tasks, connection)
+        return [new_task.id for new_task in new_tasks]
+
+    async def aqueue_workflow(
+        self, steps: Sequence[Step], connection: Any = None
+    ) -> list[uuid.UUID]:
+        new_tasks = self._build_steps(steps)
+        with telemetry.sending(new_tasks):
+            await self._workflow_broker().aenqueue(new_tasks, connection)
+        return [new_task.id for new_task in new_tasks]
+
+    def _build_steps(self, steps: Sequence[Step]) -> list[NewTask]:
+        ids = new_task_ids(len(steps))
+        new_tasks = []
+        for index, step in enumerate(steps):
+            signature = step.signature
+            function, name = resolve_task(signature.task)
+            options = self._options(
+                function,
+                signature.queue,
+                signature.priority,
+                signature.max_retries,
+                signature.delay_seconds,
+                signature.schedule_at,
+            )
+            parents = tuple(ids[i] for i in step.after) + signature.depends_on
+            new_tasks.append(
+                call.build_task(
+                    function,
+                    name,
+                    options,
+                    signature.args,
+                    dict(signature.kwargs),
+                    None,
+                    self.settings.max_payload_bytes,
+                    task_id=ids[index],
+                    depends_on=parents,
+                    on_parent_failure=signature.on_parent_failure,
+                )
+            )
+        return new_tasks
+
+    def _with_parents(
+        self,
+        new_tasks: list[NewTask],
+        depends_on: Iterable[uuid.UUID | str] | None,
+        on_parent_failure: str,
+    ) -> list[NewTask]:
+        """The tasks with their parents set (checked), if `depends_on` names any."""
+        policy = check_on_parent_failure(on_parent_failure)
+        parents = call.check_depends_on(depends_on)
+        if not parents:
+            return new_tasks
+        if any(new_task.unique_key is not None for new_task in new_tasks):
+            raise InvalidTaskOption("unique_key and depends_on cannot be used together")
+        self._workflow_broker()
+        for new_task in new_tasks:
+            new_task.depends_on = parents
+            new_task.on_parent_failure = policy
+        return new_tasks
+
+    def _workflow_broker(self) -> Broker:
+        broker = self.broker
+        if not broker.workflows:
+            raise InvalidTaskOption(WORKFLOWS_UNSUPPORTED)
+        return broker
 
     def _build_task(
         self,
@@ -287,14 +385,16 @@ class TaskManager:
         return await self.store.ahistory(task_id)
 
     def cancel(self, task_id: uuid.UUID | str) -> bool:
-        """Cancel a task that has not finished; True if it is now CANCELLED."""
+        """Cancel a task that has not finished; True if it is now CANCELLED. Its dependents
+        that wait for it are cancelled too (recursively), unless on_parent_failure="run"."""
         return self.store.cancel(task_id)
 
     async def acancel(self, task_id: uuid.UUID | str) -> bool:
         return await self.store.acancel(task_id)
 
     def retry(self, task_id: uuid.UUID | str) -> bool:
-        """Run a FAILED or CANCELLED task once more, now; True if it was put back."""
+        """Run a FAILED or CANCELLED task once more, now; True if it was put back. The
+        dependents its failure or cancel cancelled wait for it again (WAITING)."""
         retried = self.store.retry(task_id)
         if retried:
             self.broker.resubmit(uuid.UUID(str(task_id)))

@@ -90,6 +90,7 @@ async def adrain(
     database = tm.store.database
     queries = database.queries
     executor = Executor(_threads, events.dispatcher)
+    executor.parents = tm.broker  # current_task().parent_results()
     worker_id = f"pgqueue-testing:{os.getpid()}"
     order: dict[uuid.UUID, None] = {}
     async with await psycopg.AsyncConnection.connect(

@@ -46,6 +46,12 @@ UNIQUE_KEYS_UNSUPPORTED = (
     "unique index of the task table"
 )
 
+#: Why tasks with parents (depends_on, chain, group, chord) are refused by a broker without them.
+WORKFLOWS_UNSUPPORTED = (
+    "depends_on, chain, group and chord need the database broker (PGQUEUE_BROKER=database): "
+    "a task waits for its parents in the task table, and advances when they complete"
+)
+
 #: What a broker calls with the id of a task that `TaskManager.cancel` cancelled while this
 #: worker held it: the worker stops the run (or drops the task from its claimed-ahead buffer).
 CancelCallback = Callable[["uuid.UUID"], None]
@@ -77,6 +83,11 @@ class Broker(abc.ABC):
     #: third of its settings' `lease_seconds` (the heartbeat still reports cancelled tasks).
     lease_seconds: float | None = None
 
+    #: True: producers may queue tasks with parents (`NewTask.depends_on`), which wait
+    #: (WAITING) until their parents complete, and runs may read their parents' results
+    #: (`parent_results`). False: both refused with InvalidTaskOption.
+    workflows: bool = False
+
     #: The database that holds the task records (statuses, results) this broker writes, or
     #: None if it keeps none. Producers read, cancel and retry tasks through it, on its pools.
     database: Database | None = None
@@ -104,6 +115,16 @@ class Broker(abc.ABC):
     ) -> list[uuid.UUID]:
         """`enqueue_unique` from async code."""
         raise InvalidTaskOption(UNIQUE_KEYS_UNSUPPORTED)
+
+    def parent_results(self, task_id: uuid.UUID) -> dict[uuid.UUID, Any]:
+        """{parent id: result} of a task queued with parents (`current_task().parent_results()`).
+
+        Default: refused with InvalidTaskOption (no workflows on this broker)."""
+        raise InvalidTaskOption(WORKFLOWS_UNSUPPORTED)
+
+    async def aparent_results(self, task_id: uuid.UUID) -> dict[uuid.UUID, Any]:
+        """`parent_results` from async code."""
+        raise InvalidTaskOption(WORKFLOWS_UNSUPPORTED)
 
     def resubmit(self, task_id: uuid.UUID) -> None:  # noqa: B027 - optional hook
         """Deliver again a task whose record `retry` put back to PENDING (database: nothing)."""

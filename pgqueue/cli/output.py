@@ -47,6 +47,7 @@ STATUS_STYLES = {
     TaskStatus.FAILED: "bold red",
     TaskStatus.RETRYING: "yellow",
     TaskStatus.CANCELLED: "dim",
+    TaskStatus.WAITING: "magenta",
 }
 
 

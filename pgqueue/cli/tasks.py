@@ -154,8 +154,9 @@ def show(task_id: str, as_json: bool) -> None:
         task = admin.get_task(admin.find_task_id(task_id))
         events = admin.history(task.id)
         history_off = not events and not admin.history_enabled()
+        relatives = admin.relatives(task.id)
     if as_json:
-        print_json({**jsonable(task), **timings(task), "history": events})
+        print_json({**jsonable(task), **timings(task), "history": events, **relatives})
         return
     facts = Table.grid(padding=(0, 2))
     facts.add_column(style="bold")
@@ -177,6 +178,8 @@ def show(task_id: str, as_json: bool) -> None:
         ("Ran", duration(spans["ran_seconds"])),
         ("Worker", cell(task.worker_id or "-")),
         ("Result", cell(_json_text(task.result))),
+        ("Parents", _relatives_text(relatives["parents"], relatives["parent_count"])),
+        ("Children", _relatives_text(relatives["children"], relatives["child_count"])),
     ):
         facts.add_row(label, value)
     parts: list[Any] = [facts, Text("\nHistory", style="bold")]
@@ -202,6 +205,18 @@ def explain(task_id: str, as_json: bool) -> None:
     click.echo(f"task {task.id} {task.name} ({task.status.value}, queue {task.queue}):")
     for reason in found["reasons"]:
         click.echo(f"  - {reason['message']}")
+
+
+def _relatives_text(shown: list[dict[str, Any]], count: int) -> str:
+    """Workflow members, one a line: id, name, status (a cleaned-up one: "cleaned up")."""
+    if not count:
+        return "-"
+    lines = [
+        f"{r['id']} {cell(r['name'] or '')} {r['status'] or 'cleaned up'}".rstrip() for r in shown
+    ]
+    if count > len(shown):
+        lines.append(f"... {count - len(shown)} more")
+    return "\n".join(lines)
 
 
 def _no_history(history_off: bool) -> Text:

@@ -21,6 +21,8 @@ EVENT_STYLES: dict[str, str] = {
     TaskEventKind.CANCELLED: "dim",
     TaskEventKind.RETRIED: "cyan",
     TaskEventKind.RELEASED: "dim",
+    TaskEventKind.READY: "cyan",
+    TaskEventKind.WAITING: "magenta",
 }
 
 

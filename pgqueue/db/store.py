@@ -5,12 +5,18 @@ from __future__ import annotations
 import contextlib
 import datetime
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import psycopg
 
 from pgqueue.db.database import Database
+from pgqueue.db.dependencies import (
+    collect_parent_results,
+    edge_rows,
+    external_parents,
+    plan_workflow,
+)
 from pgqueue.db.drivers import (
     AsyncDriverConnection,
     AsyncpgConnection,
@@ -18,7 +24,7 @@ from pgqueue.db.drivers import (
     sync_driver_connection,
 )
 from pgqueue.db.migrated import atranslated, translated
-from pgqueue.errors import DatabaseUnavailable, TaskNotFound
+from pgqueue.errors import DatabaseUnavailable, InvalidTaskArguments, TaskNotFound
 from pgqueue.records import NewTask, Task, TaskEvent
 
 
@@ -133,13 +139,19 @@ def copy_query(tasks: Sequence[NewTask], run_at: bool) -> str:
     return ("copy_tasks_with_run_at" if run_at else "copy_tasks") + traced
 
 
-def copy_text_chunks(tasks: Sequence[NewTask], run_at: bool, now: Any = None) -> Iterator[str]:
+def copy_text_chunks(
+    tasks: Sequence[NewTask],
+    run_at: bool,
+    now: Any = None,
+    suffix: Callable[[NewTask], str] | None = None,
+) -> Iterator[str]:
     """The rows of `copy_query(tasks, run_at)` as COPY text, built here rather than by
     psycopg's per-value dumpers: at a few microseconds a row, bulk queueing is bound by this
     loop. Ids are written as 32 hex digits (a valid uuid input). The rows of one call share
-    its trace context (one field, the same on every line)."""
+    its trace context (one field, the same on every line). `suffix` gives the fields that
+    follow run_at instead (`copy_workflow_tasks`, whose last field is the trace context)."""
     trace = tasks[0].trace_context if tasks else None
-    traced = "" if trace is None else "\t" + _copy_field(trace)
+    traced = "" if trace is None or suffix is not None else "\t" + _copy_field(trace)
     names: dict[str, str] = {}
     for start in range(0, len(tasks), COPY_CHUNK_ROWS):
         lines = []
@@ -155,6 +167,8 @@ def copy_text_chunks(tasks: Sequence[NewTask], run_at: bool, now: Any = None) ->
             if run_at:
                 when = task.schedule_at or now + datetime.timedelta(seconds=task.delay)
                 line = f"{line}\t{when.isoformat()}"
+            if suffix is not None:
+                line = f"{line}\t{suffix(task)}"
             lines.append(line + traced if traced else line)
         lines.append("")
         yield "\n".join(lines)
@@ -166,13 +180,27 @@ def _needs_run_at(tasks: Sequence[NewTask]) -> bool:
     return any(task.delay or task.schedule_at is not None for task in tasks)
 
 
+def _trace_field(task: NewTask) -> str:
+    """The trace context as the last COPY field of `copy_workflow_tasks` (\\N: none)."""
+    return "\t" + ("\\N" if task.trace_context is None else _copy_field(task.trace_context))
+
+
+def _is_workflow(tasks: Sequence[NewTask]) -> bool:
+    """Whether some task has parents: written with its edges (`_write_workflow`)."""
+    return any(task.depends_on for task in tasks)
+
+
 def _atomic(conn: psycopg.Connection[Any], tasks: Sequence[NewTask]) -> Any:
     """A transaction for many rows; one row in autocommit saves the BEGIN and COMMIT trips."""
-    return conn.transaction() if len(tasks) > 1 else contextlib.nullcontext()
+    if len(tasks) > 1 or tasks[0].depends_on:
+        return conn.transaction()
+    return contextlib.nullcontext()
 
 
 def _async_atomic(conn: psycopg.AsyncConnection[Any], tasks: Sequence[NewTask]) -> Any:
-    return conn.transaction() if len(tasks) > 1 else contextlib.AsyncExitStack()
+    if len(tasks) > 1 or tasks[0].depends_on:
+        return conn.transaction()
+    return contextlib.AsyncExitStack()
 
 
 class TaskStore:
@@ -204,6 +232,9 @@ class TaskStore:
                     raise
 
     def _write(self, conn: psycopg.Connection[Any], tasks: Sequence[NewTask]) -> None:
+        if _is_workflow(tasks):
+            self._write_workflow(conn, tasks)
+            return
         if len(tasks) == 1:
             conn.execute(self.queries["insert_task"], insert_params(tasks[0]))
             return
@@ -235,6 +266,13 @@ class TaskStore:
                     raise
 
     async def _awrite(self, conn: AsyncDriverConnection, tasks: Sequence[NewTask]) -> None:
+        if _is_workflow(tasks):
+            if isinstance(conn, AsyncpgConnection):
+                raise InvalidTaskArguments(
+                    "depends_on and workflows are queued on a psycopg connection, not asyncpg"
+                )
+            await self._awrite_workflow(conn, tasks)
+            return
         if len(tasks) == 1:
             await conn.execute(self.queries["insert_task"], insert_params(tasks[0]))
             return
@@ -251,6 +289,66 @@ class TaskStore:
         async with conn.cursor() as cursor, cursor.copy(query) as copy:
             for chunk in copy_text_chunks(tasks, run_at, now):
                 await copy.write(chunk)
+
+    # -- workflows (db/dependencies.py) ---------------------------------------------------
+
+    def _write_workflow(self, conn: psycopg.Connection[Any], tasks: Sequence[NewTask]) -> None:
+        """Tasks with parents and their edges, in the transaction the caller opened."""
+        parents = external_parents(tasks)
+        status: dict[uuid.UUID, str] = {}
+        if parents:
+            rows = conn.execute(self.queries["lock_parents"], {"ids": parents}).fetchall()
+            status = {row[0]: row[1] for row in rows}
+        plan = plan_workflow(tasks, status)
+        now = conn.execute("SELECT now()").fetchone()[0]  # type: ignore[index]
+        stamp = now.isoformat()
+        with conn.cursor() as cursor:
+            with cursor.copy(self.queries["copy_workflow_tasks"]) as copy:
+                for chunk in copy_text_chunks(
+                    tasks,
+                    True,
+                    now,
+                    lambda task: plan.copy_suffix(task, stamp) + _trace_field(task),
+                ):
+                    copy.write(chunk)
+            with cursor.copy(self.queries["copy_task_dependencies"]) as copy:
+                for chunk in edge_rows(tasks):
+                    copy.write(chunk)
+
+    async def _awrite_workflow(
+        self, conn: psycopg.AsyncConnection[Any], tasks: Sequence[NewTask]
+    ) -> None:
+        parents = external_parents(tasks)
+        status: dict[uuid.UUID, str] = {}
+        if parents:
+            cursor = await conn.execute(self.queries["lock_parents"], {"ids": parents})
+            status = {row[0]: row[1] for row in await cursor.fetchall()}
+        plan = plan_workflow(tasks, status)
+        now = (await (await conn.execute("SELECT now()")).fetchone())[0]  # type: ignore[index]
+        stamp = now.isoformat()
+        async with conn.cursor() as cursor:
+            async with cursor.copy(self.queries["copy_workflow_tasks"]) as copy:
+                for chunk in copy_text_chunks(
+                    tasks,
+                    True,
+                    now,
+                    lambda task: plan.copy_suffix(task, stamp) + _trace_field(task),
+                ):
+                    await copy.write(chunk)
+            async with cursor.copy(self.queries["copy_task_dependencies"]) as copy:
+                for chunk in edge_rows(tasks):
+                    await copy.write(chunk)
+
+    def parent_results(self, task_id: uuid.UUID) -> dict[uuid.UUID, Any]:
+        """{parent id: its result} of a task (None for a parent without one), bounded."""
+        with self.database.connection() as conn:
+            cursor = conn.execute(self.queries["parent_results"], {"id": task_id})
+            return collect_parent_results(task_id, cursor)
+
+    async def aparent_results(self, task_id: uuid.UUID) -> dict[uuid.UUID, Any]:
+        async with self.database.async_connection() as conn:
+            cursor = await conn.execute(self.queries["parent_results"], {"id": task_id})
+            return collect_parent_results(task_id, await cursor.fetchall())
 
     # -- unique tasks (sql/features.sql) ------------------------------------------------
 

@@ -35,6 +35,8 @@ COUNT_EXACT_UP_TO = 100_000
 #: The fewest hex digits a short id may have (`pgqueue tasks list` shows 8).
 SHORT_ID_MIN_DIGITS = 6
 _HEX = re.compile(r"^[0-9a-f]+$")
+#: Parents and children `tasks show` lists (the counts are exact).
+RELATIVES_SHOWN = 20
 
 
 def parse_status(text: str | TaskStatus) -> TaskStatus:
@@ -257,11 +259,25 @@ class Admin:
             if batch < PURGE_BATCH_SIZE:
                 return deleted
 
+    def relatives(self, task_id: Any, limit: int = RELATIVES_SHOWN) -> dict[str, Any]:
+        """A workflow member's parents and children: {"parents": [...], "children": [...],
+        "parent_count", "child_count"}; each {id, name, status} (None: cleaned up), up to
+        `limit` of each, the parents not COMPLETED first."""
+        parsed = parse_task_id(task_id)
+        found: dict[str, Any] = {}
+        for side in ("parents", "children"):
+            rows = self._rows(f"task_{side}", {"id": parsed, "limit": limit})
+            found[side] = [{key: row[key] for key in ("id", "name", "status")} for row in rows]
+            found["parent_count" if side == "parents" else "child_count"] = (
+                rows[0]["total"] if rows else 0
+            )
+        return found
+
     def explain(self, task_id: Any) -> dict[str, Any]:
         """Why a task is not running: {"task": Task, "reasons": [{"code", "message"}]}.
 
-        Codes: finished, running, unknown_name, scheduled, retrying, paused, no_worker,
-        not_registered, behind, ready (nothing holds it back).
+        Codes: finished, running, waiting (for its parents), unknown_name, scheduled,
+        retrying, paused, no_worker, not_registered, behind, ready (nothing holds it back).
         """
         parsed = parse_task_id(task_id)
         rows = self._rows("explain_task", {"id": parsed})
@@ -269,6 +285,8 @@ class Admin:
             raise TaskNotFound(f"no task has id {parsed} (never queued, or cleaned up)")
         facts = rows[0]
         task = Task.from_row(facts)
+        if task.status is TaskStatus.WAITING:
+            return {"task": task, "reasons": [_waiting_reason(facts, self.relatives(parsed))]}
         return {"task": task, "reasons": explain_reasons(task, facts)}
 
     def cron_schedules(self) -> list[dict[str, Any]]:
@@ -413,6 +431,18 @@ def _unknown_name_reason(task: Task, facts: dict[str, Any]) -> dict[str, str]:
         f"last by worker {task.worker_id}, which has not registered task {task.name!r} (no "
         f"attempt spent; {again}); a worker that imports its module (--import) runs it at "
         f"its next claim; it ends FAILED at {fails_at} ({_ago(fails_at, now)}) if none has",
+    )
+
+
+def _waiting_reason(facts: dict[str, Any], relatives: dict[str, Any]) -> dict[str, str]:
+    """WAITING: how many parents it still waits for, and which (the first few)."""
+    left, total = facts["parents_left"], relatives["parent_count"]
+    unsettled = [p for p in relatives["parents"] if p["status"] != "COMPLETED"][:5]
+    named = ", ".join(f"{p['id']} {p['name']} ({p['status']})" for p in unsettled)
+    more = f" and {left - len(unsettled)} more" if left > len(unsettled) else ""
+    return _reason(
+        "waiting",
+        f"waiting for {left} of {total} parent{'s' if total != 1 else ''}: {named}{more}",
     )
 
 

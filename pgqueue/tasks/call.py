@@ -36,8 +36,11 @@ def build_task(
     unique_key: UniqueKey | None,
     max_payload_bytes: int,
     task_id: uuid.UUID | None = None,
+    depends_on: tuple[uuid.UUID, ...] = (),
+    on_parent_failure: str = "cancel",
 ) -> NewTask:
-    """The row of one call: arguments bound, validated and encoded; its unique key."""
+    """The row of one call: arguments bound, validated and encoded; its unique key; the
+    parents it waits for (checked ids: `check_depends_on`)."""
     if function is not None:
         if args or function.typed_arguments is not None or function.kwargs_problem(kwargs):
             kwargs = bind_arguments(function, args, kwargs)
@@ -60,6 +63,8 @@ def build_task(
         delay=timing.delay,
         schedule_at=timing.schedule_at,
         unique_key=None if unique_key is None else derive_unique_key(name, unique_key, kwargs),
+        depends_on=depends_on,
+        on_parent_failure=on_parent_failure,
     )
 
 
@@ -120,6 +125,32 @@ def build_tasks(
         except (InvalidTaskArguments, InvalidTaskOption) as error:
             raise type(error)(f"row {index}: {error}") from error
     return new_tasks
+
+
+def check_depends_on(depends_on: Any) -> tuple[uuid.UUID, ...]:
+    """The parent ids of `depends_on=[...]` (UUIDs or their str()), each once, in order."""
+    if depends_on is None:
+        return ()
+    if isinstance(depends_on, str | bytes | uuid.UUID) or not isinstance(
+        depends_on, Sequence | set | frozenset
+    ):
+        raise InvalidTaskArguments(
+            f"depends_on takes a list of task ids, not {type(depends_on).__name__}"
+        )
+    parents: dict[uuid.UUID, None] = {}
+    for parent in depends_on:
+        if isinstance(parent, uuid.UUID):
+            parents[parent] = None
+            continue
+        if not isinstance(parent, str):
+            raise InvalidTaskArguments(
+                f"depends_on holds task ids (UUID or str), not {type(parent).__name__}"
+            )
+        try:
+            parents[uuid.UUID(parent)] = None
+        except ValueError:
+            raise InvalidTaskOption(f"depends_on: {parent[:80]!r} is not a task id") from None
+    return tuple(parents)
 
 
 def bind_arguments(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextvars
 import dataclasses
 import uuid
-from typing import Any
+from typing import Any, Protocol
 
 from pgqueue.errors import PgQueueError
 
@@ -32,6 +32,14 @@ class Snooze(Exception):
         self.seconds = float(seconds)
 
 
+class ParentResults(Protocol):
+    """Where a run reads its parents' results: the worker's broker."""
+
+    def parent_results(self, task_id: uuid.UUID) -> dict[uuid.UUID, Any]: ...
+
+    async def aparent_results(self, task_id: uuid.UUID) -> dict[uuid.UUID, Any]: ...
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class TaskContext:
     """The running task's id, attempt (1 for the first run) and queue.
@@ -48,6 +56,29 @@ class TaskContext:
     attempt: int
     max_retries: int
     connection: Any = None
+    #: Where parent_results() reads (the worker's broker); None outside a worker.
+    parents: ParentResults | None = None
+
+    def parent_results(self) -> dict[uuid.UUID, Any]:
+        """{parent id: its result} of a task queued with parents (depends_on, chain, chord);
+        None for a parent without a result (one that failed, for on_parent_failure="run").
+        Bounded: up to 64 MiB of results (about a million small ones), else an error.
+
+        >>> @AsyncTask()
+        ... def total():
+        ...     return sum(current_task().parent_results().values())
+
+        A sync call: in an async task it holds the event loop for one query; there,
+        `await current_task().aparent_results()` does not."""
+        if self.parents is None:
+            raise PgQueueError("parent_results() needs a worker on the database broker")
+        return self.parents.parent_results(self.id)
+
+    async def aparent_results(self) -> dict[uuid.UUID, Any]:
+        """The async twin of parent_results()."""
+        if self.parents is None:
+            raise PgQueueError("parent_results() needs a worker on the database broker")
+        return await self.parents.aparent_results(self.id)
 
     @property
     def cancelled(self) -> bool:

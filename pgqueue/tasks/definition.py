@@ -7,8 +7,8 @@ import functools
 import inspect
 import sys
 import uuid
-from collections.abc import Callable, Mapping
-from typing import Any, Generic, TypeVar, overload
+from collections.abc import Callable, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Generic, TypeVar, overload
 
 from pgqueue.errors import InvalidTaskArguments, InvalidTaskOption, TaskDefinitionError
 from pgqueue.tasks import call, registry
@@ -32,13 +32,26 @@ from pgqueue.tasks.queueing import (
 from pgqueue.tasks.schedule import CronSchedule
 from pgqueue.tasks.typed_arguments import TypedArguments
 
+if TYPE_CHECKING:
+    from pgqueue.tasks.workflow import Signature
+
 R = TypeVar("R")
 
 #: Keyword names that .delay() takes for itself, so no task may have them as parameters.
 #: A new option also gets its own overload of .delay() and .adelay() (the typed call
 #: styles) and a keyword of .options() / queueing.checked_options.
 RESERVED_OPTIONS = frozenset(
-    {"delay", "schedule_at", "priority", "queue", "max_retries", "connection", "unique_key"}
+    {
+        "delay",
+        "schedule_at",
+        "priority",
+        "queue",
+        "max_retries",
+        "connection",
+        "unique_key",
+        "depends_on",
+        "on_parent_failure",
+    }
 )
 
 
@@ -156,16 +169,28 @@ class TaskFunction(Generic[R, P]):
     def delay(self, *args: Any, max_retries: int | None, **kwargs: Any) -> uuid.UUID: ...
     @overload
     def delay(self, *args: Any, unique_key: UniqueKey | None, **kwargs: Any) -> uuid.UUID: ...
+    @overload
+    def delay(
+        self, *args: Any, depends_on: Iterable[uuid.UUID | str] | None, **kwargs: Any
+    ) -> uuid.UUID: ...
+    @overload
+    def delay(self, *args: Any, on_parent_failure: str, **kwargs: Any) -> uuid.UUID: ...
 
     def delay(self, *args: Any, **kwargs: Any) -> uuid.UUID:
         """Queue a run of this task; returns its id. The option keywords (`connection`,
-        `delay`, `schedule_at`, `priority`, `queue`, `max_retries`, `unique_key`) go with
-        the task's arguments, or first to `.options(...)`, which a type checker checks fully.
+        `delay`, `schedule_at`, `priority`, `queue`, `max_retries`, `unique_key`,
+        `depends_on`, `on_parent_failure`) go with the task's arguments, or first to
+        `.options(...)`, which a type checker checks fully.
 
         >>> task_id = send_email.delay(to="a@example.com", subject="Hi")
         >>> task_id = send_email.delay(delay=3600, to="a@example.com", subject="Later")
         >>> task_id = send_email.delay(unique_key="welcome:42", to="a@example.com")
         >>> task_id = send_email.options(priority=9).delay(to="a@example.com", subject="Now")
+        >>> later = send_email.delay(depends_on=[task_id], to="b@example.com")  # WAITING
+
+        With `depends_on` (ids of queued tasks) it waits (WAITING) until every one of them
+        is COMPLETED; if one ends FAILED or CANCELLED it is cancelled too, unless
+        `on_parent_failure="run"`.
 
         Inside a running event loop it warns (EventLoopBlockingWarning, once per process):
         there `await send_email.adelay(...)` queues without holding the loop.
@@ -193,6 +218,12 @@ class TaskFunction(Generic[R, P]):
     async def adelay(
         self, *args: Any, unique_key: UniqueKey | None, **kwargs: Any
     ) -> uuid.UUID: ...
+    @overload
+    async def adelay(
+        self, *args: Any, depends_on: Iterable[uuid.UUID | str] | None, **kwargs: Any
+    ) -> uuid.UUID: ...
+    @overload
+    async def adelay(self, *args: Any, on_parent_failure: str, **kwargs: Any) -> uuid.UUID: ...
 
     async def adelay(self, *args: Any, **kwargs: Any) -> uuid.UUID:
         """Queue a run of this task from async code; returns its id (options as `.delay()`).
@@ -211,6 +242,8 @@ class TaskFunction(Generic[R, P]):
         queue: str | None = None,
         max_retries: int | None = None,
         unique_key: UniqueKey | None = None,
+        depends_on: Iterable[uuid.UUID | str] | None = None,
+        on_parent_failure: str | None = None,
     ) -> ConfiguredTask[P]:
         """This task with queueing options bound, checked now; its `.delay()` / `.adelay()`
         take the task's own arguments only, so a type checker checks the whole call.
@@ -229,7 +262,40 @@ class TaskFunction(Generic[R, P]):
                 queue=queue,
                 max_retries=max_retries,
                 unique_key=unique_key,
+                depends_on=depends_on,
+                on_parent_failure=on_parent_failure,
             ),
+        )
+
+    def s(
+        self,
+        *args: Any,
+        delay: Delay | None = None,
+        schedule_at: datetime.datetime | None = None,
+        priority: int | None = None,
+        queue: str | None = None,
+        max_retries: int | None = None,
+        depends_on: Iterable[uuid.UUID | str] | None = None,
+        on_parent_failure: str = "cancel",
+        **kwargs: Any,
+    ) -> Signature:
+        """A call of this task to queue later, as a step of chain, group or chord.
+
+        >>> ids = chain(fetch.s(url="https://example.com"), parse.s()).delay()
+        """
+        from pgqueue.tasks.workflow import Signature
+
+        return Signature(
+            self,
+            args,
+            kwargs,
+            queue=queue,
+            priority=priority,
+            max_retries=max_retries,
+            delay=delay,
+            schedule_at=schedule_at,
+            depends_on=depends_on,
+            on_parent_failure=on_parent_failure,
         )
 
 

@@ -93,6 +93,16 @@ def aware_datetime(when: Any) -> datetime.datetime:
     return when if when.tzinfo is not None else when.replace(tzinfo=datetime.UTC)
 
 
+#: What a task does when a parent of its ends FAILED or CANCELLED.
+ON_PARENT_FAILURE = ("cancel", "run")
+
+
+def check_on_parent_failure(value: Any) -> str:
+    if value not in ON_PARENT_FAILURE:
+        raise InvalidTaskOption(f'on_parent_failure must be "cancel" or "run", not {value!r}')
+    return str(value)
+
+
 def check_timeout(timeout: Any) -> float | None:
     if timeout is None:
         return None

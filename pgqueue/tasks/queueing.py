@@ -12,8 +12,8 @@ import asyncio
 import datetime
 import uuid
 import warnings
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Generic, Protocol
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any, Generic, Protocol, cast
 
 from typing_extensions import ParamSpec
 
@@ -24,12 +24,14 @@ from pgqueue.tasks.options import (
     Delay,
     Timing,
     check_max_retries,
+    check_on_parent_failure,
     check_priority,
     check_queue,
 )
 
 if TYPE_CHECKING:
     from pgqueue.tasks.definition import TaskFunction
+    from pgqueue.tasks.workflow import WorkflowProducer
 
 #: The task's parameters (`...`, any, for a task of unknown signature).
 P = ParamSpec("P", default=...)
@@ -57,6 +59,11 @@ def use_default_producer(get: Callable[[], Producer]) -> None:
 def producer() -> Producer:
     assert _default_producer is not None, "import pgqueue first"
     return _default_producer()
+
+
+def workflow_producer() -> WorkflowProducer:
+    """What chain/group/chord `.delay()` queue through: the default producer."""
+    return cast("WorkflowProducer", producer())
 
 
 _warned_in_event_loop = False
@@ -93,6 +100,8 @@ def checked_options(
     queue: str | None,
     max_retries: int | None,
     unique_key: UniqueKey | None,
+    depends_on: Iterable[uuid.UUID | str] | None = None,
+    on_parent_failure: str | None = None,
 ) -> dict[str, Any]:
     """The options given (not None) to `.options()`, each checked now, where they are given."""
     if queue is not None:
@@ -104,6 +113,9 @@ def checked_options(
     Timing.of(delay, schedule_at)
     if unique_key is not None and not callable(unique_key):
         call.derive_unique_key(task_name, unique_key, {})
+    if on_parent_failure is not None:
+        check_on_parent_failure(on_parent_failure)
+    parents = call.check_depends_on(depends_on) or None
     given = {
         "connection": connection,
         "delay": delay,
@@ -112,6 +124,8 @@ def checked_options(
         "queue": queue,
         "max_retries": max_retries,
         "unique_key": unique_key,
+        "depends_on": parents,
+        "on_parent_failure": on_parent_failure,
     }
     return {name: value for name, value in given.items() if value is not None}
 

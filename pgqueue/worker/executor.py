@@ -19,7 +19,14 @@ from pgqueue.logs import about_task
 from pgqueue.payload import encode_result, error_summary, error_text
 from pgqueue.records import Outcome, OutcomeKind, Task
 from pgqueue.tasks import registry
-from pgqueue.tasks.context import Retry, Snooze, TaskContext, reset_current_task, set_current_task
+from pgqueue.tasks.context import (
+    ParentResults,
+    Retry,
+    Snooze,
+    TaskContext,
+    reset_current_task,
+    set_current_task,
+)
 from pgqueue.tasks.definition import TaskFunction
 from pgqueue.worker.threads import DaemonThreadPool
 
@@ -38,6 +45,8 @@ class Executor:
         self._dispatcher = dispatcher
         #: Without a broker (pgqueue.testing), transactional tasks are refused.
         self.transactions: TransactionFactory = refuse_transaction
+        #: Where runs read their parents' results (`current_task().parent_results()`).
+        self.parents: ParentResults | None = None
         self._completing: set[uuid.UUID] = set()
 
     async def run(self, task: Task) -> Outcome | None:
@@ -122,7 +131,13 @@ class Executor:
 
     async def _call(self, function: TaskFunction[Any], task: Task, connection: Any = None) -> Any:
         context = TaskContext(
-            task.id, task.name, task.queue, task.attempts, task.max_retries, connection
+            task.id,
+            task.name,
+            task.queue,
+            task.attempts,
+            task.max_retries,
+            connection,
+            self.parents,
         )
         # The worker runs each task in an asyncio Task of its own, so the context variable
         # set here is private to this run; the token restores it for direct callers.

@@ -188,6 +188,7 @@ class WorkerManager:
         if cron_tasks:
             await broker.schedule_cron(cron_tasks, self.settings.defaults)
         self._executor.transactions = broker.completion_transaction
+        self._executor.parents = broker
         log.info(
             "worker %s started: queues=%s concurrency=%d",
             self.worker_id,

@@ -13,8 +13,13 @@ from typing import Any
 import psycopg
 
 #: From each state, the events that may come next and the state they lead to. "waiting":
-#: PENDING or RETRYING, or RUNNING claimed ahead (no "started" until its start is recorded).
+#: PENDING or RETRYING, or RUNNING claimed ahead (no "started" until its start is recorded);
+#: "blocked": WAITING for its parents (workflows).
 _NEXT = {
+    "blocked": {
+        "ready": "waiting",  # its last parent completed
+        "cancelled": "cancelled",  # a parent failed, or cancelled directly
+    },
     "waiting": {
         "started": "running",
         "released": "waiting",  # claimed ahead and given back, or unknown to its worker
@@ -31,7 +36,7 @@ _NEXT = {
         "cancelled": "cancelled",
     },
     "failed": {"retry_scheduled": "waiting", "retried": "waiting"},
-    "cancelled": {"retried": "waiting"},
+    "cancelled": {"retried": "waiting", "waiting": "blocked"},  # waiting: a parent retried
     "completed": {},
 }
 #: A rescue that was the last attempt is followed by "failed".
@@ -40,6 +45,7 @@ _FINAL = {
     "COMPLETED": "completed",
     "FAILED": "failed",
     "CANCELLED": "cancelled",
+    "WAITING": "blocked",
     "PENDING": "waiting",
     "RETRYING": "waiting",
     "RUNNING": ("running", "waiting"),
@@ -64,7 +70,9 @@ def history_problems(events: Sequence[dict[str, Any]], status: str, attempts: in
     """What is wrong with a task's events, given its status and attempt count now."""
     if not events or events[0]["event"] != "enqueued":
         return ["does not start with enqueued"]
-    state, problems = "waiting", []
+    first = (events[0].get("details") or {}).get("status")
+    state = {"WAITING": "blocked", "CANCELLED": "cancelled"}.get(first, "waiting")
+    problems: list[str] = []
     for previous, event in itertools.pairwise(events):
         name = event["event"]
         allowed = _AFTER_RESCUE if previous["event"] == "rescued" and name == "failed" else None

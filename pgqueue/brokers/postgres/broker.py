@@ -86,6 +86,9 @@ class PostgresBroker(Broker):
     #: The worker may claim ahead of its free slots (worker.py): buffered tasks are RUNNING
     #: under this worker's lease, heartbeated, and released (PENDING) if not started.
     claims_ahead = True
+    #: Tasks with parents wait in the task table; the completion that settles the last
+    #: parent makes them PENDING (sql/functions.sql, release_children).
+    workflows = True
     # The contract's optional capabilities, always there on this broker.
     database: Database
     lease_seconds: float
@@ -146,6 +149,12 @@ class PostgresBroker(Broker):
         self, tasks: Sequence[NewTask], connection: Any = None
     ) -> list[uuid.UUID]:
         return await self.store.ainsert_unique(tasks, connection)
+
+    def parent_results(self, task_id: uuid.UUID) -> dict[uuid.UUID, Any]:
+        return self.store.parent_results(task_id)
+
+    async def aparent_results(self, task_id: uuid.UUID) -> dict[uuid.UUID, Any]:
+        return await self.store.aparent_results(task_id)
 
     # -- workers -----------------------------------------------------------------------
 

@@ -90,3 +90,20 @@ ALTER TABLE pgqueue.workers ADD COLUMN task_names text[];
 -- ===========================================================================================
 
 ALTER TABLE pgqueue.tasks ADD COLUMN trace_context jsonb;
+-- Workflows: a task with parents (pgqueue.task_dependencies, sql/schema.sql) is queued
+-- WAITING and becomes PENDING in the transaction that completes its last parent
+-- (release_children); a parent ending FAILED or CANCELLED cancels it (cancel_children)
+-- unless it said on_parent_failure = 'run'; a retry of that parent revives it
+-- (revive_children). docs/features.md, "Workflows".
+-- ===========================================================================================
+
+ALTER TABLE pgqueue.tasks
+    -- Parents not settled yet: not COMPLETED (nor, for on_parent_failure 'run', FAILED or
+    -- CANCELLED). Kept exact by every change of a parent, each an UPDATE of this row, so
+    -- parents finishing at once in different transactions serialize on it and the last
+    -- one sees 0.
+    ADD COLUMN parents_left integer NOT NULL DEFAULT 0,
+    ADD COLUMN on_parent_failure text NOT NULL DEFAULT 'cancel'
+        CHECK (on_parent_failure IN ('cancel', 'run')),
+    -- The parent whose failure or cancel cancelled this task: a retry of it revives this one.
+    ADD COLUMN cancelled_by uuid;

@@ -12,14 +12,204 @@ LANGUAGE sql VOLATILE AS $$
                                  * (0.75 + random() * 0.5));
 $$;
 
+-- ===========================================================================================
+-- Workflows: how a change of a parent reaches its children (pgqueue.task_dependencies). The
+-- lifecycle functions below call these in their own transaction, after the statement that
+-- changed the parents, so that a dependent advances exactly when its parents do. Each locks
+-- the children first, in id order (transactions sharing children wait for each other and
+-- never deadlock), then changes them in a statement of its own: in READ COMMITTED that
+-- statement's snapshot is taken after the locks, so it reads every child as the last
+-- transaction that changed it left it, and every edge committed before.
+-- ===========================================================================================
+
+-- name: release_children
+-- Parents that just became COMPLETED: each child has one parent fewer left; a WAITING child
+-- with none left becomes PENDING (due at the run_at it was queued with) and its workers are
+-- woken. Event: "ready" (details: parent, the one that released it).
+CREATE OR REPLACE FUNCTION pgqueue.release_children(p_parents uuid[]) RETURNS void
+LANGUAGE plpgsql AS $$
+DECLARE
+    children uuid[];
+    queues text[];
+BEGIN
+    SELECT array_agg(DISTINCT d.child_id) INTO children
+    FROM pgqueue.task_dependencies AS d
+    WHERE d.parent_id = ANY (p_parents);
+    IF children IS NULL THEN
+        RETURN;  -- no workflow: one probe of the primary key per parent
+    END IF;
+    PERFORM 1 FROM pgqueue.tasks AS t WHERE t.id = ANY (children) ORDER BY t.id FOR UPDATE;
+    WITH edges AS (
+        SELECT d.child_id, count(*)::integer AS n,
+               (array_agg(d.parent_id ORDER BY d.parent_id))[1] AS parent
+        FROM pgqueue.task_dependencies AS d
+        WHERE d.parent_id = ANY (p_parents)
+        GROUP BY d.child_id
+    ), targets AS (
+        SELECT t.id, e.n, e.parent, t.status = 'WAITING' AND t.parents_left <= e.n AS ready
+        FROM edges AS e
+        JOIN pgqueue.tasks AS t ON t.id = e.child_id
+    ), moved AS (
+        UPDATE pgqueue.tasks AS t
+        SET parents_left = t.parents_left - x.n,
+            status = CASE WHEN x.ready THEN 'PENDING' ELSE t.status END::pgqueue.task_status
+        FROM targets AS x
+        WHERE t.id = x.id
+        RETURNING t.id, t.queue, t.attempts, x.ready, x.parent
+    ), recorded AS (
+        INSERT INTO pgqueue.task_events (task_id, event, attempt, details)
+        SELECT m.id, 'ready', m.attempts, jsonb_build_object('parent', m.parent)
+        FROM moved AS m
+        WHERE m.ready AND pgqueue.history_enabled()
+    )
+    SELECT array_agg(DISTINCT m.queue) FILTER (WHERE m.ready) INTO queues FROM moved AS m;
+    PERFORM pg_notify('pgqueue.tasks', q) FROM unnest(queues) AS q;
+END;
+$$;
+
+-- name: cancel_children
+-- Parents that just ended FAILED or CANCELLED, and recursively the children this cancels:
+-- a WAITING child with on_parent_failure 'cancel' is CANCELLED, its error naming the parent
+-- (cancelled_by: a retry of that parent revives it); for one with 'run' the parent is
+-- settled, as a completion would (PENDING when none is left). Events: "cancelled" (details:
+-- status WAITING, parent; error) and "ready" (details: parent).
+CREATE OR REPLACE FUNCTION pgqueue.cancel_children(p_parents uuid[]) RETURNS void
+LANGUAGE plpgsql AS $$
+DECLARE
+    frontier uuid[] := p_parents;
+    children uuid[];
+    queues text[];
+BEGIN
+    WHILE frontier IS NOT NULL LOOP
+        SELECT array_agg(DISTINCT d.child_id) INTO children
+        FROM pgqueue.task_dependencies AS d
+        WHERE d.parent_id = ANY (frontier);
+        EXIT WHEN children IS NULL;
+        PERFORM 1 FROM pgqueue.tasks AS t WHERE t.id = ANY (children) ORDER BY t.id FOR UPDATE;
+        WITH edges AS (
+            SELECT d.child_id, count(*)::integer AS n,
+                   (array_agg(d.parent_id ORDER BY d.parent_id))[1] AS parent
+            FROM pgqueue.task_dependencies AS d
+            WHERE d.parent_id = ANY (frontier)
+            GROUP BY d.child_id
+        ), targets AS (
+            SELECT t.id, e.n, e.parent, p.status AS parent_status,
+                   t.on_parent_failure = 'run' AS runs,
+                   t.status = 'WAITING' AND t.on_parent_failure = 'cancel' AS cancels,
+                   t.status = 'WAITING' AND t.on_parent_failure = 'run'
+                       AND t.parents_left <= e.n AS ready
+            FROM edges AS e
+            JOIN pgqueue.tasks AS t ON t.id = e.child_id
+            JOIN pgqueue.tasks AS p ON p.id = e.parent
+        ), moved AS (
+            UPDATE pgqueue.tasks AS t
+            SET parents_left = CASE WHEN x.runs THEN t.parents_left - x.n ELSE t.parents_left END,
+                status = CASE WHEN x.cancels THEN 'CANCELLED'
+                              WHEN x.ready THEN 'PENDING'
+                              ELSE t.status END::pgqueue.task_status,
+                finished_at = CASE WHEN x.cancels THEN now() ELSE t.finished_at END,
+                cancelled_by = CASE WHEN x.cancels THEN x.parent ELSE t.cancelled_by END,
+                error = CASE WHEN x.cancels
+                             THEN format('cancelled: parent task %s ended %s', x.parent,
+                                         x.parent_status)
+                             ELSE t.error END
+            FROM targets AS x
+            WHERE t.id = x.id AND (x.runs OR x.cancels)
+            RETURNING t.id, t.queue, t.attempts, t.error, x.parent, x.cancels, x.ready
+        ), recorded AS (
+            INSERT INTO pgqueue.task_events (task_id, event, attempt, error, details)
+            SELECT m.id, CASE WHEN m.cancels THEN 'cancelled' ELSE 'ready' END, m.attempts,
+                   CASE WHEN m.cancels THEN m.error END,
+                   CASE WHEN m.cancels
+                        THEN jsonb_build_object('status', 'WAITING', 'parent', m.parent)
+                        ELSE jsonb_build_object('parent', m.parent) END
+            FROM moved AS m
+            WHERE (m.cancels OR m.ready) AND pgqueue.history_enabled()
+        )
+        SELECT array_agg(m.id) FILTER (WHERE m.cancels),
+               array_agg(DISTINCT m.queue) FILTER (WHERE m.ready)
+        INTO frontier, queues
+        FROM moved AS m;
+        PERFORM pg_notify('pgqueue.tasks', q) FROM unnest(queues) AS q;
+    END LOOP;
+END;
+$$;
+
+-- name: revive_children
+-- Parents put back by a retry (from FAILED or CANCELLED), and recursively the children this
+-- revives: what cancel_children did is undone. A child it cancelled (cancelled_by) is
+-- WAITING again, unless another parent of its is FAILED or CANCELLED now (it stays
+-- CANCELLED, by that one); for a child with 'run' the parent counts as not settled again.
+-- Event: "waiting" (details: parent, waiting_for).
+CREATE OR REPLACE FUNCTION pgqueue.revive_children(p_parents uuid[]) RETURNS void
+LANGUAGE plpgsql AS $$
+DECLARE
+    frontier uuid[] := p_parents;
+    children uuid[];
+BEGIN
+    WHILE frontier IS NOT NULL LOOP
+        SELECT array_agg(DISTINCT d.child_id) INTO children
+        FROM pgqueue.task_dependencies AS d
+        WHERE d.parent_id = ANY (frontier);
+        EXIT WHEN children IS NULL;
+        PERFORM 1 FROM pgqueue.tasks AS t WHERE t.id = ANY (children) ORDER BY t.id FOR UPDATE;
+        WITH edges AS (
+            SELECT d.child_id, count(*)::integer AS n
+            FROM pgqueue.task_dependencies AS d
+            WHERE d.parent_id = ANY (frontier)
+            GROUP BY d.child_id
+        ), targets AS (
+            SELECT t.id, e.n, t.cancelled_by AS parent, t.on_parent_failure = 'run' AS runs,
+                   t.status = 'CANCELLED' AND t.cancelled_by = ANY (frontier) AS revives,
+                   (SELECT o.id FROM pgqueue.task_dependencies AS od
+                    JOIN pgqueue.tasks AS o ON o.id = od.parent_id
+                    WHERE od.child_id = t.id AND o.status IN ('FAILED', 'CANCELLED')
+                      AND o.id <> ALL (frontier)
+                    LIMIT 1) AS still_failed
+            FROM edges AS e
+            JOIN pgqueue.tasks AS t ON t.id = e.child_id
+        ), moved AS (
+            UPDATE pgqueue.tasks AS t
+            SET parents_left = CASE WHEN x.runs THEN t.parents_left + x.n ELSE t.parents_left END,
+                status = CASE WHEN x.revives AND x.still_failed IS NULL THEN 'WAITING'
+                              ELSE t.status END::pgqueue.task_status,
+                finished_at = CASE WHEN x.revives AND x.still_failed IS NULL THEN NULL
+                                   ELSE t.finished_at END,
+                cancelled_by = CASE WHEN NOT x.revives THEN t.cancelled_by
+                                    ELSE x.still_failed END,
+                error = CASE WHEN NOT x.revives THEN t.error
+                             WHEN x.still_failed IS NULL THEN NULL
+                             ELSE format('cancelled: parent task %s ended %s', x.still_failed,
+                                         (SELECT o.status FROM pgqueue.tasks AS o
+                                          WHERE o.id = x.still_failed)) END
+            FROM targets AS x
+            WHERE t.id = x.id AND (x.runs OR x.revives)
+            RETURNING t.id, t.attempts, t.parents_left,
+                      t.status = 'WAITING' AND x.revives AS revived, x.parent
+        ), recorded AS (
+            INSERT INTO pgqueue.task_events (task_id, event, attempt, details)
+            SELECT m.id, 'waiting', m.attempts,
+                   jsonb_build_object('parent', m.parent, 'waiting_for', m.parents_left)
+            FROM moved AS m
+            WHERE m.revived AND pgqueue.history_enabled()
+        )
+        SELECT array_agg(m.id) FILTER (WHERE m.revived) INTO frontier FROM moved AS m;
+    END LOOP;
+END;
+$$;
+
 -- name: complete_tasks
 -- Record the results of finished runs, many per call; returns the ids it accepted.
 -- p_started (optional, per task): when a run claimed ahead of a free slot really started.
--- Events: "completed", after "started" for a run whose start this records.
+-- Events: "completed", after "started" for a run whose start this records. Their children
+-- advance in the same transaction (release_children).
 CREATE OR REPLACE FUNCTION pgqueue.complete_tasks(
     p_ids uuid[], p_tokens integer[], p_results jsonb[], p_started timestamptz[] DEFAULT NULL
 ) RETURNS SETOF uuid
-LANGUAGE sql AS $$
+LANGUAGE plpgsql AS $$
+DECLARE
+    completed_ids uuid[];
+BEGIN
     WITH held AS (
         -- Locked first, so that whether the start is recorded here (started_at NULL) is
         -- read from the latest row, not from a heartbeat's concurrent write recording it.
@@ -33,6 +223,8 @@ LANGUAGE sql AS $$
         -- primary-key lookup per element.
         JOIN pgqueue.tasks AS t
           ON t.id = done.id AND t.lease_token = done.token AND t.status::text = 'RUNNING'
+        -- In id order, as producers lock the parents they name (store.py): no deadlock.
+        ORDER BY t.id
         FOR UPDATE OF t
     ), completed AS (
         UPDATE pgqueue.tasks AS t
@@ -50,17 +242,24 @@ LANGUAGE sql AS $$
         WHERE (e.step = 2 OR c.starts) AND pgqueue.history_enabled()
         ORDER BY c.id, e.step
     )
-    SELECT id FROM completed;
+    SELECT array_agg(completed.id) INTO completed_ids FROM completed;
+    IF completed_ids IS NOT NULL THEN
+        PERFORM pgqueue.release_children(completed_ids);
+    END IF;
+    RETURN QUERY SELECT unnest(completed_ids);
+END;
 $$;
 
 -- name: fail_task
 -- Record a failed run: RETRYING after retry_backoff while attempts <= max_retries (and
 -- p_retryable), else FAILED. Returns the new status and run_at; no row when refused.
 -- Events: "failed" with this attempt's error, then "retry_scheduled" if it runs again.
+-- A task that ends FAILED cancels its dependents (cancel_children).
 CREATE OR REPLACE FUNCTION pgqueue.fail_task(
     p_id uuid, p_token integer, p_error text, p_retryable boolean DEFAULT true
 ) RETURNS TABLE (new_status pgqueue.task_status, new_run_at timestamptz)
-LANGUAGE sql AS $$
+LANGUAGE plpgsql AS $$
+BEGIN
     WITH decision AS (
         SELECT t.id, (p_retryable AND t.attempts <= t.max_retries) AS will_retry
         FROM pgqueue.tasks AS t
@@ -92,7 +291,15 @@ LANGUAGE sql AS $$
         WHERE (e.step = 1 OR f.status = 'RETRYING') AND pgqueue.history_enabled()
         ORDER BY e.step
     )
-    SELECT status, run_at FROM failed;
+    SELECT f.status, f.run_at INTO new_status, new_run_at FROM failed AS f;
+    IF NOT FOUND THEN
+        RETURN;
+    END IF;
+    IF new_status = 'FAILED' THEN
+        PERFORM pgqueue.cancel_children(ARRAY[p_id]);
+    END IF;
+    RETURN NEXT;
+END;
 $$;
 
 -- name: reschedule_task
@@ -145,6 +352,7 @@ $$;
 -- that clears unknown_since), it ends FAILED instead. Fenced like the other writes;
 -- returns (id, new status, new run_at, error) of those accepted, and wakes the workers of
 -- their queues, so that an idle worker that knows the name sets its timer to the new run_at.
+-- Those that end FAILED cancel their dependents (cancel_children).
 CREATE OR REPLACE FUNCTION pgqueue.give_back_unknown_tasks(
     p_ids uuid[], p_tokens integer[], p_grace_seconds double precision
 ) RETURNS TABLE (
@@ -157,6 +365,7 @@ DECLARE
     run_ats timestamptz[];
     errors text[];
     queues text[];
+    failed uuid[];
 BEGIN
     WITH held AS (
         SELECT h.id, since, since + make_interval(secs => p_grace_seconds) AS fails_at,
@@ -210,10 +419,14 @@ BEGIN
         WHERE pgqueue.history_enabled()
     )
     SELECT array_agg(m.id), array_agg(m.status), array_agg(m.run_at), array_agg(m.error),
-           array_agg(DISTINCT m.queue) FILTER (WHERE m.status = 'PENDING')
-    INTO ids, statuses, run_ats, errors, queues
+           array_agg(DISTINCT m.queue) FILTER (WHERE m.status = 'PENDING'),
+           array_agg(m.id) FILTER (WHERE m.status = 'FAILED')
+    INTO ids, statuses, run_ats, errors, queues, failed
     FROM moved AS m;
     PERFORM pg_notify('pgqueue.tasks', q) FROM unnest(queues) AS q;
+    IF failed IS NOT NULL THEN
+        PERFORM pgqueue.cancel_children(failed);
+    END IF;
     RETURN QUERY SELECT * FROM unnest(ids, statuses, run_ats, errors);
 END;
 $$;
@@ -296,13 +509,15 @@ $$;
 -- it goes back to PENDING with its attempt given back, as release_tasks does. Its start
 -- is recorded at the worker's next heartbeat (a third of a lease), so a task that kills
 -- its worker sooner looks unstarted: after max_unstarted_rescues such rescues, it counts.
--- Events: "rescued", then "failed" for a task that ends FAILED.
+-- Events: "rescued", then "failed" for a task that ends FAILED (which cancels its
+-- dependents: cancel_children).
 CREATE OR REPLACE FUNCTION pgqueue.rescue_expired_leases() RETURNS integer
 LANGUAGE plpgsql AS $$
 DECLARE
     max_unstarted_rescues CONSTANT integer := 3;
     rescued integer;
     queues text[];
+    failed uuid[];
 BEGIN
     WITH expired AS (
         SELECT t.id, (t.started_at IS NULL AND t.unstarted_rescues < max_unstarted_rescues)
@@ -345,9 +560,13 @@ BEGIN
         WHERE (e.step = 1 OR m.status = 'FAILED') AND pgqueue.history_enabled()
         ORDER BY m.id, e.step
     )
-    SELECT count(*), array_agg(DISTINCT queue) FILTER (WHERE status <> 'FAILED')
-    INTO rescued, queues FROM moved;
+    SELECT count(*), array_agg(DISTINCT queue) FILTER (WHERE status <> 'FAILED'),
+           array_agg(id) FILTER (WHERE status = 'FAILED')
+    INTO rescued, queues, failed FROM moved;
     PERFORM pg_notify('pgqueue.tasks', q) FROM unnest(queues) AS q;
+    IF failed IS NOT NULL THEN
+        PERFORM pgqueue.cancel_children(failed);
+    END IF;
     RETURN rescued;
 END;
 $$;
@@ -357,19 +576,21 @@ $$;
 -- worker hears of it on the "pgqueue.control" channel (payload "cancel <id>") and stops
 -- the run at once; its outcome is refused in any case (and its lease lost at the next
 -- heartbeat, should the notification be missed). Event: "cancelled" (details: status,
--- the one it had).
+-- the one it had). A WAITING task can be cancelled too; the cancel reaches the task's
+-- dependents as a failure would (cancel_children).
 CREATE OR REPLACE FUNCTION pgqueue.cancel_task(p_id uuid) RETURNS boolean
 LANGUAGE plpgsql AS $$
 DECLARE
     previous pgqueue.task_status;
 BEGIN
     SELECT status INTO previous FROM pgqueue.tasks WHERE id = p_id FOR UPDATE;
-    IF previous IS NULL OR previous NOT IN ('PENDING', 'RETRYING', 'RUNNING') THEN
+    IF previous IS NULL OR previous NOT IN ('PENDING', 'RETRYING', 'RUNNING', 'WAITING') THEN
         RETURN false;
     END IF;
     WITH cancelled AS (
         UPDATE pgqueue.tasks
-        SET status = 'CANCELLED', finished_at = now(), lease_expires_at = NULL
+        SET status = 'CANCELLED', finished_at = now(), lease_expires_at = NULL,
+            cancelled_by = NULL
         WHERE id = p_id
         RETURNING id, attempts, worker_id
     )
@@ -382,13 +603,15 @@ BEGIN
     IF previous = 'RUNNING' THEN
         PERFORM pg_notify('pgqueue.control', 'cancel ' || p_id::text);
     END IF;
+    PERFORM pgqueue.cancel_children(ARRAY[p_id]);
     RETURN true;
 END;
 $$;
 
 -- name: retry_task
--- Run a FAILED or CANCELLED task once more, now; its attempts keep counting.
--- Event: "retried" (details: status, the one it had).
+-- Run a FAILED or CANCELLED task once more, now; its attempts keep counting. A task whose
+-- parents are not all settled goes back to WAITING instead of PENDING. The dependents it
+-- cancelled wait again (revive_children). Event: "retried" (details: status, the one it had).
 CREATE OR REPLACE FUNCTION pgqueue.retry_task(p_id uuid) RETURNS boolean
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -401,8 +624,10 @@ BEGIN
     END IF;
     WITH retried AS (
         UPDATE pgqueue.tasks AS t
-        SET status = 'PENDING', run_at = now(), started_at = NULL, finished_at = NULL,
-            result = NULL, lease_expires_at = NULL,
+        SET status = CASE WHEN t.parents_left > 0 THEN 'WAITING'
+                          ELSE 'PENDING' END::pgqueue.task_status,
+            run_at = now(), started_at = NULL, finished_at = NULL,
+            result = NULL, lease_expires_at = NULL, cancelled_by = NULL,
             unknown_since = NULL, unknown_fails_at = NULL, unknown_give_backs = 0,
             -- It keeps its unique_key (sql/features.sql) unless another task holds it now.
             unique_key = CASE WHEN EXISTS (
@@ -411,37 +636,48 @@ BEGIN
                   AND o.status IN ('PENDING', 'RETRYING', 'RUNNING')
             ) THEN NULL ELSE t.unique_key END
         WHERE t.id = p_id
-        RETURNING t.id, t.queue, t.attempts
+        RETURNING t.id, t.queue, t.attempts, t.status
     ), recorded AS (
         INSERT INTO pgqueue.task_events (task_id, event, attempt, details)
         SELECT r.id, 'retried', r.attempts, jsonb_build_object('status', previous)
         FROM retried AS r
         WHERE pgqueue.history_enabled()
     )
-    SELECT queue INTO task_queue FROM retried;
-    PERFORM pg_notify('pgqueue.tasks', task_queue);
+    SELECT CASE WHEN status = 'PENDING' THEN queue END INTO task_queue FROM retried;
+    IF task_queue IS NOT NULL THEN
+        PERFORM pg_notify('pgqueue.tasks', task_queue);
+    END IF;
+    PERFORM pgqueue.revive_children(ARRAY[p_id]);
     RETURN true;
 END;
 $$;
 
 -- name: cleanup_tasks
 -- Delete up to p_batch_size finished tasks (COMPLETED, FAILED, CANCELLED) older than
--- p_older_than, with their events; callers loop until it returns less than p_batch_size,
--- so no transaction holds many row locks for long.
+-- p_older_than, with their events and the edges to their parents; callers loop until it
+-- returns less than p_batch_size, so no transaction holds many row locks for long. A
+-- workflow stays together: no task is deleted while a child of its has not finished.
 CREATE OR REPLACE FUNCTION pgqueue.cleanup_tasks(p_older_than interval, p_batch_size integer)
 RETURNS integer
 LANGUAGE sql AS $$
     WITH doomed AS (
-        SELECT id FROM pgqueue.tasks
-        WHERE status IN ('COMPLETED', 'FAILED', 'CANCELLED')
-          AND finished_at < now() - p_older_than
-        ORDER BY finished_at
+        SELECT t.id FROM pgqueue.tasks AS t
+        WHERE t.status IN ('COMPLETED', 'FAILED', 'CANCELLED')
+          AND t.finished_at < now() - p_older_than
+          AND NOT EXISTS (
+              SELECT 1 FROM pgqueue.task_dependencies AS d
+              JOIN pgqueue.tasks AS c ON c.id = d.child_id
+              WHERE d.parent_id = t.id
+                AND c.status NOT IN ('COMPLETED', 'FAILED', 'CANCELLED'))
+        ORDER BY t.finished_at
         LIMIT p_batch_size
-        FOR UPDATE SKIP LOCKED
+        FOR UPDATE OF t SKIP LOCKED
     ), deleted AS (
         DELETE FROM pgqueue.tasks AS t USING doomed WHERE t.id = doomed.id RETURNING 1
     ), forgotten AS (
         DELETE FROM pgqueue.task_events AS e USING doomed WHERE e.task_id = doomed.id
+    ), unlinked AS (
+        DELETE FROM pgqueue.task_dependencies AS d USING doomed WHERE d.child_id = doomed.id
     )
     SELECT count(*)::integer FROM deleted;
 $$;
@@ -529,7 +765,7 @@ $$;
 
 -- name: retry_failed_tasks
 -- retry_task for every FAILED task (of one queue, or all when p_queue is NULL); their ids.
--- Event: "retried" for each.
+-- Event: "retried" for each; their dependents are revived as retry_task does.
 CREATE OR REPLACE FUNCTION pgqueue.retry_failed_tasks(p_queue text DEFAULT NULL)
 RETURNS SETOF uuid
 LANGUAGE plpgsql AS $$
@@ -544,8 +780,10 @@ BEGIN
         WHERE status = 'FAILED' AND (p_queue IS NULL OR queue = p_queue)
     ), retried AS (
         UPDATE pgqueue.tasks AS t
-        SET status = 'PENDING', run_at = now(), started_at = NULL, finished_at = NULL,
-            result = NULL, lease_expires_at = NULL,
+        SET status = CASE WHEN t.parents_left > 0 THEN 'WAITING'
+                          ELSE 'PENDING' END::pgqueue.task_status,
+            run_at = now(), started_at = NULL, finished_at = NULL,
+            result = NULL, lease_expires_at = NULL, cancelled_by = NULL,
             unknown_since = NULL, unknown_fails_at = NULL, unknown_give_backs = 0,
             unique_key = CASE WHEN f.rank > 1 OR EXISTS (
                 SELECT 1 FROM pgqueue.tasks AS o
@@ -563,28 +801,38 @@ BEGIN
     )
     SELECT array_agg(id), array_agg(DISTINCT queue) INTO retried_ids, queues FROM retried;
     PERFORM pg_notify('pgqueue.tasks', q) FROM unnest(queues) AS q;
+    IF retried_ids IS NOT NULL THEN
+        PERFORM pgqueue.revive_children(retried_ids);
+    END IF;
     RETURN QUERY SELECT unnest(retried_ids);
 END;
 $$;
 
 -- name: purge_tasks
 -- Delete up to p_batch_size tasks of one status older than p_older_than (by finished_at,
--- else created_at), with their events; callers loop until it returns less than
--- p_batch_size. Never RUNNING.
+-- else created_at), with their events and the edges to their parents; callers loop until
+-- it returns less than p_batch_size. Never RUNNING, nor a parent of an unfinished task.
 CREATE OR REPLACE FUNCTION pgqueue.purge_tasks(
     p_status pgqueue.task_status, p_older_than interval, p_batch_size integer
 ) RETURNS integer
 LANGUAGE sql AS $$
     WITH doomed AS (
-        SELECT id FROM pgqueue.tasks
-        WHERE status = p_status AND p_status <> 'RUNNING'
-          AND coalesce(finished_at, created_at) < now() - p_older_than
+        SELECT t.id FROM pgqueue.tasks AS t
+        WHERE t.status = p_status AND p_status <> 'RUNNING'
+          AND coalesce(t.finished_at, t.created_at) < now() - p_older_than
+          AND NOT EXISTS (
+              SELECT 1 FROM pgqueue.task_dependencies AS d
+              JOIN pgqueue.tasks AS c ON c.id = d.child_id
+              WHERE d.parent_id = t.id
+                AND c.status NOT IN ('COMPLETED', 'FAILED', 'CANCELLED'))
         LIMIT p_batch_size
-        FOR UPDATE SKIP LOCKED
+        FOR UPDATE OF t SKIP LOCKED
     ), deleted AS (
         DELETE FROM pgqueue.tasks AS t USING doomed WHERE t.id = doomed.id RETURNING 1
     ), forgotten AS (
         DELETE FROM pgqueue.task_events AS e USING doomed WHERE e.task_id = doomed.id
+    ), unlinked AS (
+        DELETE FROM pgqueue.task_dependencies AS d USING doomed WHERE d.child_id = doomed.id
     )
     SELECT count(*)::integer FROM deleted;
 $$;

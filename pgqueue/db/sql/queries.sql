@@ -26,6 +26,35 @@ COPY pgqueue.tasks (id, name, queue, priority, kwargs, max_retries, trace_contex
 COPY pgqueue.tasks (id, name, queue, priority, kwargs, max_retries, run_at, trace_context)
 FROM STDIN;
 
+-- name: lock_parents
+-- A workflow's producer: the existing parents its tasks name, locked until it commits (in
+-- id order, as complete_tasks locks them) so that no parent finishes unseen meanwhile.
+SELECT id, status::text FROM pgqueue.tasks
+WHERE id = ANY(%(ids)s::uuid[])
+ORDER BY id
+FOR SHARE;
+
+-- name: copy_workflow_tasks
+-- Tasks with parents: their first status (WAITING, PENDING, or CANCELLED by a parent that
+-- failed already) and how many parents they wait for (db/dependencies.py).
+COPY pgqueue.tasks (id, name, queue, priority, kwargs, max_retries, run_at, status,
+                    parents_left, on_parent_failure, cancelled_by, error, finished_at,
+                    trace_context)
+FROM STDIN;
+
+-- name: copy_task_dependencies
+-- Their edges, in the same transaction.
+COPY pgqueue.task_dependencies (parent_id, child_id) FROM STDIN;
+
+-- name: parent_results
+-- Inside a task: each parent's result (NULL if it has none), with the results' total stored
+-- size, which parent_results() bounds.
+SELECT d.parent_id, t.result::text, sum(pg_column_size(t.result)) OVER () AS total
+FROM pgqueue.task_dependencies AS d
+LEFT JOIN pgqueue.tasks AS t ON t.id = d.parent_id
+WHERE d.child_id = %(id)s
+ORDER BY d.parent_id;
+
 -- name: get_task
 -- One task by id.
 SELECT * FROM pgqueue.tasks WHERE id = %(id)s;
@@ -395,6 +424,24 @@ SELECT
        AND a.priority > t.priority) AS tasks_ahead_higher_priority
 FROM pgqueue.tasks AS t
 WHERE t.id = %(id)s;
+
+-- name: task_parents
+-- A task's parents (`tasks show`, `tasks explain`): the unsettled first, with their number.
+SELECT d.parent_id AS id, t.name, t.status::text AS status, count(*) OVER () AS total
+FROM pgqueue.task_dependencies AS d
+LEFT JOIN pgqueue.tasks AS t ON t.id = d.parent_id
+WHERE d.child_id = %(id)s
+ORDER BY t.status IS NOT DISTINCT FROM 'COMPLETED', d.parent_id
+LIMIT %(limit)s;
+
+-- name: task_children
+-- The tasks that wait for this one (`tasks show`), with their number.
+SELECT d.child_id AS id, t.name, t.status::text AS status, count(*) OVER () AS total
+FROM pgqueue.task_dependencies AS d
+LEFT JOIN pgqueue.tasks AS t ON t.id = d.child_id
+WHERE d.parent_id = %(id)s
+ORDER BY d.child_id
+LIMIT %(limit)s;
 
 -- name: cron_record_schedule
 -- A worker that imports a cron task records its schedule (first_seen_at is kept).

@@ -4,8 +4,10 @@
 
 CREATE SCHEMA IF NOT EXISTS pgqueue;
 
+-- WAITING (added by revision 0008, hence last): queued with parents not all COMPLETED yet
+-- (workflows, sql/features.sql); outside the runnable index, so the claim never reads it.
 CREATE TYPE pgqueue.task_status AS ENUM
-    ('PENDING', 'RUNNING', 'COMPLETED', 'FAILED', 'RETRYING', 'CANCELLED');
+    ('PENDING', 'RUNNING', 'COMPLETED', 'FAILED', 'RETRYING', 'CANCELLED', 'WAITING');
 
 CREATE TABLE pgqueue.tasks (
     id               uuid PRIMARY KEY DEFAULT gen_random_uuid(),
@@ -135,7 +137,8 @@ CREATE TABLE pgqueue.paused_queues (
 -- ===========================================================================================
 
 -- Events: enqueued, started, completed, failed, retry_scheduled, rescued, cancelled,
--- retried, released. `attempt` is the task's attempt count after the change; `id` orders a
+-- retried, released; for workflows (sql/features.sql) ready, waiting and cancelled with the
+-- parent in details. `attempt` is the task's attempt count after the change; `id` orders a
 -- task's events exactly (each is written under the task's row lock, so a later change of a
 -- task always draws a larger id). No foreign key: it would cost a lookup per event;
 -- cleanup and purge delete a task's events with the task instead.
@@ -186,7 +189,14 @@ LANGUAGE plpgsql AS $$
 BEGIN
     INSERT INTO pgqueue.task_events (task_id, at, event, attempt, details)
     SELECT n.id, n.created_at, 'enqueued', n.attempts,
-           CASE WHEN n.run_at > n.created_at THEN jsonb_build_object('run_at', n.run_at) END
+           CASE WHEN n.status = 'PENDING' THEN
+                    CASE WHEN n.run_at > n.created_at THEN jsonb_build_object('run_at', n.run_at) END
+                -- A workflow's member: WAITING for its parents (or CANCELLED by one that failed).
+                ELSE jsonb_strip_nulls(jsonb_build_object(
+                    'run_at', CASE WHEN n.run_at > n.created_at THEN n.run_at END,
+                    'status', n.status,
+                    'waiting_for', CASE WHEN n.status = 'WAITING' THEN n.parents_left END,
+                    'parent', n.cancelled_by)) END
     FROM new_tasks AS n
     WHERE pgqueue.history_enabled();
     RETURN NULL;
@@ -197,3 +207,21 @@ CREATE TRIGGER tasks_history_insert
     AFTER INSERT ON pgqueue.tasks
     REFERENCING NEW TABLE AS new_tasks
     FOR EACH STATEMENT EXECUTE FUNCTION pgqueue.record_enqueued();
+
+-- ===========================================================================================
+-- Workflows: the edges of task dependencies (`.delay(depends_on=...)`, chain, group, chord).
+-- Here rather than in features.sql, beside the columns they use, so that the lifecycle
+-- functions of functions.sql can name the table. docs/features.md, "Workflows".
+-- ===========================================================================================
+
+-- One row per (parent, child): the child waits for the parent. Written with the child, in
+-- its transaction; deleted with the child (cleanup, purge), never changed.
+CREATE TABLE pgqueue.task_dependencies (
+    parent_id uuid NOT NULL,
+    child_id  uuid NOT NULL,
+    -- A parent's children, read by the transaction that finishes the parent.
+    PRIMARY KEY (parent_id, child_id)
+);
+
+-- A child's parents: `parent_results()`, `tasks show`, cleanup.
+CREATE INDEX task_dependencies_child_idx ON pgqueue.task_dependencies (child_id);

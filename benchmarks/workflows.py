@@ -1,0 +1,124 @@
+"""Workflow benchmark: ``python benchmarks/workflows.py [REPEATS]`` (`make bench` runs it).
+
+Two comparisons, each run REPEATS times (default 3) alternating, medians printed, with an
+in-process worker of concurrency 10 on a fresh database ``pgqueue_workflows``:
+
+- chain: a chain of 1,000 steps (one transaction, each step released by the completion of
+  the one before) against 1,000 tasks each queued by the previous one from inside its run;
+- chord: 10,000 parents and a callback (one transaction) against the same 10,000 tasks
+  queued alone (COPY); from queueing until the last task is COMPLETED.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+import sys
+import time
+
+import psycopg
+
+from pgqueue import AsyncTask, TaskManager, WorkerManager, chain, chord
+from pgqueue.db import migrations
+from pgqueue.settings import load_settings
+from pgqueue.task_manager import set_default_task_manager
+
+ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
+DSN = "postgresql://postgres@127.0.0.1:5432/pgqueue_workflows"
+QUEUE = "bench-workflows"
+STEPS = 1_000
+PARENTS = 10_000
+
+
+@AsyncTask(queue=QUEUE)
+async def step(n: int = 0) -> int:
+    return n
+
+
+@AsyncTask(queue=QUEUE)
+async def relay(left: int) -> None:
+    """The way without workflows: each run queues the next."""
+    if left > 1:
+        await relay.adelay(left=left - 1)
+
+
+def fresh_database() -> None:
+    with psycopg.connect(ADMIN, autocommit=True) as conn:
+        conn.execute("DROP DATABASE IF EXISTS pgqueue_workflows WITH (FORCE)")
+        conn.execute("CREATE DATABASE pgqueue_workflows")
+    migrations.upgrade(DSN)
+
+
+def timed(queue: object, expected: int) -> float:
+    """Seconds from queueing (the `queue` callable) until `expected` tasks COMPLETED."""
+    with psycopg.connect(DSN, autocommit=True) as conn:
+        conn.execute("TRUNCATE pgqueue.tasks, pgqueue.task_events, pgqueue.task_dependencies")
+
+    async def run() -> float:
+        manager = WorkerManager(settings=load_settings(dsn=DSN))
+        manager.set_queues([QUEUE])
+        manager.set_concurrent_tasks(10)
+        manager.set_polling_interval(1)
+        worker = asyncio.create_task(manager.start())
+        await asyncio.sleep(1.0)  # the worker is listening
+        started = time.perf_counter()
+        await asyncio.to_thread(queue)  # type: ignore[arg-type]
+        while True:
+            done = await asyncio.to_thread(_completed)
+            if done >= expected:
+                break
+            await asyncio.sleep(0.01)
+        elapsed = time.perf_counter() - started
+        manager.stop()
+        await worker
+        return elapsed
+
+    return asyncio.run(run())
+
+
+def _completed() -> int:
+    with psycopg.connect(DSN, autocommit=True) as conn:
+        row = conn.execute("SELECT count(*) FROM pgqueue.tasks WHERE status = 'COMPLETED'").fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def main() -> None:
+    repeats = int(sys.argv[1]) if len(sys.argv) > 1 else 3
+    fresh_database()
+    tm = TaskManager(dsn=DSN)
+    set_default_task_manager(tm)
+    cases = {
+        "chain of 1,000 (workflow)": (
+            lambda: chain(*[step.s(n=i) for i in range(STEPS)]).delay(),
+            STEPS,
+        ),
+        "1,000 queued by each other": (lambda: relay.delay(left=STEPS), STEPS),
+        "chord of 10,000 + callback": (
+            lambda: chord([step.s(n=i) for i in range(PARENTS)], step.s()).delay(),
+            PARENTS + 1,
+        ),
+        "10,000 parents alone": (
+            lambda: tm.queue_tasks(step, [{"n": i} for i in range(PARENTS)]),
+            PARENTS,
+        ),
+    }
+    times: dict[str, list[float]] = {name: [] for name in cases}
+    for _ in range(repeats):
+        for name, (queue, expected) in cases.items():
+            times[name].append(timed(queue, expected))
+    for name, values in times.items():
+        print(f"{name:30s} median {statistics.median(values):7.2f} s  ({values})")
+    chain_gain = statistics.median(times["1,000 queued by each other"]) / statistics.median(
+        times["chain of 1,000 (workflow)"]
+    )
+    chord_cost = statistics.median(times["chord of 10,000 + callback"]) / statistics.median(
+        times["10,000 parents alone"]
+    )
+    print(f"chain: {chain_gain:.1f}x faster than tasks queueing the next (goal >= 5x)")
+    print(f"chord: {100 * (chord_cost - 1):+.1f}% over the parents alone (goal < 10%)")
+    tm.close()
+
+
+if __name__ == "__main__":
+    main()

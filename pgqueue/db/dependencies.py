@@ -1,0 +1,164 @@
+"""Workflows from the producer's side: the first status of tasks queued with parents, and the
+rows of their edges (pgqueue.task_dependencies).
+
+Queueing tasks with `depends_on` runs in one transaction: the parents named that exist
+already are locked `FOR SHARE` (in id order, as completions lock them) and read, then the
+tasks and their edges are written (COPY). The lock orders this transaction with any that
+finishes one of those parents: a completion that commits first is read here (the parent
+counts as done); one that waits for this commit reads the new edges afterwards, in the
+statement that releases the children (sql/functions.sql, release_children).
+
+>>> plan = plan_workflow(new_tasks, {parent_id: "COMPLETED"})
+>>> plan.first_status(new_tasks[0])
+'PENDING'
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import uuid
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from typing import Any
+
+from pgqueue.errors import InvalidTaskOption, PgQueueError
+from pgqueue.records import NewTask
+
+#: The most `parent_results()` returns, counted as the results' stored size in the task
+#: table (JSON, compressed when large): 64 MiB, about a million small results. Above it,
+#: the call raises and names the bound; read the parents' records instead.
+MAX_PARENT_RESULTS_BYTES = 64 * 1024 * 1024
+
+#: Statuses of a parent that fail it for a child with on_parent_failure "cancel".
+_FAILED = frozenset({"FAILED", "CANCELLED"})
+#: COPY text's NULL.
+_NULL = "\\N"
+#: Ids shown in an error before "and N more".
+_SHOWN_IDS = 5
+
+
+def external_parents(tasks: Sequence[NewTask]) -> list[uuid.UUID]:
+    """The parents named that are not queued in this batch, in id order (the lock order)."""
+    batch = {task.id for task in tasks}
+    return sorted(
+        {parent for task in tasks for parent in task.depends_on if parent not in batch},
+        key=lambda parent: parent.bytes,
+    )
+
+
+@dataclasses.dataclass(slots=True)
+class _First:
+    status: str
+    parents_left: int
+    cancelled_by: uuid.UUID | None = None
+    error: str | None = None
+
+
+class WorkflowPlan:
+    """Each new task's first status: PENDING (no parent left), WAITING, or CANCELLED (a
+    parent already FAILED or CANCELLED, and it said on_parent_failure "cancel")."""
+
+    def __init__(self, first: dict[uuid.UUID, _First]) -> None:
+        self._first = first
+
+    def first_status(self, task: NewTask) -> str:
+        return self._first[task.id].status
+
+    def copy_suffix(self, task: NewTask, now: str) -> str:
+        """The extra COPY fields of `copy_workflow_tasks` for one task (after run_at)."""
+        first = self._first[task.id]
+        cancelled = first.status == "CANCELLED"
+        return (
+            f"{first.status}\t{first.parents_left}\t{task.on_parent_failure}\t"
+            f"{first.cancelled_by or _NULL}\t{first.error or _NULL}\t"
+            f"{now if cancelled else _NULL}"
+        )
+
+
+def plan_workflow(tasks: Sequence[NewTask], parent_status: Mapping[uuid.UUID, str]) -> WorkflowPlan:
+    """The first status of each task, from the statuses of the existing parents (read under
+    their lock) and of the batch's own; refuses missing parents and cycles (ValueError)."""
+    missing = [parent for parent in external_parents(tasks) if parent not in parent_status]
+    if missing:
+        raise InvalidTaskOption(f"depends_on names tasks that do not exist: {_ids(missing)}")
+    first: dict[uuid.UUID, _First] = {}
+    by_id = {task.id: task for task in tasks}
+    for task in _topological(tasks):
+        left, failed_by = 0, None
+        for parent in task.depends_on:
+            status = first[parent].status if parent in by_id else parent_status[parent]
+            if status == "COMPLETED" or (status in _FAILED and task.on_parent_failure == "run"):
+                continue
+            left += 1
+            if status in _FAILED and failed_by is None:
+                failed_by = (parent, status)
+        if failed_by is not None:
+            parent, status = failed_by
+            error = f"cancelled: parent task {parent} ended {status}"
+            first[task.id] = _First("CANCELLED", left, parent, error)
+        else:
+            first[task.id] = _First("WAITING" if left else "PENDING", left)
+    return WorkflowPlan(first)
+
+
+def _topological(tasks: Sequence[NewTask]) -> list[NewTask]:
+    """The batch with every task after its parents of the batch; a cycle is refused."""
+    by_id = {task.id: task for task in tasks}
+    waiting_on = {task.id: sum(1 for p in task.depends_on if p in by_id) for task in tasks}
+    children: dict[uuid.UUID, list[NewTask]] = {}
+    for task in tasks:
+        for parent in task.depends_on:
+            if parent in by_id:
+                children.setdefault(parent, []).append(task)
+    ready = [task for task in tasks if waiting_on[task.id] == 0]
+    ordered: list[NewTask] = []
+    while ready:
+        task = ready.pop()
+        ordered.append(task)
+        for child in children.get(task.id, ()):
+            waiting_on[child.id] -= 1
+            if waiting_on[child.id] == 0:
+                ready.append(child)
+    if len(ordered) < len(tasks):
+        stuck = [task.id for task in tasks if waiting_on[task.id] > 0]
+        raise InvalidTaskOption(
+            f"depends_on makes a cycle: these tasks would wait for each other forever: "
+            f"{_ids(stuck)}"
+        )
+    return ordered
+
+
+def edge_rows(tasks: Sequence[NewTask]) -> Iterator[str]:
+    """The rows of `copy_task_dependencies` as COPY text, in chunks."""
+    lines: list[str] = []
+    for task in tasks:
+        child = f"{task.id.int:032x}"
+        lines.extend(f"{parent.int:032x}\t{child}" for parent in task.depends_on)
+        if len(lines) >= 1000:
+            yield "\n".join(lines) + "\n"
+            lines = []
+    if lines:
+        yield "\n".join(lines) + "\n"
+
+
+def _ids(ids: Sequence[uuid.UUID]) -> str:
+    shown = ", ".join(str(task_id) for task_id in ids[:_SHOWN_IDS])
+    more = len(ids) - _SHOWN_IDS
+    return shown + (f" and {more} more" if more > 0 else "")
+
+
+def collect_parent_results(
+    task_id: uuid.UUID, rows: Iterable[tuple[Any, ...]]
+) -> dict[uuid.UUID, Any]:
+    """{parent id: result} from the rows of `parent_results` (parent, result text, total
+    stored size); refused above MAX_PARENT_RESULTS_BYTES."""
+    results: dict[uuid.UUID, Any] = {}
+    for parent, result, total in rows:
+        if total is not None and total > MAX_PARENT_RESULTS_BYTES:
+            raise PgQueueError(
+                f"the results of the parents of task {task_id} take {total} bytes, over the "
+                f"{MAX_PARENT_RESULTS_BYTES} that parent_results() returns; read them with "
+                "tm.get_task(parent_id) instead"
+            )
+        results[parent] = None if result is None else json.loads(result)
+    return results
