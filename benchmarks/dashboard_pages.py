@@ -15,6 +15,7 @@ which indexes it reads. Dropped at the end unless --keep.
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import statistics
 import sys
@@ -174,12 +175,12 @@ def time_pages(dsn: str, paths: list[str], repeat: int) -> list[tuple[str, float
 def explain(dsn: str, ids: dict[str, Any]) -> None:
     """Which indexes each dashboard query reads (EXPLAIN, the plan's scan nodes)."""
     failed = TaskFilter(status=TaskStatus.FAILED).params()
+    hour_ago = datetime.datetime.now(datetime.UTC) - datetime.timedelta(hours=1)
     anything = TaskFilter().params()
     plans = {
         "dashboard_active_counts": {},
         "dashboard_problem_counts": {},
-        "dashboard_recent_finished": {"since_seconds": 3600},
-        "dashboard_throughput": {"since_seconds": 3600, "bucket_seconds": 60},
+        "dashboard_recent_activity (the hour)": {"since": hour_ago, "bucket_seconds": 60},
         "dashboard_tasks_page (no filter)": {**anything, "before": None, "limit": 50,
                                              "scan": 10000},
         "dashboard_tasks_page (status=failed)": {**failed, "before": None, "limit": 50,

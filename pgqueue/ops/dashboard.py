@@ -19,6 +19,7 @@ from typing import Any
 
 from pgqueue.db.store import parse_task_id
 from pgqueue.errors import InvalidTaskOption
+from pgqueue.ops.activity import ActivityWindow, RecentActivity
 from pgqueue.ops.admin import Admin, parse_status
 from pgqueue.records import Task, TaskStatus
 from pgqueue.tasks.options import check_queue
@@ -129,13 +130,18 @@ class Count:
 class DashboardQueries(Admin):
     """Admin's calls plus the dashboard's reads, on one autocommit connection."""
 
-    def queue_overview(self, since_seconds: float = 3600) -> list[dict[str, Any]]:
+    def queue_overview(
+        self, since_seconds: float = 3600, recent: ActivityWindow | None = None
+    ) -> list[dict[str, Any]]:
         """One row per queue that has unfinished, failed, cancelled or recent tasks, is
         paused, or a live worker serves: counts per status, latency, recent throughput.
 
-        `completed`/`failed_recent` and `avg_wait_seconds` cover the last `since_seconds`;
-        `failed` and `cancelled` count all the tasks in those statuses.
+        `completed_recent`/`failed_recent` and `avg_wait_seconds` cover the last
+        `since_seconds` in whole minutes (or `recent`, a window read already); `failed` and
+        `cancelled` count all the tasks in those statuses.
         """
+        if recent is None:
+            recent = self.recent(RecentActivity(since_seconds))
         rows: dict[str, dict[str, Any]] = {}
 
         def row(queue: str) -> dict[str, Any]:
@@ -145,12 +151,11 @@ class DashboardQueries(Admin):
             row(found["queue"]).update(found)
         for found in self._rows("dashboard_problem_counts"):
             row(found["queue"]).update(found)
-        recent = self._rows("dashboard_recent_finished", {"since_seconds": since_seconds})
-        for found in recent:
-            row(found["queue"]).update(
-                completed_recent=found["completed"],
-                failed_recent=found["failed"],
-                avg_wait_seconds=found["avg_wait_seconds"],
+        for queue, activity in recent.per_queue.items():
+            row(queue).update(
+                completed_recent=activity.completed,
+                failed_recent=activity.failed,
+                avg_wait_seconds=activity.avg_wait_seconds,
             )
         for found in self._rows("dashboard_known_queues"):
             row(found["queue"])
@@ -162,27 +167,21 @@ class DashboardQueries(Admin):
         self, since_seconds: float = 3600, bucket_seconds: float = 60
     ) -> list[dict[str, Any]]:
         """Tasks completed and failed per bucket, oldest first, every bucket present."""
-        found = {
-            row["bucket"]: row
-            for row in self._rows(
-                "dashboard_throughput",
-                {"since_seconds": since_seconds, "bucket_seconds": bucket_seconds},
-            )
-        }
-        now = self._value("database_now")
-        step = datetime.timedelta(seconds=bucket_seconds)
-        epoch = datetime.datetime(2000, 1, 1, tzinfo=datetime.UTC)
-        last = epoch + ((now - epoch) // step) * step
-        count = int(since_seconds // bucket_seconds) + 1
-        buckets = [last - step * (count - 1 - index) for index in range(count)]
-        return [
-            {
-                "bucket": bucket,
-                "completed": found[bucket]["completed"] if bucket in found else 0,
-                "failed": found[bucket]["failed"] if bucket in found else 0,
-            }
-            for bucket in buckets
-        ]
+        return self.recent(RecentActivity(since_seconds, bucket_seconds)).buckets
+
+    def recent(self, activity: RecentActivity) -> ActivityWindow:
+        """What finished in `activity`'s window, per queue and per bucket (one scan, of the
+        buckets it does not keep already)."""
+        return activity.read(self._value("database_now"), self.recent_activity)
+
+    def recent_activity(
+        self, since: datetime.datetime, bucket_seconds: float
+    ) -> list[dict[str, Any]]:
+        """Per queue and bucket, the tasks finished since `since`: completed, failed, and
+        the sum and number of their waits between run_at and start."""
+        return self._rows(
+            "dashboard_recent_activity", {"since": since, "bucket_seconds": bucket_seconds}
+        )
 
     def tasks_page(
         self,

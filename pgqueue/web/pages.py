@@ -16,11 +16,8 @@ from pgqueue.errors import InvalidTaskOption, TaskNotFound
 from pgqueue.ops.dashboard import PAGE_SCAN_LIMIT, RETRYABLE, DashboardQueries, TaskFilter
 from pgqueue.records import TaskStatus
 from pgqueue.web.charts import throughput_svg
-from pgqueue.web.state import DashboardState
+from pgqueue.web.state import WINDOW_SECONDS, DashboardState
 
-#: The overview's window: the chart's span and bucket, and "recent" in the queue table.
-WINDOW_SECONDS = 3600
-BUCKET_SECONDS = 60
 PAGE_SIZE = 50
 
 
@@ -33,8 +30,9 @@ async def overview(request: Request) -> Response:
     state = state_of(request)
 
     def read(board: DashboardQueries) -> dict[str, Any]:
-        queues = board.queue_overview(WINDOW_SECONDS)
-        buckets = board.throughput(WINDOW_SECONDS, BUCKET_SECONDS)
+        recent = board.recent(state.recent)
+        queues = board.queue_overview(WINDOW_SECONDS, recent)
+        buckets = recent.buckets
         return {
             "queues": queues,
             "chart": throughput_svg(buckets),
@@ -56,7 +54,9 @@ def _totals(queues: list[dict[str, Any]], buckets: list[dict[str, Any]]) -> dict
 
 async def queues(request: Request) -> Response:
     state = state_of(request)
-    rows = await state.run(lambda board: board.queue_overview(WINDOW_SECONDS))
+    rows = await state.run(
+        lambda board: board.queue_overview(WINDOW_SECONDS, board.recent(state.recent))
+    )
     return state.render(request, "queues.html", {"page": "queues", "queues": rows})
 
 

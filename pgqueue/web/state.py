@@ -21,6 +21,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse
 
 from pgqueue.db.database import CONNECT_TIMEOUT_SECONDS, resolve_dsn, unavailable
+from pgqueue.ops.activity import RecentActivity
 from pgqueue.ops.dashboard import DashboardQueries
 from pgqueue.settings import get_settings
 from pgqueue.web.live import ChangeWatcher
@@ -31,6 +32,9 @@ T = TypeVar("T")
 HERE = Path(__file__).resolve().parent
 #: Connections of one dashboard process to the database (the watcher has its own).
 POOL_SIZE = 4
+#: The overview's window: the chart's span and bucket, and "recent" in the queue table.
+WINDOW_SECONDS = 3600
+BUCKET_SECONDS = 60
 
 
 class DashboardState:
@@ -46,6 +50,8 @@ class DashboardState:
         self._lock = threading.Lock()
         self._pool: ConnectionPool[Any] | None = None
         self.templates = _environment()
+        #: The overview's last hour; the minutes that closed are read once and kept here.
+        self.recent = RecentActivity(WINDOW_SECONDS, BUCKET_SECONDS)
         self.watcher = ChangeWatcher(self.connect, self.schema)
 
     # -- the database --------------------------------------------------------------------
