@@ -35,7 +35,8 @@ FROM (
 GROUP BY a.queue;
 
 -- name: dashboard_problem_counts
--- FAILED and CANCELLED tasks per queue, all of them (the problem index holds only those).
+-- FAILED and CANCELLED tasks per queue, all of them: an index-only scan of the problem
+-- index (it holds only those, with their queue).
 SELECT t.queue,
        count(*) FILTER (WHERE t.status = 'FAILED') AS failed,
        count(*) FILTER (WHERE t.status = 'CANCELLED') AS cancelled
