@@ -9,8 +9,8 @@ last 24 hours: 96% completed, 2% failed, 0.5% cancelled, the rest pending, retry
 running, in 8 queues and 20 task names), then VACUUM ANALYZE. Each page is requested in
 process through the ASGI app (routing, queries and templates: all the server does) and
 timed over --repeat requests after one warm-up (its time is printed as "first": the
-overview's first view reads the whole last hour, later ones only its last minutes); then EXPLAIN of each dashboard query shows
-which indexes it reads. Dropped at the end unless --keep.
+overview's first view reads the whole last hour, later ones only its last minutes); then
+EXPLAIN of each dashboard query shows which indexes it reads. Dropped at the end unless --keep.
 """
 
 from __future__ import annotations
