@@ -185,6 +185,12 @@ class Broker(abc.ABC):
     def wake(self) -> None:  # noqa: B027 - optional hook
         """Make a pending `claim` return now (shutdown)."""
 
+    async def forget(self, tasks: Sequence[Task]) -> None:  # noqa: B027 - optional hook
+        """The worker stopped these runs, or dropped them claimed ahead, because their records
+        are no longer its own (cancelled, or the lease lost): they report no outcome. A
+        broker that holds something for each delivery lets it go (RabbitMQ acks it, or it
+        would hold a prefetch slot until the connection closes); the database: nothing."""
+
     async def record_starts(self, tasks: Sequence[Task]) -> None:  # noqa: B027 - optional hook
         """Record that these tasks, claimed ahead (not started by their claim), started:
         a broker whose rescue tells unstarted tasks apart needs it (database: started_at)."""

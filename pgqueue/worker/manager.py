@@ -93,6 +93,8 @@ class WorkerManager:
         self._buffer: collections.deque[tuple[Task, float, bool]] = collections.deque()
         #: Runs whose start the database does not know yet, with when they started.
         self._unrecorded_starts: dict[uuid.UUID, tuple[Task, float]] = {}
+        # broker.forget calls started from the synchronous cancel callback, kept until done.
+        self._forgetting: set[asyncio.Task[None]] = set()
         self._starts_to_record = asyncio.Event()
         #: Moving average of run times: claiming ahead only pays off for short runs. It
         #: starts at the limit: a worker claims ahead only once a run proved short.
@@ -381,6 +383,7 @@ class WorkerManager:
             for entry in self._buffer:
                 if entry[0].id == task_id:  # claimed ahead, not started: it never runs
                     self._buffer.remove(entry)
+                    self._forget([entry[0]])
                     break
             return
         if run.abandoned:
@@ -389,6 +392,13 @@ class WorkerManager:
         request_cancel(task_id)
         run.abandoned = True
         run.future.cancel()
+        self._forget([run.task])
+
+    def _forget(self, tasks: list[Task]) -> None:
+        """broker.forget from synchronous code (the cancel callback)."""
+        forgetting = asyncio.get_running_loop().create_task(self.broker.forget(tasks))
+        self._forgetting.add(forgetting)
+        forgetting.add_done_callback(self._forgetting.discard)
 
     def _cron_tasks(self) -> list[TaskFunction[Any]]:
         """The cron tasks this worker imported whose queue it serves: a worker schedules
@@ -413,7 +423,8 @@ class WorkerManager:
             except Exception as error:
                 log.warning("heartbeat failed (%s); will try again in %.1fs", error, interval)
                 continue
-            if lost:
+            forgotten = [entry[0] for entry in self._buffer if entry[0].id in lost]
+            if forgotten:
                 kept = [entry for entry in self._buffer if entry[0].id not in lost]
                 self._buffer = collections.deque(kept)
             for run in runs:
@@ -428,6 +439,9 @@ class WorkerManager:
                     )
                     run.abandoned = True
                     run.future.cancel(LEASE_LOST)
+                    forgotten.append(run.task)
+            if forgotten:
+                await self.broker.forget(forgotten)
 
     async def _start_record_loop(self) -> None:
         """Write the starts of runs claimed ahead that last: within START_RECORD_SECONDS

@@ -297,19 +297,11 @@ def test_cancelling_a_running_task_stops_its_run(
 
 
 def test_a_cancelled_run_frees_its_slot(
-    btm: TaskManager,
-    bworker: Callable[..., Any],
-    broker_settings: Settings,
-    broker_name: str,
-    request: pytest.FixtureRequest,
+    btm: TaskManager, bworker: Callable[..., Any], broker_settings: Settings
 ) -> None:
-    if broker_name == "rabbitmq":
-        # A known bug, older than the declared seam: a run the worker stops because its
-        # record was cancelled reports no outcome, so its delivery is never acked and holds
-        # one of the channel's prefetch slots (as many as the concurrency) until the
-        # connection closes. Strict: this fails once the bug is fixed.
-        reason = "RabbitMQ: the delivery of a stopped run is never acked"
-        request.applymarker(pytest.mark.xfail(reason=reason, strict=True))
+    """A run stopped because its task was cancelled reports no outcome, yet its slot is free
+    at once: with RabbitMQ the worker lets its delivery go (`Broker.forget`), which would
+    otherwise hold one of the channel's prefetch slots until the connection closes."""
     bworker(
         concurrency=1,
         worker_settings=load_settings(**{**broker_settings.to_dict(), "lease_seconds": 3}),

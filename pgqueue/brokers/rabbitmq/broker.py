@@ -502,6 +502,12 @@ class RabbitMQBroker(Broker):
             return set()
         return {task.id for task in tasks} - await self._records.held(tasks)
 
+    async def forget(self, tasks: Sequence[Task]) -> None:
+        for task in tasks:
+            entry = self._inflight.pop(task.id, None)
+            if entry is not None:
+                await self._settle_message(*entry)
+
     def wake(self) -> None:
         self._interrupted = True
         self._arrived.set()
