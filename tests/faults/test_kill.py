@@ -119,7 +119,8 @@ def test_sigkill_gives_back_the_tasks_claimed_ahead(
     """A worker SIGKILLed while holding tasks claimed ahead of a free slot: they never ran,
     so they go back to the queue with their attempt given back and run once elsewhere,
     even with max_retries=0; the run it had started counts as an attempt, as always."""
-    victim = pool.spawn(concurrency=1, lease=1.0)
+    # A lease of 3 s: under load, a heartbeat late by a second must not lose the tasks early.
+    victim = pool.spawn(concurrency=1, lease=3.0)
     warm = faults_tm.queue_task(fault_tasks.effect, n=0)  # a short run: it now claims ahead
     wait_until(lambda: all_finished(fault_db, [warm]), timeout=30)
     # One commit, so one claim takes them all (a worker claims nothing ahead of a run
