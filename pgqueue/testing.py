@@ -37,10 +37,11 @@ no other worker that could know it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime
 import os
 import uuid
-from collections.abc import Coroutine, Sequence
+from collections.abc import AsyncIterator, Coroutine, Sequence
 from typing import Any
 
 import psycopg
@@ -49,6 +50,7 @@ from psycopg.rows import dict_row
 from pgqueue import events
 from pgqueue.db.claim import claim_tasks
 from pgqueue.db.cron import cron_tasks, queue_due_occurrences
+from pgqueue.db.migrated import atranslated
 from pgqueue.db.outcomes import write_outcomes
 from pgqueue.errors import InvalidTaskOption, PgQueueError
 from pgqueue.records import Task
@@ -93,9 +95,7 @@ async def adrain(
     executor.parents = tm.broker  # current_task().parent_results()
     worker_id = f"pgqueue-testing:{os.getpid()}"
     order: dict[uuid.UUID, None] = {}
-    async with await psycopg.AsyncConnection.connect(
-        database.dsn, **database.connect_kwargs()
-    ) as conn:
+    async with _connection(tm) as conn:
         clock = await _clock(conn, queries, now)
         chosen = list(queues) if queues is not None else await _waiting_queues(conn, queries)
         runs = 0
@@ -139,9 +139,7 @@ async def aqueue_cron(
         tasks = [task for name in registry.registered_names() if (task := registry.lookup(name))]
     database = tm.store.database
     queued: list[uuid.UUID] = []
-    async with await psycopg.AsyncConnection.connect(
-        database.dsn, **database.connect_kwargs()
-    ) as conn:
+    async with _connection(tm) as conn:
         clock = await _clock(conn, database.queries, now)
         for task in cron_tasks(tasks):
             # The task table only, whatever the broker: drain runs what the table holds.
@@ -175,9 +173,7 @@ def reset(tm: TaskManager) -> None:
 async def areset(tm: TaskManager) -> None:
     """The async twin of `reset`, for async tests."""
     database = tm.store.database
-    async with await psycopg.AsyncConnection.connect(
-        database.dsn, **database.connect_kwargs()
-    ) as conn:
+    async with _connection(tm) as conn:
         cursor = conn.cursor(row_factory=dict_row)
         await cursor.execute(database.queries["live_workers"])
         workers = [row["id"] for row in await cursor.fetchall()]
@@ -189,6 +185,18 @@ async def areset(tm: TaskManager) -> None:
             )
         async with conn.transaction():
             await conn.execute(database.queries["testing_reset"])
+
+
+@contextlib.asynccontextmanager
+async def _connection(tm: TaskManager) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
+    """A connection of the test mode's own, whose statements raise SchemaMissing (run
+    `pgqueue migrate`) on a database without pgqueue's schema, as producers' do."""
+    database = tm.store.database
+    async with (
+        atranslated(database.dsn, database.schema),
+        await psycopg.AsyncConnection.connect(database.dsn, **database.connect_kwargs()) as conn,
+    ):
+        yield conn
 
 
 def _run(coroutine: Coroutine[Any, Any, Any], async_twin: str) -> Any:

@@ -23,7 +23,7 @@ from support.producer import default_task_manager
 from support.waiting import wait_until
 from support.workers import InProcessWorker
 
-from pgqueue import TaskManager, TaskStatus, WorkerManager
+from pgqueue import TaskManager, TaskStatus, WorkerManager, testing
 from pgqueue.cli import main
 from pgqueue.db import migrations
 from pgqueue.db.migrated import known_revisions, required_revision, schema_missing
@@ -68,6 +68,9 @@ def test_every_producer_call_says_to_migrate(empty_dsn: str, empty_tm: TaskManag
         "get_task": lambda: empty_tm.get_task(uuid.uuid4()),
         "wait": lambda: empty_tm.wait(uuid.uuid4(), timeout=5),
         "await_result": lambda: asyncio.run(empty_tm.await_result(uuid.uuid4(), timeout=5)),
+        "testing.drain": lambda: testing.drain(empty_tm),
+        "testing.queue_cron": lambda: testing.queue_cron(empty_tm),
+        "testing.reset": lambda: testing.reset(empty_tm),
     }
     for name, call in calls.items():
         with pytest.raises(SchemaMissing) as caught:
