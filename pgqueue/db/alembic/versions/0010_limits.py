@@ -52,8 +52,7 @@ def downgrade() -> None:
     scripts = [(here / name).read_text(encoding="utf-8") for name in _EARLIER]
     blocks = [_latest_block(scripts, name) for name in _CHANGED_FUNCTIONS]
     run_downgrade_sql(
-        "\n".join(blocks)
-        + "DROP FUNCTION pgqueue.give_back_slots(uuid[]);\n"
+        "\n".join(blocks) + "DROP FUNCTION pgqueue.give_back_slots(uuid[]);\n"
         "DROP FUNCTION pgqueue.claim_keyed_tasks(text[], integer, text, double precision,\n"
         "    integer, timestamptz);\n"
         "DROP FUNCTION pgqueue.recount_limit_usage();\n"
