@@ -333,7 +333,7 @@ class TaskManager:
         """Set the limit keys (the task's own, then the call's) and the fair key, checked."""
         function = task if isinstance(task, TaskFunction) else resolve_task(task)[0]
         own = function.limits if function is not None else None
-        keys = merge_limit_keys(own, check_limit_keys(None if limits is None else list(limits)))
+        keys = merge_limit_keys(own, check_limit_keys(limits))
         fair = check_fair_key(fair_key)
         if keys is None and fair is None:
             return

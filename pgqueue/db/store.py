@@ -214,6 +214,11 @@ def _trace_field(task: NewTask) -> str:
     return "\t" + trace + _keys_fields(task)
 
 
+def _keyed_suffix(task: NewTask) -> str:
+    """The fields of copy_keyed_tasks after run_at: trace context, limit keys, fair key."""
+    return _trace_field(task)[1:]
+
+
 def _is_workflow(tasks: Sequence[NewTask]) -> bool:
     """Whether some task has parents: written with its edges (`_write_workflow`)."""
     return any(task.depends_on for task in tasks)
@@ -334,7 +339,7 @@ class TaskStore:
             return
         now = conn.execute("SELECT now()").fetchone()[0]  # type: ignore[index]
         with conn.cursor() as cursor, cursor.copy(self.queries["copy_keyed_tasks"]) as copy:
-            for chunk in copy_text_chunks(tasks, True, now, _trace_field):
+            for chunk in copy_text_chunks(tasks, True, now, _keyed_suffix):
                 copy.write(chunk)
 
     async def _awrite_keyed(
@@ -345,7 +350,7 @@ class TaskStore:
             return
         now = (await (await conn.execute("SELECT now()")).fetchone())[0]  # type: ignore[index]
         async with conn.cursor() as cursor, cursor.copy(self.queries["copy_keyed_tasks"]) as copy:
-            for chunk in copy_text_chunks(tasks, True, now, _trace_field):
+            for chunk in copy_text_chunks(tasks, True, now, _keyed_suffix):
                 await copy.write(chunk)
 
     # -- workflows (db/dependencies.py) ---------------------------------------------------

@@ -277,7 +277,9 @@ class Admin:
         """Why a task is not running: {"task": Task, "reasons": [{"code", "message"}]}.
 
         Codes: finished, running, waiting (for its parents), unknown_name, scheduled,
-        retrying, paused, no_worker, not_registered, behind, ready (nothing holds it back).
+        retrying, paused, no_worker, not_registered, limit (a limit on a key it holds is
+        full or out of tokens), fair_share (other fair keys' turn first), behind, ready
+        (nothing holds it back).
         """
         parsed = parse_task_id(task_id)
         rows = self._rows("explain_task", {"id": parsed})
@@ -403,6 +405,8 @@ def explain_reasons(task: Task, facts: dict[str, Any]) -> list[dict[str, str]]:
                 "start one that imports its module (--import)",
             )
         )
+    if due:
+        reasons.extend(_limit_reasons(facts))
     if due and facts["tasks_ahead"]:
         reasons.append(
             _reason(
@@ -416,6 +420,27 @@ def explain_reasons(task: Task, facts: dict[str, Any]) -> list[dict[str, str]]:
         reasons.append(
             _reason("ready", "nothing holds it back: a worker should start it at its next claim")
         )
+    return reasons
+
+
+def _limit_reasons(facts: dict[str, Any]) -> list[dict[str, str]]:
+    """Limits (sql/limits.sql) whose keys are full or out of tokens, and the fair keys
+    whose turn comes before this one's."""
+    reasons = []
+    for held in facts.get("limits_held") or []:
+        key, name = held["key"], held["limit"]
+        label = f"limit {key!r}" + (f" ({name})" if name != key else "")
+        concurrency, running = held["concurrency"], held["running"]
+        if concurrency is not None and running >= concurrency:
+            reasons.append(_reason("limit", f"{label}: {running} of {concurrency} running"))
+        tokens = held["tokens"]
+        if tokens is not None and tokens < 1:
+            wait_ms = (1 - tokens) * held["per"] / held["rate"] * 1000
+            reasons.append(_reason("limit", f"{label}: next token in {wait_ms:.0f} ms"))
+    ahead = facts.get("fair_keys_ahead") or 0
+    if ahead:
+        keys = "key" if ahead == 1 else "keys"
+        reasons.append(_reason("fair_share", f"fair share: {ahead} other {keys} ahead"))
     return reasons
 
 

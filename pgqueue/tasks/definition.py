@@ -101,7 +101,7 @@ class TaskFunction(Generic[R, P]):
         _refuse_reserved_parameters(self.name, self.signature)
         self.unique_key = _check_unique_key_spec(self.name, unique_key)
         #: Limit keys every run holds (`limits=[...]`; docs/features.md), or None.
-        self.limits = check_limit_keys(None if limits is None else list(limits))
+        self.limits = check_limit_keys(limits)
         #: The cron schedule a worker queues this task on, or None.
         self.schedule = CronSchedule.checked(
             self.name, self.signature, cron, timezone, cron_catchup

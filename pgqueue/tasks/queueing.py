@@ -130,7 +130,7 @@ def checked_options(
         "unique_key": unique_key,
         "depends_on": parents,
         "on_parent_failure": on_parent_failure,
-        "limits": check_limit_keys(None if limits is None else list(limits)),
+        "limits": check_limit_keys(limits),
         "fair_key": check_fair_key(fair_key),
     }
     return {name: value for name, value in given.items() if value is not None}
