@@ -186,6 +186,12 @@ LANGUAGE plpgsql AS $$
 #variable_conflict use_column
 DECLARE
     clock CONSTANT timestamptz := coalesce(p_now, now());
+    -- The admission instant: read after the usage rows are locked, so that per key it only
+    -- grows in the order claims admit (now() is the transaction's start, which a claim
+    -- waiting for a lock would stamp too early). Buckets refill to it; started_at is it.
+    admitted_at timestamptz;
+    -- The buckets' clock: the test clock when given, else admitted_at.
+    bucket_now timestamptz;
     width CONSTANT integer := p_limit + 16;
     wanted text[];
     q_name text;
@@ -350,23 +356,25 @@ BEGIN
           AND NOT EXISTS (SELECT 1 FROM pgqueue.limit_usage AS u WHERE u.key = key_name)
         ORDER BY key_name
         ON CONFLICT (key) DO NOTHING;
+        PERFORM 1 FROM pgqueue.limit_usage AS u
+        WHERE u.key = ANY (all_keys)
+        ORDER BY u.key
+        FOR UPDATE;
+        admitted_at := clock_timestamp();
+        bucket_now := coalesce(p_now, admitted_at);
         SELECT array_agg(u.key ORDER BY u.key), array_agg(l.concurrency ORDER BY u.key),
                array_agg(u.running ORDER BY u.key),
                array_agg(CASE WHEN l.rate IS NULL THEN NULL
                               ELSE least(l.burst, coalesce(u.tokens, l.burst)
-                                   + greatest(EXTRACT(epoch FROM clock
-                                                      - coalesce(u.refilled_at, clock)), 0)
+                                   + greatest(EXTRACT(epoch FROM bucket_now
+                                                      - coalesce(u.refilled_at, bucket_now)),
+                                              0)
                                      * l.rate / l.per) END ORDER BY u.key),
                array_agg(l.rate IS NOT NULL ORDER BY u.key)
         INTO k_names, k_conc, k_running, k_tokens, k_rated
-        FROM (
-            SELECT u.* FROM pgqueue.limit_usage AS u
-            WHERE u.key = ANY (all_keys)
-            ORDER BY u.key
-            FOR UPDATE
-        ) AS u
+        FROM pgqueue.limit_usage AS u
         CROSS JOIN LATERAL pgqueue.limit_for_key(u.key) AS l
-        WHERE l.name IS NOT NULL;
+        WHERE u.key = ANY (all_keys) AND l.name IS NOT NULL;
         k_tokens0 := k_tokens;
     END IF;
 
@@ -417,7 +425,8 @@ BEGIN
         UPDATE pgqueue.limit_usage AS u
         SET running = u.running + n.n,
             tokens = CASE WHEN s.rated THEN s.tokens - n.n END,
-            refilled_at = CASE WHEN s.rated THEN greatest(coalesce(u.refilled_at, clock), clock)
+            refilled_at = CASE WHEN s.rated
+                               THEN greatest(coalesce(u.refilled_at, bucket_now), bucket_now)
                           END
         FROM (
             SELECT key_name, count(*)::integer AS n
@@ -460,7 +469,8 @@ BEGIN
         UPDATE pgqueue.tasks AS t
         SET status = 'RUNNING',
             attempts = t.attempts + 1,
-            started_at = CASE WHEN t.id = ANY (starting) THEN now() END,
+            started_at = CASE WHEN t.id = ANY (starting)
+                              THEN coalesce(admitted_at, now()) END,
             worker_id = p_worker_id,
             lease_expires_at = now() + make_interval(secs => p_lease_seconds),
             lease_token = t.lease_token + 1
@@ -473,7 +483,8 @@ BEGIN
         WHERE cl.started_at IS NOT NULL AND pgqueue.history_enabled()
     )
     SELECT cl.id, cl.name, cl.queue, cl.priority, cl.kwargs::text, cl.attempts, cl.max_retries,
-           cl.run_at, cl.created_at, coalesce(cl.started_at, now()), cl.error, cl.worker_id,
+           cl.run_at, cl.created_at, coalesce(cl.started_at, admitted_at, now()), cl.error,
+           cl.worker_id,
            cl.lease_expires_at, cl.lease_token, cl.unique_key, cl.trace_context
     FROM claimed AS cl
     ORDER BY array_position(admitted, cl.id);
