@@ -26,11 +26,17 @@ WORKERS, SLOTS = 4, 20
 
 def _runs(db: psycopg.Connection[Any]) -> list[tuple[datetime.datetime, datetime.datetime]]:
     """Each run's (start, end). A run whose worker was killed logged no end: its slot was
-    held until its task was rescued, which precedes the task's next start, so that next
-    start stands for its end (never earlier than the truth)."""
+    held until the rescue of its task (the "rescued" event, recorded at the start of the
+    rescue's transaction, which gives the slot back at its commit), so that stands for its
+    end: never earlier than the death of the run."""
     rows = db.execute(
         "SELECT task_id, attempt, pid, kind, at FROM executions ORDER BY task_id, at"
     ).fetchall()
+    rescues: dict[uuid.UUID, list[datetime.datetime]] = {}
+    for task_id, at in db.execute(
+        "SELECT task_id, at FROM pgqueue.task_events WHERE event = 'rescued' ORDER BY at"
+    ).fetchall():
+        rescues.setdefault(task_id, []).append(at)
     starts: dict[tuple[uuid.UUID, int, int], datetime.datetime] = {}
     ends: dict[tuple[uuid.UUID, int, int], datetime.datetime] = {}
     for task_id, attempt, pid, kind, at in rows:
@@ -39,8 +45,8 @@ def _runs(db: psycopg.Connection[Any]) -> list[tuple[datetime.datetime, datetime
     for key, start in starts.items():
         end = ends.get(key)
         if end is None:
-            later = [s for k, s in starts.items() if k[0] == key[0] and s > start]
-            assert later, f"run {key} has no end and its task never ran again"
+            later = [at for at in rescues.get(key[0], []) if at > start]
+            assert later, f"run {key} has no end and its task was never rescued"
             end = min(later)
         runs.append((start, end))
     return runs
