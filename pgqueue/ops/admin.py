@@ -26,7 +26,7 @@ from pgqueue.db.store import parse_task_id
 from pgqueue.dsn import parse_dsn
 from pgqueue.errors import InvalidTaskOption, TaskNotFound, first_line
 from pgqueue.records import Task, TaskEvent, TaskStatus
-from pgqueue.tasks.options import check_queue
+from pgqueue.tasks.options import check_limit, check_queue
 from pgqueue.tasks.schedule import CronSchedule
 
 PURGE_BATCH_SIZE = 1000
@@ -313,6 +313,33 @@ class Admin:
     def resume_queue(self, queue: str) -> bool:
         """Workers claim from `queue` again, woken at once; False if it was not paused."""
         return bool(self._value("resume_queue", {"queue": check_queue(queue)}))
+
+    # -- limits (sql/limits.sql) -----------------------------------------------------------
+
+    def limits(self) -> list[dict[str, Any]]:
+        """Every limit (name, concurrency, rate, per, burst), by name."""
+        return self._rows("list_limits")
+
+    def limit_usage(self) -> list[dict[str, Any]]:
+        """Each concrete key with a limit and a state: its limit, running now, tokens now."""
+        return self._rows("limit_usage")
+
+    def set_limit(
+        self,
+        name: str,
+        concurrency: int | None,
+        rate: float | None,
+        per: float | None,
+        burst: float | None,
+    ) -> dict[str, Any]:
+        """Define or replace a limit (checked as `TaskManager.set_limit` checks it)."""
+        row = check_limit(name, concurrency, rate, per, burst)
+        self._rows("set_limit", row)
+        return row
+
+    def remove_limit(self, name: str) -> bool:
+        """Drop a limit; False if there was none of that name."""
+        return bool(self._rows("remove_limit", {"name": name}))
 
 
 def parse_short_id(text: str | uuid.UUID) -> uuid.UUID | str:
