@@ -22,10 +22,12 @@ DROP INDEX pgqueue.tasks_runnable_idx;
 CREATE INDEX tasks_runnable_idx ON pgqueue.tasks (queue, priority DESC, run_at, id)
     WHERE status IN ('PENDING', 'RETRYING') AND limit_keys IS NULL AND fair_key IS NULL;
 
--- Runnable rows with keys, by fair key: claim_keyed_tasks finds the fair keys with waiting
--- work by a skip scan of it (one probe per key, whatever the number of idle keys) and reads
--- each key's rows in claim order.
-CREATE INDEX tasks_keyed_idx ON pgqueue.tasks (queue, fair_key, priority DESC, run_at, id)
+-- Runnable rows with keys, by fair key ('' for none: an equality, so that each key's rows
+-- come in claim order): claim_keyed_tasks finds the fair keys with waiting work by a skip
+-- scan of it (one probe per key, whatever the number of idle keys) and reads each key's
+-- rows in claim order.
+CREATE INDEX tasks_keyed_idx
+    ON pgqueue.tasks (queue, (coalesce(fair_key, '')), priority DESC, run_at, id)
     WHERE status IN ('PENDING', 'RETRYING') AND (limit_keys IS NOT NULL OR fair_key IS NOT NULL);
 
 -- ===========================================================================================
@@ -235,26 +237,26 @@ BEGIN
         SELECT w.queue, head_key.fair_key
         FROM unnest(wanted) AS w(queue)
         CROSS JOIN LATERAL (
-            SELECT t.fair_key FROM pgqueue.tasks AS t
+            SELECT coalesce(t.fair_key, '') AS fair_key FROM pgqueue.tasks AS t
             WHERE t.queue = w.queue AND t.status IN ('PENDING', 'RETRYING')
               AND (t.limit_keys IS NOT NULL OR t.fair_key IS NOT NULL)
-              AND t.fair_key IS NOT NULL
-            ORDER BY t.fair_key LIMIT 1
+            ORDER BY coalesce(t.fair_key, '') LIMIT 1
         ) AS head_key
         UNION ALL
         SELECT key_walk.queue, (
-            SELECT t.fair_key FROM pgqueue.tasks AS t
+            SELECT coalesce(t.fair_key, '') FROM pgqueue.tasks AS t
             WHERE t.queue = key_walk.queue AND t.status IN ('PENDING', 'RETRYING')
               AND (t.limit_keys IS NOT NULL OR t.fair_key IS NOT NULL)
-              AND t.fair_key > key_walk.fair_key
-            ORDER BY t.fair_key LIMIT 1)
+              AND coalesce(t.fair_key, '') > key_walk.fair_key
+            ORDER BY coalesce(t.fair_key, '') LIMIT 1)
         FROM key_walk
         WHERE key_walk.fair_key IS NOT NULL
     ), fair_groups AS (
+        -- '' stands for the rows without a fair key, keyed or not: always a group.
         SELECT g.queue, g.fair_key FROM (SELECT * FROM key_walk LIMIT 10000) AS g
         WHERE g.fair_key IS NOT NULL
-        UNION ALL
-        SELECT w.queue, NULL FROM unnest(wanted) AS w(queue)
+        UNION
+        SELECT w.queue, '' FROM unnest(wanted) AS w(queue)
     ), heads AS (
         -- Each group's first due row (its priority decides first), its start and weight.
         SELECT g.queue, g.fair_key, h.priority,
@@ -264,20 +266,14 @@ BEGIN
         CROSS JOIN LATERAL (
             SELECT max(x.priority) AS priority FROM (
                 (SELECT t.priority FROM pgqueue.tasks AS t
-                 WHERE g.fair_key IS NOT NULL AND t.queue = g.queue AND t.fair_key = g.fair_key
+                 WHERE t.queue = g.queue AND coalesce(t.fair_key, '') = g.fair_key
                    AND t.status IN ('PENDING', 'RETRYING')
                    AND (t.limit_keys IS NOT NULL OR t.fair_key IS NOT NULL)
                    AND t.run_at <= clock
                  ORDER BY t.priority DESC, t.run_at, t.id LIMIT 1)
                 UNION ALL
                 (SELECT t.priority FROM pgqueue.tasks AS t
-                 WHERE g.fair_key IS NULL AND t.queue = g.queue AND t.fair_key IS NULL
-                   AND t.status IN ('PENDING', 'RETRYING') AND t.limit_keys IS NOT NULL
-                   AND t.run_at <= clock
-                 ORDER BY t.priority DESC, t.run_at, t.id LIMIT 1)
-                UNION ALL
-                (SELECT t.priority FROM pgqueue.tasks AS t
-                 WHERE g.fair_key IS NULL AND t.queue = g.queue
+                 WHERE g.fair_key = '' AND t.queue = g.queue
                    AND t.status IN ('PENDING', 'RETRYING')
                    AND t.limit_keys IS NULL AND t.fair_key IS NULL
                    AND t.run_at <= clock
@@ -285,35 +281,28 @@ BEGIN
             ) AS x
         ) AS h
         LEFT JOIN pgqueue.fair_clocks AS fc ON fc.queue = g.queue
-        LEFT JOIN pgqueue.fair_passes AS fp
-               ON fp.queue = g.queue AND fp.key = coalesce(g.fair_key, '')
-        LEFT JOIN pgqueue.fair_weights AS fw
-               ON fw.queue = g.queue AND fw.key = coalesce(g.fair_key, '')
+        LEFT JOIN pgqueue.fair_passes AS fp ON fp.queue = g.queue AND fp.key = g.fair_key
+        LEFT JOIN pgqueue.fair_weights AS fw ON fw.queue = g.queue AND fw.key = g.fair_key
         WHERE h.priority IS NOT NULL
-        ORDER BY h.priority DESC, 4, g.fair_key NULLS FIRST
+        ORDER BY h.priority DESC, 4, g.fair_key
         LIMIT width
     ), cand_rows AS (
-        SELECT hd.queue, hd.fair_key, r.id, r.priority, r.run_at, r.limit_keys,
+        SELECT hd.queue, nullif(hd.fair_key, '') AS fair_key, r.id, r.priority, r.run_at,
+               r.limit_keys,
                hd.start + (row_number() OVER (PARTITION BY hd.queue, hd.fair_key
                                               ORDER BY r.priority DESC, r.run_at, r.id) - 1)
                           / hd.weight AS vpass
         FROM heads AS hd
         CROSS JOIN LATERAL (
             (SELECT t.id, t.priority, t.run_at, t.limit_keys FROM pgqueue.tasks AS t
-             WHERE hd.fair_key IS NOT NULL AND t.queue = hd.queue AND t.fair_key = hd.fair_key
+             WHERE t.queue = hd.queue AND coalesce(t.fair_key, '') = hd.fair_key
                AND t.status IN ('PENDING', 'RETRYING')
                AND (t.limit_keys IS NOT NULL OR t.fair_key IS NOT NULL)
                AND t.run_at <= clock
              ORDER BY t.priority DESC, t.run_at, t.id LIMIT width)
             UNION ALL
             (SELECT t.id, t.priority, t.run_at, t.limit_keys FROM pgqueue.tasks AS t
-             WHERE hd.fair_key IS NULL AND t.queue = hd.queue AND t.fair_key IS NULL
-               AND t.status IN ('PENDING', 'RETRYING') AND t.limit_keys IS NOT NULL
-               AND t.run_at <= clock
-             ORDER BY t.priority DESC, t.run_at, t.id LIMIT width)
-            UNION ALL
-            (SELECT t.id, t.priority, t.run_at, t.limit_keys FROM pgqueue.tasks AS t
-             WHERE hd.fair_key IS NULL AND t.queue = hd.queue
+             WHERE hd.fair_key = '' AND t.queue = hd.queue
                AND t.status IN ('PENDING', 'RETRYING')
                AND t.limit_keys IS NULL AND t.fair_key IS NULL
                AND t.run_at <= clock
