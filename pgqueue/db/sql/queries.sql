@@ -568,7 +568,8 @@ WHERE status IN ('PENDING', 'RETRYING') AND (limit_keys IS NOT NULL OR fair_key 
 -- name: testing_reset
 -- The test mode's reset: every task, whatever its status, and what runs leave behind (cron
 -- occurrences and the schedules workers recorded, paused queues, result waiters, the
--- outbox, task history, sleep announcements of workers gone), as on a fresh database.
+-- outbox, task history, sleep announcements of workers gone, limits and fair share), as
+-- on a fresh database.
 -- DELETE, not TRUNCATE: a test's idle transaction that read these tables would make
 -- TRUNCATE wait for ever.
 DELETE FROM pgqueue.task_events;
@@ -579,6 +580,11 @@ DELETE FROM pgqueue.cron_schedules;
 DELETE FROM pgqueue.paused_queues;
 DELETE FROM pgqueue.result_waiters;
 DELETE FROM pgqueue.outbox;
+DELETE FROM pgqueue.limits;
+DELETE FROM pgqueue.limit_usage;
+DELETE FROM pgqueue.fair_weights;
+DELETE FROM pgqueue.fair_passes;
+DELETE FROM pgqueue.fair_clocks;
 
 -- name: database_now
 -- The database clock.
