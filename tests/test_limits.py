@@ -230,3 +230,15 @@ def test_explain_names_the_limit(tm: TaskManager, db: psycopg.Connection[Any]) -
         reasons = "\n".join(r["message"] for r in admin.explain(second)["reasons"])
     assert "limit 'tenant:acme' (tenant:*): 1 of 1 running" in reasons
     assert first
+
+
+def test_the_rabbitmq_broker_refuses_limits(rabbitmq_settings: Any) -> None:
+    with TaskManager(settings=rabbitmq_settings) as rtm:
+        for call in (
+            lambda: rtm.queue_task(plain, limits=["ses"], n=1),
+            lambda: rtm.queue_task(plain, fair_key="acme", n=1),
+            lambda: rtm.set_limit("ses", concurrency=1),
+            lambda: rtm.set_fair_weight("limited", "acme", 2),
+        ):
+            with pytest.raises(InvalidTaskOption, match="need the database broker"):
+                call()
