@@ -129,10 +129,16 @@ BEGIN
         WHERE t.status = 'RUNNING' AND t.limit_keys IS NOT NULL
         GROUP BY k
     )
-    SELECT array_agg(u.key ORDER BY u.key) INTO suspects
-    FROM pgqueue.limit_usage AS u
-    LEFT JOIN actual AS a ON a.k = u.key
-    WHERE u.running <> coalesce(a.n, 0);
+    -- Keys counting runs (running > 0: a read of the usage rows, not of the idle keys'
+    -- limits) or holding RUNNING tasks, whose count differs.
+    SELECT array_agg(x.key ORDER BY x.key) INTO suspects FROM (
+        SELECT u.key FROM pgqueue.limit_usage AS u
+        LEFT JOIN actual AS a ON a.k = u.key
+        WHERE u.running > 0 AND u.running <> coalesce(a.n, 0)
+        UNION
+        SELECT u.key FROM actual AS a JOIN pgqueue.limit_usage AS u ON u.key = a.k
+        WHERE u.running <> a.n
+    ) AS x;
     IF suspects IS NULL THEN
         corrected := 0;
     ELSE
@@ -149,8 +155,12 @@ BEGIN
         WHERE u.key = ANY (locked);
         GET DIAGNOSTICS corrected = ROW_COUNT;
     END IF;
+    -- Keys no limit matches any more (removed), with nothing running: forgotten.
     DELETE FROM pgqueue.limit_usage AS u
-    WHERE u.running = 0 AND (pgqueue.limit_for_key(u.key)).name IS NULL;
+    WHERE u.running = 0
+      AND NOT EXISTS (SELECT 1 FROM pgqueue.limits AS l WHERE l.name = u.key)
+      AND NOT EXISTS (SELECT 1 FROM pgqueue.limits AS l
+                      WHERE right(l.name, 1) = '*' AND starts_with(u.key, left(l.name, -1)));
     RETURN corrected;
 END;
 $$;
