@@ -52,7 +52,9 @@ def downgrade() -> None:
     scripts = [(here / name).read_text(encoding="utf-8") for name in _EARLIER]
     blocks = [_latest_block(scripts, name) for name in _CHANGED_FUNCTIONS]
     run_downgrade_sql(
-        "\n".join(blocks) + "DROP FUNCTION pgqueue.give_back_slots(uuid[]);\n"
+        "\n".join(blocks)
+        + _due_tasks_view(scripts[-1])
+        + "DROP FUNCTION pgqueue.give_back_slots(uuid[]);\n"
         "DROP FUNCTION pgqueue.claim_keyed_tasks(text[], integer, text, double precision,\n"
         "    integer, timestamptz);\n"
         "DROP FUNCTION pgqueue.recount_limit_usage();\n"
@@ -81,3 +83,9 @@ def _latest_block(scripts: list[str], name: str) -> str:
             text = script[start : script.index("$$;\n", script.index("AS $$", start)) + 4]
             return text.replace("CREATE FUNCTION", "CREATE OR REPLACE FUNCTION") + "\n"
     raise LookupError(f"no earlier revision defines {name}")
+
+
+def _due_tasks_view(script: str) -> str:
+    """The view due_tasks as revision 0001 made it (over the whole runnable index)."""
+    start = script.index("CREATE OR REPLACE VIEW pgqueue.due_tasks AS")
+    return script[start : script.index(";\n", start) + 2]

@@ -29,6 +29,28 @@ CREATE INDEX tasks_keyed_idx
     ON pgqueue.tasks (queue, (coalesce(fair_key, '')), priority DESC, run_at, id)
     WHERE status IN ('PENDING', 'RETRYING') AND (limit_keys IS NOT NULL OR fair_key IS NOT NULL);
 
+-- The view of due tasks (operations.sql), over both partial indexes: the narrowed runnable
+-- index alone no longer holds every due row, and a read of the whole table would see every
+-- finished row too. Same columns; defined here, where the key columns exist.
+CREATE OR REPLACE VIEW pgqueue.due_tasks AS
+SELECT
+    t.id, t.name, t.queue, t.priority, t.status, t.attempts, t.max_retries,
+    t.run_at, t.created_at,
+    EXTRACT(epoch FROM now() - t.run_at)::double precision AS waiting_seconds,
+    EXISTS (SELECT 1 FROM pgqueue.paused_queues AS p WHERE p.queue = t.queue) AS paused
+FROM pgqueue.tasks AS t
+WHERE t.status IN ('PENDING', 'RETRYING') AND t.run_at <= now()
+  AND t.limit_keys IS NULL AND t.fair_key IS NULL
+UNION ALL
+SELECT
+    t.id, t.name, t.queue, t.priority, t.status, t.attempts, t.max_retries,
+    t.run_at, t.created_at,
+    EXTRACT(epoch FROM now() - t.run_at)::double precision AS waiting_seconds,
+    EXISTS (SELECT 1 FROM pgqueue.paused_queues AS p WHERE p.queue = t.queue) AS paused
+FROM pgqueue.tasks AS t
+WHERE t.status IN ('PENDING', 'RETRYING') AND t.run_at <= now()
+  AND (t.limit_keys IS NOT NULL OR t.fair_key IS NOT NULL);
+
 -- ===========================================================================================
 -- Limits: a definition per name. A name ending in "*" is a pattern: every key that starts
 -- with the rest has a limit of its own ("tenant:*" gives "tenant:acme" its own 3). A key
