@@ -217,7 +217,12 @@ CREATE FUNCTION pgqueue.claim_keyed_tasks(
     error text, worker_id text, lease_expires_at timestamptz, lease_token integer,
     unique_key text, trace_context jsonb
 )
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql
+-- Its statements' plans are cached generic plans, which misjudge how many rows a fair key
+-- has: a bitmap scan then reads a whole backlog to sort it, where the keyed index gives
+-- the first rows in order (LIMIT). Without bitmap scans, the index scan it is.
+SET enable_bitmapscan = off
+AS $$
 #variable_conflict use_column
 DECLARE
     clock CONSTANT timestamptz := coalesce(p_now, now());
