@@ -77,6 +77,11 @@ class Task:
     unique_key: str | None = None
     #: The OpenTelemetry carrier stored at .delay() ({"traceparent": ...}), or None.
     trace_context: dict[str, str] | None = None
+    #: Limit keys it holds while running (`limits=[...]`), or None. Not read by the claim:
+    #: None on the records a worker claims.
+    limit_keys: list[str] | None = None
+    #: Its fair-share key (`fair_key=...`), or None (also on claimed records).
+    fair_key: str | None = None
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> Task:

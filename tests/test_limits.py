@@ -108,6 +108,9 @@ def test_keys_are_stored_from_the_decorator_the_call_and_options(
     assert rows[two] == (["ses", "x"], "b")
     assert rows[bulk[0]] == rows[bulk[1]] == (['we"ird\\key', "y"], "c")
     assert rows[single] == (["z"], None)
+    task = tm.get_task(one)
+    assert task is not None
+    assert (task.limit_keys, task.fair_key) == (["ses", "tenant:acme"], "acme")
 
 
 def test_async_twins(tm: TaskManager) -> None:
