@@ -245,3 +245,13 @@ def test_the_rabbitmq_broker_refuses_limits(rabbitmq_settings: Any) -> None:
         ):
             with pytest.raises(InvalidTaskOption, match="need the database broker"):
                 call()
+
+
+def test_a_key_alone_gets_every_turn_and_banks_no_credit(tm: TaskManager) -> None:
+    tm.queue_tasks(plain, [{"n": 100 + i} for i in range(6)], fair_key="a")
+    assert len(testing.drain(tm)) == 6  # alone: every start is a's
+    tm.queue_tasks(plain, [{"n": 200 + i} for i in range(4)], fair_key="b")
+    tm.queue_tasks(plain, [{"n": 100 + i} for i in range(4)], fair_key="a")
+    order = ["a" if n < 200 else "b" for n in _ran(testing.drain(tm))]
+    # b was idle meanwhile: it starts at the current turn, not six turns behind.
+    assert order == ["b", "a", "b", "a", "b", "a", "b", "a"]
