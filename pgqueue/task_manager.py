@@ -301,7 +301,7 @@ class TaskManager:
                     on_parent_failure=signature.on_parent_failure,
                 )
             )
-            self._with_keys(new_tasks[-1:], signature.task, None, None)
+            self._with_keys(new_tasks[-1:], signature.task, signature.limits, signature.fair_key)
         return new_tasks
 
     def _with_parents(

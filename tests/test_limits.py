@@ -255,3 +255,16 @@ def test_a_key_alone_gets_every_turn_and_banks_no_credit(tm: TaskManager) -> Non
     order = ["a" if n < 200 else "b" for n in _ran(testing.drain(tm))]
     # b was idle meanwhile: it starts at the current turn, not six turns behind.
     assert order == ["b", "a", "b", "a", "b", "a", "b", "a"]
+
+
+def test_workflow_steps_hold_keys(tm: TaskManager, db: psycopg.Connection[Any]) -> None:
+    from pgqueue import chain
+
+    first, second = chain(send.s(n=1, fair_key="acme"), plain.s(n=2, limits=["x"])).delay()
+    rows = {
+        row[0]: (row[1], row[2])
+        for row in db.execute("SELECT id, limit_keys, fair_key FROM pgqueue.tasks")
+    }
+    assert rows[first] == (["ses"], "acme")
+    assert rows[second] == (["x"], None)
+    assert plain.s(n=3, limits=["y"]).delay()

@@ -299,6 +299,8 @@ class TaskFunction(Generic[R, P]):
         max_retries: int | None = None,
         depends_on: Iterable[uuid.UUID | str] | None = None,
         on_parent_failure: str = "cancel",
+        limits: Iterable[str] | None = None,
+        fair_key: str | None = None,
         **kwargs: Any,
     ) -> Signature:
         """A call of this task to queue later, as a step of chain, group or chord.
@@ -318,6 +320,8 @@ class TaskFunction(Generic[R, P]):
             schedule_at=schedule_at,
             depends_on=depends_on,
             on_parent_failure=on_parent_failure,
+            limits=limits,
+            fair_key=fair_key,
         )
 
 
