@@ -30,4 +30,9 @@ fi
 # Then concurrent producers against the insert trigger's NOTIFY (pgqueue only).
 quick=()
 for arg in "$@"; do [ "$arg" = "--quick" ] && quick=(--quick); done
-exec "$venv/bin/python" "$here/producers.py" "${quick[@]}"
+"$venv/bin/python" "$here/producers.py" "${quick[@]}"
+# Then limits and fair share against main's claim, interleaved (docs/performance.md).
+if [ ${#quick[@]} -gt 0 ]; then
+    exec "$venv/bin/python" "$here/limits_drain.py" --tasks 5000 --rounds 2
+fi
+exec "$venv/bin/python" "$here/limits_drain.py" --tasks 20000 --rounds 3

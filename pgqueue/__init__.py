@@ -9,7 +9,7 @@
 
 from pgqueue import moved
 from pgqueue.errors import PgQueueError, TaskCancelled, TaskFailed, WaitTimeout
-from pgqueue.records import Task, TaskEvent, TaskStatus
+from pgqueue.records import Limit, Task, TaskEvent, TaskStatus
 from pgqueue.task_manager import TaskManager
 from pgqueue.tasks.context import Retry, Snooze, TaskContext, current_task
 from pgqueue.tasks.definition import AsyncTask, TaskFunction
@@ -21,6 +21,7 @@ moved.install()
 
 __all__ = [
     "AsyncTask",
+    "Limit",
     "PgQueueError",
     "Retry",
     "Signature",

@@ -77,6 +77,11 @@ class Task:
     unique_key: str | None = None
     #: The OpenTelemetry carrier stored at .delay() ({"traceparent": ...}), or None.
     trace_context: dict[str, str] | None = None
+    #: Limit keys it holds while running (`limits=[...]`), or None. Not read by the claim:
+    #: None on the records a worker claims.
+    limit_keys: list[str] | None = None
+    #: Its fair-share key (`fair_key=...`), or None (also on claimed records).
+    fair_key: str | None = None
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> Task:
@@ -156,6 +161,10 @@ class NewTask:
     depends_on: tuple[uuid.UUID, ...] = ()
     #: What a parent ending FAILED or CANCELLED does to it: "cancel" it, or let it "run".
     on_parent_failure: str = "cancel"
+    #: Limit keys it holds while running (`limits=[...]`), or None: no limit applies.
+    limit_keys: tuple[str, ...] | None = None
+    #: Its fair-share key within its queue and priority (`fair_key=...`), or None.
+    fair_key: str | None = None
 
 
 class OutcomeKind(enum.StrEnum):
@@ -251,3 +260,23 @@ def _uuid_from_int(value: int) -> uuid.UUID:
     object.__setattr__(made, "int", value)
     object.__setattr__(made, "is_safe", _SAFETY_UNKNOWN)
     return made
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Limit:
+    """A limit on a key, as `tm.limits()` returns it (`tm.set_limit` defines one).
+
+    `name` is a key ("ses") or a pattern ending in "*" ("tenant:*": each key starting with
+    "tenant:" has a limit of its own). `concurrency`: at most that many running at once
+    (None: any). `rate` starts per `per` seconds, `burst` at most at once (None: no rate).
+    """
+
+    name: str
+    concurrency: int | None = None
+    rate: float | None = None
+    per: float | None = None
+    burst: float | None = None
+
+    @classmethod
+    def from_row(cls, row: dict[str, Any]) -> Limit:
+        return cls(row["name"], row["concurrency"], row["rate"], row["per"], row["burst"])

@@ -10,16 +10,27 @@ from typing import Any
 
 from pgqueue import results, telemetry
 from pgqueue.brokers import get_broker
-from pgqueue.brokers.base import WORKFLOWS_UNSUPPORTED, Broker
+from pgqueue.brokers.base import LIMITS_UNSUPPORTED, WORKFLOWS_UNSUPPORTED, Broker
 from pgqueue.db.database import Database, database_from_settings
 from pgqueue.db.store import TaskStore
 from pgqueue.errors import InvalidTaskOption
-from pgqueue.records import NewTask, Task, TaskEvent, new_task_ids
+from pgqueue.records import Limit, NewTask, Task, TaskEvent, new_task_ids
 from pgqueue.settings import Settings, get_settings, load_settings
 from pgqueue.tasks import call, queueing
 from pgqueue.tasks.call import UniqueKey
 from pgqueue.tasks.definition import TaskFunction, TaskRef, resolve_task
-from pgqueue.tasks.options import Delay, TaskOptions, check_on_parent_failure
+from pgqueue.tasks.options import (
+    Delay,
+    TaskOptions,
+    check_fair_key,
+    check_key,
+    check_limit,
+    check_limit_keys,
+    check_on_parent_failure,
+    check_queue,
+    check_weight,
+    merge_limit_keys,
+)
 from pgqueue.tasks.workflow import Step
 
 
@@ -116,6 +127,8 @@ class TaskManager:
         unique_key: UniqueKey | None = None,
         depends_on: Iterable[uuid.UUID | str] | None = None,
         on_parent_failure: str = "cancel",
+        limits: Iterable[str] | None = None,
+        fair_key: str | None = None,
         **kwargs: Any,
     ) -> uuid.UUID:
         """Queue one run of `task` (a decorated function or its name); returns its id.
@@ -130,11 +143,16 @@ class TaskManager:
 
         >>> fetched = tm.queue_task(fetch, url="https://example.com")
         >>> parsed = tm.queue_task(parse, depends_on=[fetched])
+
+        With `limits` (keys, added to the task's own from `@AsyncTask(limits=...)`) it runs
+        only while every limit set on them (`set_limit`) has room; with `fair_key`, keys of
+        its queue and priority take turns (`set_fair_weight`). Database broker only.
         """
         new_task = self._build_task(
             task, args, kwargs, queue, priority, max_retries, delay, schedule_at, unique_key
         )
         new_task = self._with_parents([new_task], depends_on, on_parent_failure)[0]
+        self._with_keys([new_task], task, limits, fair_key)
         with telemetry.sending([new_task]):
             if new_task.unique_key is not None:
                 return self._unique_broker().enqueue_unique([new_task], connection)[0]
@@ -154,12 +172,15 @@ class TaskManager:
         unique_key: UniqueKey | None = None,
         depends_on: Iterable[uuid.UUID | str] | None = None,
         on_parent_failure: str = "cancel",
+        limits: Iterable[str] | None = None,
+        fair_key: str | None = None,
         **kwargs: Any,
     ) -> uuid.UUID:
         new_task = self._build_task(
             task, args, kwargs, queue, priority, max_retries, delay, schedule_at, unique_key
         )
         new_task = self._with_parents([new_task], depends_on, on_parent_failure)[0]
+        self._with_keys([new_task], task, limits, fair_key)
         with telemetry.sending([new_task]):
             if new_task.unique_key is not None:
                 return (await self._unique_broker().aenqueue_unique([new_task], connection))[0]
@@ -180,6 +201,8 @@ class TaskManager:
         unique_key: UniqueKey | None = None,
         depends_on: Iterable[uuid.UUID | str] | None = None,
         on_parent_failure: str = "cancel",
+        limits: Iterable[str] | None = None,
+        fair_key: str | None = None,
     ) -> list[uuid.UUID]:
         """Queue many runs of one task in one transaction (COPY); returns their ids.
 
@@ -193,6 +216,7 @@ class TaskManager:
             task, rows, queue, priority, max_retries, delay, schedule_at, unique_key
         )
         new_tasks = self._with_parents(new_tasks, depends_on, on_parent_failure)
+        self._with_keys(new_tasks, task, limits, fair_key)
         with telemetry.sending(new_tasks):
             if any(new_task.unique_key is not None for new_task in new_tasks):
                 return self._unique_broker().enqueue_unique(new_tasks, connection)
@@ -214,11 +238,14 @@ class TaskManager:
         unique_key: UniqueKey | None = None,
         depends_on: Iterable[uuid.UUID | str] | None = None,
         on_parent_failure: str = "cancel",
+        limits: Iterable[str] | None = None,
+        fair_key: str | None = None,
     ) -> list[uuid.UUID]:
         new_tasks = self._build_tasks(
             task, rows, queue, priority, max_retries, delay, schedule_at, unique_key
         )
         new_tasks = self._with_parents(new_tasks, depends_on, on_parent_failure)
+        self._with_keys(new_tasks, task, limits, fair_key)
         with telemetry.sending(new_tasks):
             if any(new_task.unique_key is not None for new_task in new_tasks):
                 return await self._unique_broker().aenqueue_unique(new_tasks, connection)
@@ -274,6 +301,7 @@ class TaskManager:
                     on_parent_failure=signature.on_parent_failure,
                 )
             )
+            self._with_keys(new_tasks[-1:], signature.task, signature.limits, signature.fair_key)
         return new_tasks
 
     def _with_parents(
@@ -294,6 +322,26 @@ class TaskManager:
             new_task.depends_on = parents
             new_task.on_parent_failure = policy
         return new_tasks
+
+    def _with_keys(
+        self,
+        new_tasks: list[NewTask],
+        task: TaskRef,
+        limits: Iterable[str] | None,
+        fair_key: str | None,
+    ) -> None:
+        """Set the limit keys (the task's own, then the call's) and the fair key, checked."""
+        function = task if isinstance(task, TaskFunction) else resolve_task(task)[0]
+        own = function.limits if function is not None else None
+        keys = merge_limit_keys(own, check_limit_keys(limits))
+        fair = check_fair_key(fair_key)
+        if keys is None and fair is None:
+            return
+        if not self.broker.limits:
+            raise InvalidTaskOption(LIMITS_UNSUPPORTED)
+        for new_task in new_tasks:
+            new_task.limit_keys = keys
+            new_task.fair_key = fair
 
     def _workflow_broker(self) -> Broker:
         broker = self.broker
@@ -419,6 +467,88 @@ class TaskManager:
         if retried:
             self.broker.resubmit(uuid.UUID(str(task_id)))
         return retried
+
+    # -- limits and fair share (docs/features.md) ---------------------------------------
+
+    def set_limit(
+        self,
+        name: str,
+        *,
+        concurrency: int | None = None,
+        rate: float | None = None,
+        per: float | datetime.timedelta | None = None,
+        burst: float | None = None,
+    ) -> Limit:
+        """Define the limit of a key, or of a pattern ending in "*" (each matching key gets
+        its own), replacing any earlier definition whole; across all workers at once.
+
+        >>> tm.set_limit("ses", concurrency=10)              # at most 10 running at once
+        >>> tm.set_limit("api", rate=14, per=1.0, burst=14)  # a token bucket, starts full
+        >>> tm.set_limit("tenant:*", concurrency=3)          # "tenant:acme" has its own 3
+        """
+        row = self._limit_row(name, concurrency, rate, per, burst)
+        self.store.database.fetch_one("set_limit", row)
+        return Limit.from_row(row)
+
+    async def aset_limit(
+        self,
+        name: str,
+        *,
+        concurrency: int | None = None,
+        rate: float | None = None,
+        per: float | datetime.timedelta | None = None,
+        burst: float | None = None,
+    ) -> Limit:
+        row = self._limit_row(name, concurrency, rate, per, burst)
+        await self.store.database.afetch_one("set_limit", row)
+        return Limit.from_row(row)
+
+    def remove_limit(self, name: str) -> bool:
+        """Drop a limit; True if it existed. Its keys restrict nothing from then on."""
+        self._limits_broker()
+        return self.store.database.fetch_one("remove_limit", {"name": name}) is not None
+
+    async def aremove_limit(self, name: str) -> bool:
+        self._limits_broker()
+        return await self.store.database.afetch_one("remove_limit", {"name": name}) is not None
+
+    def limits(self) -> list[Limit]:
+        """Every limit defined, by name."""
+        return [Limit.from_row(row) for row in self.store.database.fetch_all("list_limits", {})]
+
+    async def alimits(self) -> list[Limit]:
+        rows = await self.store.database.afetch_all("list_limits", {})
+        return [Limit.from_row(row) for row in rows]
+
+    def set_fair_weight(self, queue: str, key: str, weight: float) -> None:
+        """Give a fair key of a queue `weight` starts for every one of a weight-1 key
+        (while both have work waiting). Keys without a weight have 1."""
+        self._limits_broker()
+        self.store.database.fetch_one("set_fair_weight", self._weight_row(queue, key, weight))
+
+    async def aset_fair_weight(self, queue: str, key: str, weight: float) -> None:
+        self._limits_broker()
+        await self.store.database.afetch_one(
+            "set_fair_weight", self._weight_row(queue, key, weight)
+        )
+
+    def _limits_broker(self) -> None:
+        if not self.broker.limits:
+            raise InvalidTaskOption(LIMITS_UNSUPPORTED)
+
+    def _limit_row(
+        self, name: str, concurrency: Any, rate: Any, per: Any, burst: Any
+    ) -> dict[str, Any]:
+        self._limits_broker()
+        return check_limit(name, concurrency, rate, per, burst)
+
+    @staticmethod
+    def _weight_row(queue: str, key: str, weight: float) -> dict[str, Any]:
+        return {
+            "queue": check_queue(queue),
+            "key": check_key(key, "fair key"),
+            "weight": check_weight(weight),
+        }
 
 
 _default: TaskManager | None = None

@@ -17,6 +17,10 @@ real clock plus its back-off, so a later `now` reaches it).
 >>> [t.status for t in testing.drain(tm, now=timedelta(hours=1))]
 [<TaskStatus.COMPLETED: 'COMPLETED'>]
 
+Limits and fair share hold here too (`tm.set_limit`, `tm.set_fair_weight`): the drain's
+clock refills the token buckets, so `drain(tm, now=timedelta(seconds=1))` after a drain
+that a rate limit stopped runs the next second's share.
+
 `queue_cron(tm, now=...)` queues the occurrences of cron tasks due by `now` (within their
 catch-up window), as a worker's scheduler would; drain then runs them.
 
@@ -240,7 +244,11 @@ async def _claim_one(
     clock: datetime.datetime,
     worker_id: str,
 ) -> Task | None:
-    """The workers' own claim, with the drain's clock deciding what is due."""
+    """The workers' own claim, with the drain's clock deciding what is due (and refilling
+    the token buckets of limits): the keyed claim when keyed rows wait (limits, fair share),
+    so a test sees the order and the hold-backs a worker would."""
+    cursor = await conn.execute(queries["keyed_tasks_waiting"], {"queues": queues})
+    row = await cursor.fetchone()
     claimed = await claim_tasks(
         conn,
         queries,
@@ -249,5 +257,6 @@ async def _claim_one(
         worker_id=worker_id,
         lease_seconds=TESTING_LEASE_SECONDS,
         now=clock,
+        keyed=bool(row and row[0]),
     )
     return claimed[0] if claimed else None

@@ -47,6 +47,11 @@ UNIQUE_KEYS_UNSUPPORTED = (
 )
 
 #: Why tasks with parents (depends_on, chain, group, chord) are refused by a broker without them.
+LIMITS_UNSUPPORTED = (
+    "limits and fair_key need the database broker (PGQUEUE_BROKER=database): they are "
+    "decided by the claim, in the task table; the RabbitMQ broker does not support them"
+)
+
 WORKFLOWS_UNSUPPORTED = (
     "depends_on, chain, group and chord need the database broker (PGQUEUE_BROKER=database): "
     "a task waits for its parents in the task table, and advances when they complete"
@@ -87,6 +92,10 @@ class Broker(abc.ABC):
     #: (WAITING) until their parents complete, and runs may read their parents' results
     #: (`parent_results`). False: both refused with InvalidTaskOption.
     workflows: bool = False
+
+    #: True: tasks may hold limit keys and fair keys (`NewTask.limit_keys`, `fair_key`),
+    #: decided by the claim. False: refused with InvalidTaskOption (LIMITS_UNSUPPORTED).
+    limits: bool = False
 
     #: The database that holds the task records (statuses, results) this broker writes, or
     #: None if it keeps none. Producers read, cancel and retry tasks through it, on its pools.

@@ -112,6 +112,7 @@ COMMANDS = {
     "demo": "pgqueue.cli.demo:demo",
     "enqueue": "pgqueue.cli.enqueue:enqueue",
     "history": "pgqueue.cli.history:history",
+    "limits": "pgqueue.cli.limits:limits",
     "migrate": "pgqueue.cli.migrate:migrate",
     "queue": "pgqueue.cli.queue:queue",
     "status": "pgqueue.cli.status:status",

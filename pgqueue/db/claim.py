@@ -22,11 +22,14 @@ async def claim_tasks(
     lease_seconds: float,
     start_now: int | None = None,
     now: datetime.datetime | None = None,
+    keyed: bool = False,
 ) -> list[Task]:
     """Up to `limit` tasks of `queues` due by `now` (None: the database clock), RUNNING
-    under this worker's lease; the first `start_now` (None: all) started."""
+    under this worker's lease; the first `start_now` (None: all) started. With `keyed`
+    (keyed rows may wait: limits, fair share) the keyed claim of sql/limits.sql, which
+    considers every row; else the claim of rows without keys."""
     cursor = await conn.execute(
-        queries["claim_tasks"],
+        queries["claim_keyed_tasks" if keyed else "claim_tasks"],
         {
             "queues": queues,
             "limit": limit,

@@ -39,7 +39,14 @@ from pgqueue.dsn import parse_dsn
 # other file, queries.sql, holds the worker's named queries). Revision 0001 is a frozen copy
 # of them; every change since is a new revision, and tests/test_schema_matches_migrations.py
 # checks that the revisions build exactly what these files build.
-SCHEMA_FILES = ("schema.sql", "functions.sql", "operations.sql", "outbox.sql", "features.sql")
+SCHEMA_FILES = (
+    "schema.sql",
+    "functions.sql",
+    "operations.sql",
+    "outbox.sql",
+    "features.sql",
+    "limits.sql",
+)
 
 
 def sqlalchemy_url(dsn: str) -> str:

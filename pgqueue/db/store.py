@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import psycopg
+from psycopg.types.json import Jsonb
 
 from pgqueue.db.database import Database
 from pgqueue.db.dependencies import (
@@ -51,6 +52,9 @@ def insert_params(task: NewTask) -> dict[str, Any]:
         "schedule_at": task.schedule_at,
         "delay": task.delay,
         "trace_context": task.trace_context,
+        # Read by insert_keyed_task only (limits, fair share).
+        "limit_keys": None if task.limit_keys is None else list(task.limit_keys),
+        "fair_key": task.fair_key,
     }
 
 
@@ -66,6 +70,10 @@ def unique_insert_params(tasks: Sequence[NewTask]) -> dict[str, Any]:
         "schedule_ats": [task.schedule_at for task in tasks],
         "delays": [task.delay for task in tasks],
         "unique_keys": [task.unique_key for task in tasks],
+        "limit_keys": [
+            None if task.limit_keys is None else Jsonb(list(task.limit_keys)) for task in tasks
+        ],
+        "fair_keys": [task.fair_key for task in tasks],
         # The rows of one call share the trace context of that call.
         "trace_context": tasks[0].trace_context if tasks else None,
     }
@@ -174,6 +182,26 @@ def copy_text_chunks(
         yield "\n".join(lines)
 
 
+def _array_field(keys: tuple[str, ...] | None) -> str:
+    """A text[] as a COPY field: each element quoted, its quotes and backslashes escaped
+    for the array literal, then the whole escaped for COPY (\\N: NULL)."""
+    if keys is None:
+        return "\\N"
+    elements = ",".join('"' + key.replace("\\", "\\\\").replace('"', '\\"') + '"' for key in keys)
+    return _copy_field("{" + elements + "}")
+
+
+def _keys_fields(task: NewTask) -> str:
+    """limit_keys and fair_key, the last fields of copy_keyed_tasks / copy_workflow_tasks."""
+    fair = "\\N" if task.fair_key is None else _copy_field(task.fair_key)
+    return f"\t{_array_field(task.limit_keys)}\t{fair}"
+
+
+def _is_keyed(tasks: Sequence[NewTask]) -> bool:
+    """Whether some task holds limit keys or a fair key (its own insert and COPY)."""
+    return any(task.limit_keys is not None or task.fair_key is not None for task in tasks)
+
+
 def _needs_run_at(tasks: Sequence[NewTask]) -> bool:
     """False when every row runs now: the column default, now(), is the same instant (the
     transaction's start) that `SELECT now()` would give, without that round trip."""
@@ -182,7 +210,13 @@ def _needs_run_at(tasks: Sequence[NewTask]) -> bool:
 
 def _trace_field(task: NewTask) -> str:
     """The trace context as the last COPY field of `copy_workflow_tasks` (\\N: none)."""
-    return "\t" + ("\\N" if task.trace_context is None else _copy_field(task.trace_context))
+    trace = "\\N" if task.trace_context is None else _copy_field(task.trace_context)
+    return "\t" + trace + _keys_fields(task)
+
+
+def _keyed_suffix(task: NewTask) -> str:
+    """The fields of copy_keyed_tasks after run_at: trace context, limit keys, fair key."""
+    return _trace_field(task)[1:]
 
 
 def _is_workflow(tasks: Sequence[NewTask]) -> bool:
@@ -235,6 +269,9 @@ class TaskStore:
         if _is_workflow(tasks):
             self._write_workflow(conn, tasks)
             return
+        if _is_keyed(tasks):
+            self._write_keyed(conn, tasks)
+            return
         if len(tasks) == 1:
             conn.execute(self.queries["insert_task"], insert_params(tasks[0]))
             return
@@ -273,7 +310,10 @@ class TaskStore:
                 )
             await self._awrite_workflow(conn, tasks)
             return
-        if len(tasks) == 1:
+        if _is_keyed(tasks) and not isinstance(conn, AsyncpgConnection):
+            await self._awrite_keyed(conn, tasks)
+            return
+        if len(tasks) == 1 and not _is_keyed(tasks):
             await conn.execute(self.queries["insert_task"], insert_params(tasks[0]))
             return
         if isinstance(conn, AsyncpgConnection):
@@ -288,6 +328,29 @@ class TaskStore:
         query = self.queries[copy_query(tasks, run_at)]
         async with conn.cursor() as cursor, cursor.copy(query) as copy:
             for chunk in copy_text_chunks(tasks, run_at, now):
+                await copy.write(chunk)
+
+    # -- limits and fair share (sql/limits.sql) -------------------------------------------
+
+    def _write_keyed(self, conn: psycopg.Connection[Any], tasks: Sequence[NewTask]) -> None:
+        """Rows holding limit or fair keys: one INSERT, or a COPY of every column."""
+        if len(tasks) == 1:
+            conn.execute(self.queries["insert_keyed_task"], insert_params(tasks[0]))
+            return
+        now = conn.execute("SELECT now()").fetchone()[0]  # type: ignore[index]
+        with conn.cursor() as cursor, cursor.copy(self.queries["copy_keyed_tasks"]) as copy:
+            for chunk in copy_text_chunks(tasks, True, now, _keyed_suffix):
+                copy.write(chunk)
+
+    async def _awrite_keyed(
+        self, conn: psycopg.AsyncConnection[Any], tasks: Sequence[NewTask]
+    ) -> None:
+        if len(tasks) == 1:
+            await conn.execute(self.queries["insert_keyed_task"], insert_params(tasks[0]))
+            return
+        now = (await (await conn.execute("SELECT now()")).fetchone())[0]  # type: ignore[index]
+        async with conn.cursor() as cursor, cursor.copy(self.queries["copy_keyed_tasks"]) as copy:
+            for chunk in copy_text_chunks(tasks, True, now, _keyed_suffix):
                 await copy.write(chunk)
 
     # -- workflows (db/dependencies.py) ---------------------------------------------------

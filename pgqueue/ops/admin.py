@@ -26,7 +26,7 @@ from pgqueue.db.store import parse_task_id
 from pgqueue.dsn import parse_dsn
 from pgqueue.errors import InvalidTaskOption, TaskNotFound, first_line
 from pgqueue.records import Task, TaskEvent, TaskStatus
-from pgqueue.tasks.options import check_queue
+from pgqueue.tasks.options import check_limit, check_queue
 from pgqueue.tasks.schedule import CronSchedule
 
 PURGE_BATCH_SIZE = 1000
@@ -277,7 +277,9 @@ class Admin:
         """Why a task is not running: {"task": Task, "reasons": [{"code", "message"}]}.
 
         Codes: finished, running, waiting (for its parents), unknown_name, scheduled,
-        retrying, paused, no_worker, not_registered, behind, ready (nothing holds it back).
+        retrying, paused, no_worker, not_registered, limit (a limit on a key it holds is
+        full or out of tokens), fair_share (other fair keys' turn first), behind, ready
+        (nothing holds it back).
         """
         parsed = parse_task_id(task_id)
         rows = self._rows("explain_task", {"id": parsed})
@@ -311,6 +313,33 @@ class Admin:
     def resume_queue(self, queue: str) -> bool:
         """Workers claim from `queue` again, woken at once; False if it was not paused."""
         return bool(self._value("resume_queue", {"queue": check_queue(queue)}))
+
+    # -- limits (sql/limits.sql) -----------------------------------------------------------
+
+    def limits(self) -> list[dict[str, Any]]:
+        """Every limit (name, concurrency, rate, per, burst), by name."""
+        return self._rows("list_limits")
+
+    def limit_usage(self) -> list[dict[str, Any]]:
+        """Each concrete key with a limit and a state: its limit, running now, tokens now."""
+        return self._rows("limit_usage")
+
+    def set_limit(
+        self,
+        name: str,
+        concurrency: int | None,
+        rate: float | None,
+        per: float | None,
+        burst: float | None,
+    ) -> dict[str, Any]:
+        """Define or replace a limit (checked as `TaskManager.set_limit` checks it)."""
+        row = check_limit(name, concurrency, rate, per, burst)
+        self._rows("set_limit", row)
+        return row
+
+    def remove_limit(self, name: str) -> bool:
+        """Drop a limit; False if there was none of that name."""
+        return bool(self._rows("remove_limit", {"name": name}))
 
 
 def parse_short_id(text: str | uuid.UUID) -> uuid.UUID | str:
@@ -403,6 +432,8 @@ def explain_reasons(task: Task, facts: dict[str, Any]) -> list[dict[str, str]]:
                 "start one that imports its module (--import)",
             )
         )
+    if due:
+        reasons.extend(_limit_reasons(facts))
     if due and facts["tasks_ahead"]:
         reasons.append(
             _reason(
@@ -416,6 +447,27 @@ def explain_reasons(task: Task, facts: dict[str, Any]) -> list[dict[str, str]]:
         reasons.append(
             _reason("ready", "nothing holds it back: a worker should start it at its next claim")
         )
+    return reasons
+
+
+def _limit_reasons(facts: dict[str, Any]) -> list[dict[str, str]]:
+    """Limits (sql/limits.sql) whose keys are full or out of tokens, and the fair keys
+    whose turn comes before this one's."""
+    reasons = []
+    for held in facts.get("limits_held") or []:
+        key, name = held["key"], held["limit"]
+        label = f"limit {key!r}" + (f" ({name})" if name != key else "")
+        concurrency, running = held["concurrency"], held["running"]
+        if concurrency is not None and running >= concurrency:
+            reasons.append(_reason("limit", f"{label}: {running} of {concurrency} running"))
+        tokens = held["tokens"]
+        if tokens is not None and tokens < 1:
+            wait_ms = (1 - tokens) * held["per"] / held["rate"] * 1000
+            reasons.append(_reason("limit", f"{label}: next token in {wait_ms:.0f} ms"))
+    ahead = facts.get("fair_keys_ahead") or 0
+    if ahead:
+        keys = "key" if ahead == 1 else "keys"
+        reasons.append(_reason("fair_share", f"fair share: {ahead} other {keys} ahead"))
     return reasons
 
 

@@ -17,6 +17,7 @@ from pgqueue.tasks.options import (
     MAX_TASK_NAME_LENGTH,
     Delay,
     Timing,
+    check_limit_keys,
     check_max_retries,
     check_priority,
     check_queue,
@@ -51,6 +52,8 @@ RESERVED_OPTIONS = frozenset(
         "unique_key",
         "depends_on",
         "on_parent_failure",
+        "limits",
+        "fair_key",
     }
 )
 
@@ -82,6 +85,7 @@ class TaskFunction(Generic[R, P]):
         cron: str | None = None,
         timezone: str | None = None,
         cron_catchup: Delay | None = None,
+        limits: Iterable[str] | None = None,
     ) -> None:
         self.fn = fn
         self.name = f"{_module_name(fn)}.{fn.__qualname__}"
@@ -96,6 +100,8 @@ class TaskFunction(Generic[R, P]):
         self.signature = inspect.signature(fn)
         _refuse_reserved_parameters(self.name, self.signature)
         self.unique_key = _check_unique_key_spec(self.name, unique_key)
+        #: Limit keys every run holds (`limits=[...]`; docs/features.md), or None.
+        self.limits = check_limit_keys(limits)
         #: The cron schedule a worker queues this task on, or None.
         self.schedule = CronSchedule.checked(
             self.name, self.signature, cron, timezone, cron_catchup
@@ -175,11 +181,16 @@ class TaskFunction(Generic[R, P]):
     ) -> uuid.UUID: ...
     @overload
     def delay(self, *args: Any, on_parent_failure: str, **kwargs: Any) -> uuid.UUID: ...
+    @overload
+    def delay(self, *args: Any, limits: Iterable[str] | None, **kwargs: Any) -> uuid.UUID: ...
+    @overload
+    def delay(self, *args: Any, fair_key: str | None, **kwargs: Any) -> uuid.UUID: ...
 
     def delay(self, *args: Any, **kwargs: Any) -> uuid.UUID:
         """Queue a run of this task; returns its id. The option keywords (`connection`,
         `delay`, `schedule_at`, `priority`, `queue`, `max_retries`, `unique_key`,
-        `depends_on`, `on_parent_failure`) go with the task's arguments, or first to
+        `depends_on`, `on_parent_failure`, `limits`, `fair_key`) go with the task's
+        arguments, or first to
         `.options(...)`, which a type checker checks fully.
 
         >>> task_id = send_email.delay(to="a@example.com", subject="Hi")
@@ -187,6 +198,7 @@ class TaskFunction(Generic[R, P]):
         >>> task_id = send_email.delay(unique_key="welcome:42", to="a@example.com")
         >>> task_id = send_email.options(priority=9).delay(to="a@example.com", subject="Now")
         >>> later = send_email.delay(depends_on=[task_id], to="b@example.com")  # WAITING
+        >>> task_id = send_email.delay(limits=["tenant:acme"], fair_key="acme", to="a@x")
 
         With `depends_on` (ids of queued tasks) it waits (WAITING) until every one of them
         is COMPLETED; if one ends FAILED or CANCELLED it is cancelled too, unless
@@ -224,6 +236,12 @@ class TaskFunction(Generic[R, P]):
     ) -> uuid.UUID: ...
     @overload
     async def adelay(self, *args: Any, on_parent_failure: str, **kwargs: Any) -> uuid.UUID: ...
+    @overload
+    async def adelay(
+        self, *args: Any, limits: Iterable[str] | None, **kwargs: Any
+    ) -> uuid.UUID: ...
+    @overload
+    async def adelay(self, *args: Any, fair_key: str | None, **kwargs: Any) -> uuid.UUID: ...
 
     async def adelay(self, *args: Any, **kwargs: Any) -> uuid.UUID:
         """Queue a run of this task from async code; returns its id (options as `.delay()`).
@@ -244,6 +262,8 @@ class TaskFunction(Generic[R, P]):
         unique_key: UniqueKey | None = None,
         depends_on: Iterable[uuid.UUID | str] | None = None,
         on_parent_failure: str | None = None,
+        limits: Iterable[str] | None = None,
+        fair_key: str | None = None,
     ) -> ConfiguredTask[P]:
         """This task with queueing options bound, checked now; its `.delay()` / `.adelay()`
         take the task's own arguments only, so a type checker checks the whole call.
@@ -264,6 +284,8 @@ class TaskFunction(Generic[R, P]):
                 unique_key=unique_key,
                 depends_on=depends_on,
                 on_parent_failure=on_parent_failure,
+                limits=limits,
+                fair_key=fair_key,
             ),
         )
 
@@ -277,6 +299,8 @@ class TaskFunction(Generic[R, P]):
         max_retries: int | None = None,
         depends_on: Iterable[uuid.UUID | str] | None = None,
         on_parent_failure: str = "cancel",
+        limits: Iterable[str] | None = None,
+        fair_key: str | None = None,
         **kwargs: Any,
     ) -> Signature:
         """A call of this task to queue later, as a step of chain, group or chord.
@@ -296,6 +320,8 @@ class TaskFunction(Generic[R, P]):
             schedule_at=schedule_at,
             depends_on=depends_on,
             on_parent_failure=on_parent_failure,
+            limits=limits,
+            fair_key=fair_key,
         )
 
 
@@ -352,6 +378,7 @@ def AsyncTask(
     cron: str | None = None,
     timezone: str | None = None,
     cron_catchup: Delay | None = None,
+    limits: Iterable[str] | None = None,
 ) -> Callable[[Callable[P, R]], TaskFunction[R, P]]: ...
 
 
@@ -370,6 +397,7 @@ def AsyncTask(
     cron: str | None = None,
     timezone: str | None = None,
     cron_catchup: Delay | None = None,
+    limits: Iterable[str] | None = None,
 ) -> Any:
     """Declare a background task; its options are checked here, at definition time.
 
@@ -391,6 +419,7 @@ def AsyncTask(
     arguments as a dict) makes .delay() return the id of the unfinished task holding the key;
     `cron="0 9 * * *"` with `timezone="Europe/Paris"` has workers queue the task at each
     occurrence, catching up those missed within `cron_catchup` (default one hour).
+    `limits=["ses"]`: every run holds those limit keys (`tm.set_limit`; database broker).
     """
 
     def decorate(function: Callable[..., Any]) -> TaskFunction[Any]:
@@ -409,6 +438,7 @@ def AsyncTask(
             cron=cron,
             timezone=timezone,
             cron_catchup=cron_catchup,
+            limits=limits,
         )
 
     return decorate(fn) if fn is not None else decorate

@@ -93,6 +93,62 @@ def aware_datetime(when: Any) -> datetime.datetime:
     return when if when.tzinfo is not None else when.replace(tzinfo=datetime.UTC)
 
 
+#: Limit and fair keys: at most this many characters, and at most MAX_LIMIT_KEYS per task.
+MAX_KEY_LENGTH = 256
+MAX_LIMIT_KEYS = 16
+
+
+def check_key(key: Any, what: str) -> str:
+    """A limit key, limit name or fair key: 1 to 256 printable characters."""
+    if not isinstance(key, str):
+        raise InvalidTaskArguments(f"{what} must be a string, not {type(key).__name__}")
+    if not key:
+        raise InvalidTaskOption(f"{what} is empty; give 1 to {MAX_KEY_LENGTH} characters")
+    if len(key) > MAX_KEY_LENGTH:
+        raise InvalidTaskOption(
+            f"{what} {key[:40]!r}... is {len(key)} characters long; the limit is {MAX_KEY_LENGTH}"
+        )
+    if any(unicodedata.category(char) in ("Cc", "Cs") for char in key):
+        raise InvalidTaskOption(f"{what} {key!r} contains a control character")
+    return key
+
+
+def check_limit_keys(keys: Any) -> tuple[str, ...] | None:
+    """`limits=[...]`: distinct keys, in order; None for none."""
+    if keys is None:
+        return None
+    if isinstance(keys, str | bytes) or not isinstance(keys, list | tuple | set | frozenset):
+        raise InvalidTaskArguments(
+            f'limits takes a list of keys such as ["ses"], not {type(keys).__name__}'
+        )
+    checked = tuple(dict.fromkeys(check_key(key, "limit key") for key in keys))
+    if len(checked) > MAX_LIMIT_KEYS:
+        raise InvalidTaskOption(
+            f"a task holds at most {MAX_LIMIT_KEYS} limit keys, not {len(checked)}"
+        )
+    return checked or None
+
+
+def merge_limit_keys(
+    own: tuple[str, ...] | None, extra: tuple[str, ...] | None
+) -> tuple[str, ...] | None:
+    """The task's own keys (decorator) and a call's, each once."""
+    if not extra:
+        return own
+    if not own:
+        return extra
+    merged = tuple(dict.fromkeys(own + extra))
+    if len(merged) > MAX_LIMIT_KEYS:
+        raise InvalidTaskOption(
+            f"a task holds at most {MAX_LIMIT_KEYS} limit keys, not {len(merged)}"
+        )
+    return merged
+
+
+def check_fair_key(key: Any) -> str | None:
+    return None if key is None else check_key(key, "fair_key")
+
+
 #: What a task does when a parent of its ends FAILED or CANCELLED.
 ON_PARENT_FAILURE = ("cancel", "run")
 
@@ -197,3 +253,55 @@ class DeclaredOptions(Protocol):
 
 def _first(*values: Any) -> Any:
     return next(value for value in values if value is not None)
+
+
+def check_limit(name: Any, concurrency: Any, rate: Any, per: Any, burst: Any) -> dict[str, Any]:
+    """The fields of `set_limit`, checked: a name (a pattern ends with "*"), a concurrency
+    of 0 or more and/or a rate over `per` seconds (a number or a timedelta) with a burst of
+    1 or more (default: the rate, at least 1). Returns the row's values."""
+    check_key(name, "limit name")
+    if concurrency is not None and (
+        isinstance(concurrency, bool) or not isinstance(concurrency, int)
+    ):
+        raise InvalidTaskArguments(f"concurrency must be an int, not {type(concurrency).__name__}")
+    if concurrency is not None and not 0 <= concurrency <= 2**31 - 1:
+        raise InvalidTaskOption(f"concurrency must be 0 or more, not {concurrency}")
+    if rate is None and per is None and burst is None:
+        if concurrency is None:
+            raise InvalidTaskOption(
+                f"limit {name!r} needs a concurrency, or a rate with per, or both"
+            )
+        return {"name": name, "concurrency": concurrency, "rate": None, "per": None, "burst": None}
+    if rate is None or per is None:
+        raise InvalidTaskOption(
+            f"limit {name!r}: a rate needs both rate= (starts) and per= (seconds), "
+            "e.g. rate=10, per=1"
+        )
+    if isinstance(rate, bool) or not isinstance(rate, int | float):
+        raise InvalidTaskArguments(f"rate must be a number, not {type(rate).__name__}")
+    if not math.isfinite(rate) or rate <= 0:
+        raise InvalidTaskOption(f"rate must be a number above 0, not {rate!r}")
+    per_seconds = duration_seconds(per, "per")
+    if per_seconds <= 0:
+        raise InvalidTaskOption(f"per must be more than 0 seconds, not {per!r}")
+    if burst is None:
+        burst = max(float(rate), 1.0)
+    if isinstance(burst, bool) or not isinstance(burst, int | float):
+        raise InvalidTaskArguments(f"burst must be a number, not {type(burst).__name__}")
+    if not math.isfinite(burst) or burst < 1:
+        raise InvalidTaskOption(f"burst must be 1 or more, not {burst!r}")
+    return {
+        "name": name,
+        "concurrency": concurrency,
+        "rate": float(rate),
+        "per": per_seconds,
+        "burst": float(burst),
+    }
+
+
+def check_weight(weight: Any) -> float:
+    if isinstance(weight, bool) or not isinstance(weight, int | float):
+        raise InvalidTaskArguments(f"weight must be a number, not {type(weight).__name__}")
+    if not math.isfinite(weight) or not 0 < weight <= 1_000_000:
+        raise InvalidTaskOption(f"weight must be above 0 and at most 1000000, not {weight!r}")
+    return float(weight)

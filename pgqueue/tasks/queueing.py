@@ -23,6 +23,8 @@ from pgqueue.tasks.call import UniqueKey
 from pgqueue.tasks.options import (
     Delay,
     Timing,
+    check_fair_key,
+    check_limit_keys,
     check_max_retries,
     check_on_parent_failure,
     check_priority,
@@ -102,6 +104,8 @@ def checked_options(
     unique_key: UniqueKey | None,
     depends_on: Iterable[uuid.UUID | str] | None = None,
     on_parent_failure: str | None = None,
+    limits: Iterable[str] | None = None,
+    fair_key: str | None = None,
 ) -> dict[str, Any]:
     """The options given (not None) to `.options()`, each checked now, where they are given."""
     if queue is not None:
@@ -126,6 +130,8 @@ def checked_options(
         "unique_key": unique_key,
         "depends_on": parents,
         "on_parent_failure": on_parent_failure,
+        "limits": check_limit_keys(limits),
+        "fair_key": check_fair_key(fair_key),
     }
     return {name: value for name, value in given.items() if value is not None}
 

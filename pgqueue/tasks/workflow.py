@@ -22,7 +22,12 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from pgqueue.errors import InvalidTaskArguments, InvalidTaskOption
 from pgqueue.tasks.call import check_depends_on
-from pgqueue.tasks.options import Delay, check_on_parent_failure
+from pgqueue.tasks.options import (
+    Delay,
+    check_fair_key,
+    check_limit_keys,
+    check_on_parent_failure,
+)
 
 if TYPE_CHECKING:
     from pgqueue.tasks.definition import TaskFunction
@@ -101,6 +106,8 @@ class Signature:
         schedule_at: datetime.datetime | None = None,
         depends_on: Iterable[uuid.UUID | str] | None = None,
         on_parent_failure: str = "cancel",
+        limits: Iterable[str] | None = None,
+        fair_key: str | None = None,
     ) -> None:
         self.task = task
         self.args = args
@@ -112,6 +119,9 @@ class Signature:
         self.schedule_at = schedule_at
         self.depends_on = check_depends_on(depends_on)
         self.on_parent_failure = check_on_parent_failure(on_parent_failure)
+        #: Limit keys (added to the task's own) and fair key of this call (limits.sql).
+        self.limits = check_limit_keys(limits)
+        self.fair_key = check_fair_key(fair_key)
 
     def __repr__(self) -> str:
         return f"{self.task.name}.s(**{self.kwargs!r})"

@@ -158,6 +158,10 @@ async def failures(request: Request) -> Response:
     return state.render(request, "failures.html", {"page": "failures", "groups": groups})
 
 
+#: Keys shown in the limits table of the workers page (the busiest are not picked: by key).
+LIMIT_KEYS_SHOWN = 200
+
+
 async def workers(request: Request) -> Response:
     state = state_of(request)
 
@@ -165,7 +169,13 @@ async def workers(request: Request) -> Response:
         running: dict[str, list[dict[str, Any]]] = {}
         for row in board.running_tasks():
             running.setdefault(row["worker_id"], []).append(row)
-        return {"workers": board.live_workers(), "running": running}
+        # Limits (sql/limits.sql) beside the workers they hold back: each key's use now.
+        return {
+            "workers": board.live_workers(),
+            "running": running,
+            "limits": board.limits(),
+            "limit_keys": board.limit_usage()[:LIMIT_KEYS_SHOWN],
+        }
 
     return state.render(request, "workers.html", {"page": "workers", **await state.run(read)})
 

@@ -119,6 +119,7 @@ class WorkerPool:
         via_dsn: str | None = None,
         queues: str = QUEUE,
         extra_env: dict[str, str] | None = None,
+        extra_args: tuple[str, ...] = (),
     ) -> WorkerProcess:
         args = (
             "--import",
@@ -131,6 +132,7 @@ class WorkerPool:
             str(interval),
             "--grace",
             str(grace),
+            *extra_args,
         )
         env = {
             "PGQUEUE_LEASE_SECONDS": str(lease),

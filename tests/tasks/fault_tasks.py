@@ -138,3 +138,14 @@ async def exit_now() -> None:
     """A poison task: it ends its worker process."""
     await _log()
     os._exit(3)
+
+
+@AsyncTask(queue=QUEUE, max_retries=50)
+async def limited(n: int, sleep: float = 0.0) -> int:
+    """Logs its start and its end (executions), sleeping between: runs of tasks that hold
+    limit keys (tests/faults/test_limits.py), whose overlaps and starts are read back."""
+    await _log()
+    if sleep:
+        await asyncio.sleep(sleep)
+    await _log("end")
+    return n

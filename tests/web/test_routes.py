@@ -54,6 +54,18 @@ def test_every_page_answers(client: TestClient, tm: TaskManager) -> None:
     assert "app.jobs.report" in client.get(f"/tasks/{task_id}").text
 
 
+def test_the_workers_page_shows_limits_and_each_keys_use(
+    client: TestClient, tm: TaskManager, db: psycopg.Connection[Any]
+) -> None:
+    tm.set_limit("tenant:*", concurrency=3)
+    tm.set_limit("api", rate=14, per=1)
+    tm.queue_task(task="app.jobs.mail", queue="emails", limits=["tenant:acme", "api"])
+    db.execute("SELECT * FROM pgqueue.claim_keyed_tasks(ARRAY['emails'], 5, 'w', 60.0)")
+    page = client.get("/workers").text
+    assert "tenant:*" in page and "14 per 1 s, burst 14" in page
+    assert re.search(r"tenant:acme</td>\s*<td[^>]*>tenant:\*</td>\s*<td[^>]*>1 / 3<", page)
+
+
 def test_filters_pick_exactly_the_matching_tasks(
     client: TestClient, tm: TaskManager, db: psycopg.Connection[Any]
 ) -> None:

@@ -46,6 +46,12 @@ MAX_BACKOFF_SECONDS = 10.0
 #: these pauses (doubling) instead: it cannot yet rely on being notified (announce_sleep).
 SETTLE_FIRST_SECONDS = 0.001
 SETTLE_MOST_SECONDS = 0.2
+#: While keyed rows (limits, fair share) are due but held back by a limit, an idle worker
+#: claims again after this pause: the longest a freed slot or a refilled token waits.
+KEYED_POLL_SECONDS = 0.1
+#: How often a worker looks whether keyed rows wait in its queues (while it claims without
+#: sleeping): the longest it claims rows without keys ahead of keyed rows of higher priority.
+KEYED_CHECK_SECONDS = 1.0
 #: Connections of transactional tasks: their own pool, so that long tasks holding a
 #: transaction never starve the claims and heartbeats of the main pool.
 TASK_POOL_MAX_SIZE = 32
@@ -89,6 +95,7 @@ class PostgresBroker(Broker):
     #: Tasks with parents wait in the task table; the completion that settles the last
     #: parent makes them PENDING (sql/functions.sql, release_children).
     workflows = True
+    limits = True
     # The contract's optional capabilities, always there on this broker.
     database: Database
     lease_seconds: float
@@ -123,6 +130,11 @@ class PostgresBroker(Broker):
         self._announced = False
         self._forgetting: asyncio.Task[None] | None = None
         self._settle_seconds = SETTLE_FIRST_SECONDS
+        # Limits and fair share: whether keyed rows wait (the keyed claim then), when that
+        # was last looked at, and whether due keyed rows are held back (a short poll).
+        self._keyed = False
+        self._keyed_checked_at = -KEYED_CHECK_SECONDS
+        self._keyed_held = False
 
     @classmethod
     def from_settings(cls, settings: Settings) -> PostgresBroker:
@@ -235,6 +247,10 @@ class PostgresBroker(Broker):
                 self._settle_seconds = min(2 * settle, SETTLE_MOST_SECONDS)
             until_next = await self._retrying("next due task", self._seconds_until_next_task)
             timeout = deadline - time.monotonic()
+            if self._keyed_held:
+                # Keyed rows due but held back by a limit: no NOTIFY says when a slot frees
+                # or a token refills, so look again shortly (KEYED_POLL_SECONDS).
+                timeout = min(timeout, KEYED_POLL_SECONDS)
             if until_next is not None:
                 timeout = min(timeout, max(until_next, 0.0))
             if settle is not None:
@@ -295,6 +311,18 @@ class PostgresBroker(Broker):
         self._announced = False
 
     async def _claim(self, limit: int, start_now: int | None) -> list[Task]:
+        now = time.monotonic()
+        if now >= self._keyed_checked_at + KEYED_CHECK_SECONDS:
+            # Whether keyed rows wait: the keyed claim (which also takes the others, in
+            # priority order) only then; the claim of rows without keys stays as cheap as
+            # before limits existed.
+            async with self.database.async_connection() as conn:
+                cursor = await conn.execute(
+                    self.database.queries["keyed_tasks_waiting"], {"queues": self._queues}
+                )
+                row = await cursor.fetchone()
+                self._keyed = bool(row and row[0])
+            self._keyed_checked_at = now
         async with self.database.async_connection() as conn:
             return await claim_tasks(
                 conn,
@@ -304,15 +332,25 @@ class PostgresBroker(Broker):
                 worker_id=self._worker_id,
                 lease_seconds=self.lease_seconds,
                 start_now=start_now,
+                keyed=self._keyed,
             )
 
     async def _seconds_until_next_task(self) -> float | None:
+        """Seconds until a row is due; keyed rows due now (a limit holds them back) set
+        `_keyed_held` instead, for a short poll, and make the next claim the keyed one."""
         async with self.database.async_connection() as conn:
             cursor = await conn.execute(
                 self.database.queries["seconds_until_next_task"], {"queues": self._queues}
             )
             row = await cursor.fetchone()
-            return None if row is None or row[0] is None else float(row[0])
+        plain = None if row is None or row[0] is None else float(row[0])
+        keyed = None if row is None or row[1] is None else float(row[1])
+        self._keyed_held = keyed is not None and keyed <= 0
+        if keyed is not None:
+            self._keyed, self._keyed_checked_at = True, time.monotonic()
+        if keyed is not None and keyed > 0:
+            plain = keyed if plain is None else min(plain, keyed)
+        return plain
 
     async def finish(self, outcome: Outcome) -> None:
         assert self._completer is not None, "open() the broker first"

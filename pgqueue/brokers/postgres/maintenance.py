@@ -61,6 +61,8 @@ class Maintenance(BackgroundLoop):
             rescued = (await cursor.fetchone())[0]  # type: ignore[index]
             # Producers stop waking workers that vanished asleep (a few rows at most).
             await conn.execute(self._database.queries["forget_absent_sleepers"])
+            # Limit slots counted from the RUNNING rows: a crash never leaks one for long.
+            await conn.execute(self._database.queries["recount_limit_usage"])
         if rescued:
             log.warning("rescued %d tasks whose workers stopped renewing their leases", rescued)
         return int(rescued)

@@ -5,7 +5,7 @@
 
 -- name: dashboard_active_counts
 -- Unfinished tasks per queue: their statuses, due and scheduled, how long the oldest due
--- one has waited. Two branches, each matching the predicate of one partial index (runnable
+-- one has waited. Three branches, each matching the predicate of one partial index (runnable
 -- tasks, running tasks), so neither reads a finished row.
 SELECT
     a.queue,
@@ -24,7 +24,20 @@ FROM (
            count(*) FILTER (WHERE t.run_at > now()) AS scheduled,
            min(t.run_at) FILTER (WHERE t.run_at <= now()) AS oldest_due
     FROM pgqueue.tasks AS t
+    WHERE t.status IN ('PENDING', 'RETRYING') AND t.limit_keys IS NULL AND t.fair_key IS NULL
+    GROUP BY t.queue
+    UNION ALL
+    -- Keyed rows (limits, fair share: sql/limits.sql) have a partial index of their own.
+    SELECT t.queue,
+           count(*) FILTER (WHERE t.status = 'PENDING'),
+           count(*) FILTER (WHERE t.status = 'RETRYING'),
+           0,
+           count(*) FILTER (WHERE t.run_at <= now()),
+           count(*) FILTER (WHERE t.run_at > now()),
+           min(t.run_at) FILTER (WHERE t.run_at <= now())
+    FROM pgqueue.tasks AS t
     WHERE t.status IN ('PENDING', 'RETRYING')
+      AND (t.limit_keys IS NOT NULL OR t.fair_key IS NOT NULL)
     GROUP BY t.queue
     UNION ALL
     SELECT t.queue, 0, 0, count(*), 0, 0, NULL

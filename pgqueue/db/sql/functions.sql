@@ -198,6 +198,43 @@ BEGIN
 END;
 $$;
 
+-- ===========================================================================================
+-- Limits (sql/limits.sql): the slots a run held.
+-- ===========================================================================================
+
+-- name: give_back_slots
+-- Tasks that just stopped RUNNING (completed, failed, rescheduled, released, rescued,
+-- cancelled): each key they hold with a limit has one run fewer. Called by those lifecycle
+-- functions (functions.sql) in their own transaction, with the ids whose status they moved
+-- from RUNNING. Here, not in sql/limits.sql with the rest, because reschedule_task (a
+-- SQL function, whose body is checked when it is created) names it. Locks the usage rows in key order, as the claim does: no deadlock. Returns
+-- the number of keys changed (0 at once when no key has ever been limited).
+CREATE OR REPLACE FUNCTION pgqueue.give_back_slots(p_ids uuid[]) RETURNS integer
+LANGUAGE plpgsql AS $$
+DECLARE
+    held text[];
+    changed integer;
+BEGIN
+    -- Nobody uses limits: one probe of an empty table, no lookup of the tasks.
+    IF p_ids IS NULL OR NOT EXISTS (SELECT 1 FROM pgqueue.limit_usage) THEN
+        RETURN 0;
+    END IF;
+    SELECT array_agg(k ORDER BY k) INTO held
+    FROM pgqueue.tasks AS t CROSS JOIN LATERAL unnest(t.limit_keys) AS k
+    WHERE t.id = ANY (p_ids) AND t.limit_keys IS NOT NULL;
+    IF held IS NULL THEN
+        RETURN 0;
+    END IF;
+    PERFORM 1 FROM pgqueue.limit_usage AS u WHERE u.key = ANY (held) ORDER BY u.key FOR UPDATE;
+    UPDATE pgqueue.limit_usage AS u
+    SET running = greatest(u.running - h.n, 0)
+    FROM (SELECT k, count(*)::integer AS n FROM unnest(held) AS k GROUP BY k) AS h
+    WHERE u.key = h.k;
+    GET DIAGNOSTICS changed = ROW_COUNT;
+    RETURN changed;
+END;
+$$;
+
 -- name: complete_tasks
 -- Record the results of finished runs, many per call; returns the ids it accepted.
 -- p_started (optional, per task): when a run claimed ahead of a free slot really started.
@@ -243,6 +280,7 @@ BEGIN
         ORDER BY c.id, e.step
     )
     SELECT array_agg(completed.id) INTO completed_ids FROM completed;
+    PERFORM pgqueue.give_back_slots(completed_ids);  -- their limits' slots (sql/limits.sql)
     IF completed_ids IS NOT NULL THEN
         PERFORM pgqueue.release_children(completed_ids);
     END IF;
@@ -295,6 +333,7 @@ BEGIN
     IF NOT FOUND THEN
         RETURN;
     END IF;
+    PERFORM pgqueue.give_back_slots(ARRAY[p_id]);  -- its limits' slots (sql/limits.sql)
     IF new_status = 'FAILED' THEN
         PERFORM pgqueue.cancel_children(ARRAY[p_id]);
     END IF;
@@ -328,7 +367,8 @@ LANGUAGE sql AS $$
         FROM rescheduled AS r
         WHERE pgqueue.history_enabled()
     )
-    SELECT run_at FROM rescheduled;
+    -- The run's limit slots go back with it (sql/limits.sql): a call per row, one row.
+    SELECT run_at FROM rescheduled WHERE pgqueue.give_back_slots(ARRAY[id]) >= 0;
 $$;
 
 -- name: unknown_task_backoff
@@ -423,6 +463,7 @@ BEGIN
            array_agg(m.id) FILTER (WHERE m.status = 'FAILED')
     INTO ids, statuses, run_ats, errors, queues, failed
     FROM moved AS m;
+    PERFORM pgqueue.give_back_slots(ids);  -- their limits' slots (sql/limits.sql)
     PERFORM pg_notify('pgqueue.tasks', q) FROM unnest(queues) AS q;
     IF failed IS NOT NULL THEN
         PERFORM pgqueue.cancel_children(failed);
@@ -475,6 +516,7 @@ LANGUAGE plpgsql AS $$
 DECLARE
     released integer;
     queues text[];
+    slots integer;
 BEGIN
     WITH held AS (
         SELECT t.id, t.worker_id, t.started_at IS NOT NULL AS started
@@ -496,7 +538,9 @@ BEGIN
         FROM freed AS f
         WHERE pgqueue.history_enabled()
     )
-    SELECT count(*), array_agg(DISTINCT queue) INTO released, queues FROM freed;
+    -- Their limits' slots go back in the same statement (sql/limits.sql).
+    SELECT count(*), array_agg(DISTINCT queue), pgqueue.give_back_slots(array_agg(id))
+    INTO released, queues, slots FROM freed;
     PERFORM pg_notify('pgqueue.tasks', q) FROM unnest(queues) AS q;
     RETURN released;
 END;
@@ -518,6 +562,7 @@ DECLARE
     rescued integer;
     queues text[];
     failed uuid[];
+    slots integer;
 BEGIN
     WITH expired AS (
         SELECT t.id, (t.started_at IS NULL AND t.unstarted_rescues < max_unstarted_rescues)
@@ -560,9 +605,10 @@ BEGIN
         WHERE (e.step = 1 OR m.status = 'FAILED') AND pgqueue.history_enabled()
         ORDER BY m.id, e.step
     )
+    -- Their limits' slots go back in the same statement (sql/limits.sql).
     SELECT count(*), array_agg(DISTINCT queue) FILTER (WHERE status <> 'FAILED'),
-           array_agg(id) FILTER (WHERE status = 'FAILED')
-    INTO rescued, queues, failed FROM moved;
+           array_agg(id) FILTER (WHERE status = 'FAILED'), pgqueue.give_back_slots(array_agg(id))
+    INTO rescued, queues, failed, slots FROM moved;
     PERFORM pg_notify('pgqueue.tasks', q) FROM unnest(queues) AS q;
     IF failed IS NOT NULL THEN
         PERFORM pgqueue.cancel_children(failed);
@@ -601,6 +647,7 @@ BEGIN
     FROM cancelled AS c
     WHERE pgqueue.history_enabled();
     IF previous = 'RUNNING' THEN
+        PERFORM pgqueue.give_back_slots(ARRAY[p_id]);  -- its limits' slots (sql/limits.sql)
         PERFORM pg_notify('pgqueue.control', 'cancel ' || p_id::text);
     END IF;
     PERFORM pgqueue.cancel_children(ARRAY[p_id]);

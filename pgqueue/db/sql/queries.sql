@@ -39,7 +39,7 @@ FOR SHARE;
 -- failed already) and how many parents they wait for (db/dependencies.py).
 COPY pgqueue.tasks (id, name, queue, priority, kwargs, max_retries, run_at, status,
                     parents_left, on_parent_failure, cancelled_by, error, finished_at,
-                    trace_context)
+                    trace_context, limit_keys, fair_key)
 FROM STDIN;
 
 -- name: copy_task_dependencies
@@ -87,6 +87,9 @@ WITH candidates AS (
         FROM pgqueue.tasks AS t
         WHERE t.queue = wanted.queue
           AND t.status IN ('PENDING', 'RETRYING')
+          -- Rows without limit or fair keys: the runnable index holds only those
+          -- (sql/limits.sql); keyed rows are claimed by claim_keyed_tasks.
+          AND t.limit_keys IS NULL AND t.fair_key IS NULL
           AND t.run_at <= coalesce(%(now)s::timestamptz, now())
         ORDER BY t.priority DESC, t.run_at, t.id
         LIMIT %(limit)s::integer
@@ -127,12 +130,39 @@ SELECT id, name, queue, priority, kwargs::text, attempts, max_retries, run_at, c
 FROM claimed ORDER BY priority DESC, run_at, id;
 
 -- name: seconds_until_next_task
--- How long until the earliest runnable task of these queues is due (negative: overdue).
--- Paused queues do not count: their overdue tasks would make the claim loop spin.
-SELECT EXTRACT(epoch FROM min(run_at) - now())::double precision
-FROM pgqueue.tasks
-WHERE queue = ANY(%(queues)s) AND status IN ('PENDING', 'RETRYING')
-  AND queue <> ALL (ARRAY(SELECT queue FROM pgqueue.paused_queues));
+-- How long until the earliest runnable task of these queues is due (negative: overdue),
+-- for rows without keys and for keyed rows (limits, fair share) apart: a keyed row may be
+-- overdue and held back by a limit, which a worker polls for instead of spinning. Each
+-- reads its own partial index (sql/limits.sql). Paused queues do not count: their overdue
+-- tasks would make the claim loop spin.
+SELECT
+    (SELECT EXTRACT(epoch FROM min(t.run_at) - now())::double precision
+     FROM pgqueue.tasks AS t
+     WHERE t.queue = ANY(%(queues)s) AND t.status IN ('PENDING', 'RETRYING')
+       AND t.limit_keys IS NULL AND t.fair_key IS NULL
+       AND t.queue <> ALL (ARRAY(SELECT queue FROM pgqueue.paused_queues))) AS plain,
+    (SELECT EXTRACT(epoch FROM min(t.run_at) - now())::double precision
+     FROM pgqueue.tasks AS t
+     WHERE t.queue = ANY(%(queues)s) AND t.status IN ('PENDING', 'RETRYING')
+       AND (t.limit_keys IS NOT NULL OR t.fair_key IS NOT NULL)
+       AND t.queue <> ALL (ARRAY(SELECT queue FROM pgqueue.paused_queues))) AS keyed;
+
+-- name: keyed_tasks_waiting
+-- Whether keyed rows (limits, fair share) wait in these queues: the worker then claims
+-- with claim_keyed_tasks. One probe of the keyed index.
+SELECT EXISTS (
+    SELECT 1 FROM pgqueue.tasks AS t
+    WHERE t.queue = ANY(%(queues)s) AND t.status IN ('PENDING', 'RETRYING')
+      AND (t.limit_keys IS NOT NULL OR t.fair_key IS NOT NULL)
+);
+
+-- name: claim_keyed_tasks
+-- The claim of keyed rows and the others together (sql/limits.sql, claim_keyed_tasks):
+-- the same columns as claim_tasks, in claim order.
+SELECT * FROM pgqueue.claim_keyed_tasks(
+    %(queues)s::text[], %(limit)s::integer, %(worker_id)s::text,
+    %(lease_seconds)s::double precision, %(start_now)s::integer, %(now)s::timestamptz
+);
 
 -- name: complete_started_tasks
 -- Record many results in one statement, with when each run started (later than its claim
@@ -357,15 +387,22 @@ DELETE FROM pgqueue.outbox WHERE id = ANY(%(ids)s);
 -- earlier row of the same call) is skipped by the partial unique index, which decides even
 -- between concurrent producers; returns the ids written.
 INSERT INTO pgqueue.tasks
-    (id, name, queue, priority, kwargs, max_retries, run_at, unique_key, trace_context)
+    (id, name, queue, priority, kwargs, max_retries, run_at, unique_key, trace_context,
+     limit_keys, fair_key)
 SELECT n.id, n.name, n.queue, n.priority, n.kwargs, n.max_retries,
        COALESCE(n.schedule_at, now() + n.delay * interval '1 second'), n.unique_key,
-       %(trace_context)s::jsonb
+       %(trace_context)s::jsonb,
+       -- Limit keys as a JSON array per row (arrays of arrays must not be ragged).
+       CASE WHEN n.limit_keys IS NOT NULL
+            THEN ARRAY(SELECT jsonb_array_elements_text(n.limit_keys)) END,
+       n.fair_key
 FROM unnest(%(ids)s::uuid[], %(names)s::text[], %(queues)s::text[], %(priorities)s::smallint[],
             %(kwargs)s::jsonb[], %(max_retries)s::integer[], %(schedule_ats)s::timestamptz[],
-            %(delays)s::double precision[], %(unique_keys)s::text[])
+            %(delays)s::double precision[], %(unique_keys)s::text[], %(limit_keys)s::jsonb[],
+            %(fair_keys)s::text[])
      WITH ORDINALITY
-     AS n(id, name, queue, priority, kwargs, max_retries, schedule_at, delay, unique_key, position)
+     AS n(id, name, queue, priority, kwargs, max_retries, schedule_at, delay, unique_key,
+          limit_keys, fair_key, position)
 ORDER BY n.position
 ON CONFLICT (unique_key)
     WHERE unique_key IS NOT NULL AND status IN ('PENDING', 'RETRYING', 'RUNNING')
@@ -413,15 +450,55 @@ SELECT
      WHERE t.queue = ANY(lw.queues)) AS capacity,
     (SELECT count(*) FROM pgqueue.tasks AS r WHERE r.queue = t.queue AND r.status = 'RUNNING')
         AS running_in_queue,
+    -- Rows without keys, then keyed rows: each count reads its own partial index.
     (SELECT count(*) FROM pgqueue.tasks AS a
      WHERE a.queue = t.queue AND a.status IN ('PENDING', 'RETRYING') AND a.run_at <= now()
+       AND a.limit_keys IS NULL AND a.fair_key IS NULL
+       AND a.id <> t.id
+       AND (a.priority > t.priority
+            OR (a.priority = t.priority AND (a.run_at, a.id) < (t.run_at, t.id))))
+    + (SELECT count(*) FROM pgqueue.tasks AS a
+     WHERE a.queue = t.queue AND a.status IN ('PENDING', 'RETRYING') AND a.run_at <= now()
+       AND (a.limit_keys IS NOT NULL OR a.fair_key IS NOT NULL)
        AND a.id <> t.id
        AND (a.priority > t.priority
             OR (a.priority = t.priority AND (a.run_at, a.id) < (t.run_at, t.id))))
         AS tasks_ahead,
     (SELECT count(*) FROM pgqueue.tasks AS a
      WHERE a.queue = t.queue AND a.status IN ('PENDING', 'RETRYING') AND a.run_at <= now()
-       AND a.priority > t.priority) AS tasks_ahead_higher_priority
+       AND a.limit_keys IS NULL AND a.fair_key IS NULL
+       AND a.priority > t.priority)
+    + (SELECT count(*) FROM pgqueue.tasks AS a
+     WHERE a.queue = t.queue AND a.status IN ('PENDING', 'RETRYING') AND a.run_at <= now()
+       AND (a.limit_keys IS NOT NULL OR a.fair_key IS NOT NULL)
+       AND a.priority > t.priority) AS tasks_ahead_higher_priority,
+    -- Limits and fair share (sql/limits.sql): each key's limit and use now, and the fair
+    -- keys of its queue with work due and a lower pass (ahead of it in turn).
+    (SELECT coalesce(jsonb_agg(jsonb_build_object(
+                'key', k, 'limit', l.name, 'concurrency', l.concurrency, 'rate', l.rate,
+                'per', l.per, 'burst', l.burst, 'running',
+                coalesce(u.running, (SELECT count(*) FROM pgqueue.tasks AS r
+                                     WHERE r.status = 'RUNNING' AND r.limit_keys IS NOT NULL
+                                       AND k = ANY (r.limit_keys))),
+                'tokens', CASE WHEN l.rate IS NOT NULL THEN
+                    least(l.burst, coalesce(u.tokens, l.burst)
+                          + greatest(EXTRACT(epoch FROM now() - coalesce(u.refilled_at, now())),
+                                     0) * l.rate / l.per) END)
+            ORDER BY k), '[]'::jsonb)
+     FROM unnest(t.limit_keys) AS k
+     CROSS JOIN LATERAL pgqueue.limit_for_key(k) AS l
+     LEFT JOIN pgqueue.limit_usage AS u ON u.key = k
+     WHERE l.name IS NOT NULL) AS limits_held,
+    (SELECT count(DISTINCT a.fair_key) FROM pgqueue.tasks AS a
+     LEFT JOIN pgqueue.fair_passes AS ap ON ap.queue = a.queue AND ap.key = a.fair_key
+     LEFT JOIN pgqueue.fair_passes AS tp ON tp.queue = t.queue AND tp.key = t.fair_key
+     LEFT JOIN pgqueue.fair_clocks AS fc ON fc.queue = t.queue
+     WHERE t.fair_key IS NOT NULL AND a.queue = t.queue AND a.fair_key IS NOT NULL
+       AND a.fair_key <> t.fair_key AND a.status IN ('PENDING', 'RETRYING')
+       AND (a.limit_keys IS NOT NULL OR a.fair_key IS NOT NULL) AND a.run_at <= now()
+       AND a.priority = t.priority
+       AND greatest(coalesce(ap.pass, fc.pass, 0), coalesce(fc.pass, 0))
+           < greatest(coalesce(tp.pass, fc.pass, 0), coalesce(fc.pass, 0))) AS fair_keys_ahead
 FROM pgqueue.tasks AS t
 WHERE t.id = %(id)s;
 
@@ -482,12 +559,17 @@ ORDER BY s.name;
 
 -- name: testing_all_queues
 -- Every queue that has waiting tasks (the test mode drains all by default).
-SELECT DISTINCT queue FROM pgqueue.tasks WHERE status IN ('PENDING', 'RETRYING');
+SELECT DISTINCT queue FROM pgqueue.tasks
+WHERE status IN ('PENDING', 'RETRYING') AND limit_keys IS NULL AND fair_key IS NULL
+UNION
+SELECT DISTINCT queue FROM pgqueue.tasks
+WHERE status IN ('PENDING', 'RETRYING') AND (limit_keys IS NOT NULL OR fair_key IS NOT NULL);
 
 -- name: testing_reset
 -- The test mode's reset: every task, whatever its status, and what runs leave behind (cron
 -- occurrences and the schedules workers recorded, paused queues, result waiters, the
--- outbox, task history, sleep announcements of workers gone), as on a fresh database.
+-- outbox, task history, sleep announcements of workers gone, limits and fair share), as
+-- on a fresh database.
 -- DELETE, not TRUNCATE: a test's idle transaction that read these tables would make
 -- TRUNCATE wait for ever.
 DELETE FROM pgqueue.task_events;
@@ -498,6 +580,11 @@ DELETE FROM pgqueue.cron_schedules;
 DELETE FROM pgqueue.paused_queues;
 DELETE FROM pgqueue.result_waiters;
 DELETE FROM pgqueue.outbox;
+DELETE FROM pgqueue.limits;
+DELETE FROM pgqueue.limit_usage;
+DELETE FROM pgqueue.fair_weights;
+DELETE FROM pgqueue.fair_passes;
+DELETE FROM pgqueue.fair_clocks;
 
 -- name: database_now
 -- The database clock.
@@ -538,3 +625,54 @@ SELECT version_num FROM pgqueue.alembic_version;
 -- name: schema_exists
 -- Whether the schema exists at all (no revision record: made by hand, or a failed migration).
 SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = %(schema)s);
+
+-- ===========================================================================================
+-- Limits and fair share (sql/limits.sql; `tm.set_limit`, `pgqueue limits`).
+-- ===========================================================================================
+
+-- name: set_limit
+-- Define or replace a limit (every field: the whole definition).
+SELECT pgqueue.set_limit(%(name)s::text, %(concurrency)s::integer, %(rate)s::double precision,
+                         %(per)s::double precision, %(burst)s::double precision);
+
+-- name: remove_limit
+-- Drop a limit; True if it existed. Its keys restrict nothing from the next claim on.
+DELETE FROM pgqueue.limits WHERE name = %(name)s RETURNING name;
+
+-- name: list_limits
+-- Every limit, by name.
+SELECT name, concurrency, rate, per, burst FROM pgqueue.limits ORDER BY name;
+
+-- name: limit_usage
+-- Each concrete key that has a limit and a state: its limit, running now, tokens now.
+SELECT u.key, l.name AS limit_name, l.concurrency, l.rate, l.per, l.burst, u.running,
+       CASE WHEN l.rate IS NOT NULL THEN
+           least(l.burst, coalesce(u.tokens, l.burst)
+                 + greatest(EXTRACT(epoch FROM now() - coalesce(u.refilled_at, now())), 0)
+                   * l.rate / l.per) END AS tokens
+FROM pgqueue.limit_usage AS u
+CROSS JOIN LATERAL pgqueue.limit_for_key(u.key) AS l
+WHERE l.name IS NOT NULL
+ORDER BY u.key;
+
+-- name: set_fair_weight
+-- A fair key's weight in a queue.
+SELECT pgqueue.set_fair_weight(%(queue)s::text, %(key)s::text, %(weight)s::double precision);
+
+-- name: recount_limit_usage
+-- Maintenance: running counts per key recounted from the RUNNING rows.
+SELECT pgqueue.recount_limit_usage();
+
+-- name: insert_keyed_task
+-- Queue one task holding limit keys or a fair key (insert_task with those columns).
+INSERT INTO pgqueue.tasks
+    (id, name, queue, priority, kwargs, max_retries, run_at, trace_context, limit_keys, fair_key)
+VALUES (%(id)s, %(name)s, %(queue)s, %(priority)s, %(kwargs)s::jsonb, %(max_retries)s,
+        COALESCE(%(schedule_at)s::timestamptz, now() + %(delay)s * interval '1 second'),
+        %(trace_context)s::jsonb, %(limit_keys)s::text[], %(fair_key)s::text);
+
+-- name: copy_keyed_tasks
+-- Bulk queueing of rows holding limit keys or fair keys: every column given.
+COPY pgqueue.tasks (id, name, queue, priority, kwargs, max_retries, run_at, trace_context,
+                    limit_keys, fair_key)
+FROM STDIN;

@@ -44,7 +44,9 @@ CREATE TABLE pgqueue.tasks (
     unknown_give_backs integer NOT NULL DEFAULT 0
 );
 
--- Only runnable rows: finished tasks never slow the claim, however many pile up.
+-- Only runnable rows: finished tasks never slow the claim, however many pile up. Narrowed
+-- to rows without limit or fair keys by sql/limits.sql (revision 0010), which gives keyed
+-- rows an index of their own.
 CREATE INDEX tasks_runnable_idx ON pgqueue.tasks (queue, priority DESC, run_at, id)
     WHERE status IN ('PENDING', 'RETRYING');
 
