@@ -1,0 +1,42 @@
+"""Workflows, faster: a completion hands the children it makes ready to the worker that
+completed their parents, in its own transaction (complete_and_hand_off).
+
+Revision ID: 0011
+Revises: 0009
+Create Date: 2027-02-12
+"""
+
+from pathlib import Path
+
+from pgqueue.db.migrations import run_downgrade_sql, run_revision_sql
+
+revision = "0011"
+down_revision = "0009"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    # The change, in the .sql file of this name beside it; the same functions are in
+    # sql/functions.sql.
+    run_revision_sql(__file__)
+
+
+def downgrade() -> None:
+    """Drop the new function; put back the functions of revision 0008 this one changed."""
+    frozen = Path(__file__).with_name("0008_workflows.sql").read_text(encoding="utf-8")
+    run_downgrade_sql(
+        "DROP FUNCTION IF EXISTS pgqueue.complete_and_hand_off(\n"
+        "    uuid[], integer[], jsonb[], timestamptz[], text, text[], integer,\n"
+        "    double precision);\n" + "\n".join(_function_block(frozen, n) for n in _CHANGED)
+    )
+
+
+#: The functions of revision 0008 that this revision redefines.
+_CHANGED = ("release_children",)
+
+
+def _function_block(script: str, name: str) -> str:
+    """The `-- name: <name>` block of a frozen script, through its closing `$$;`."""
+    start = script.index(f"-- name: {name}\n")
+    return script[start : script.index("$$;\n", script.index("AS $$", start)) + 4]
