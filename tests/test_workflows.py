@@ -5,6 +5,7 @@ producers (docs/features.md, "Workflows"). Real workers and SIGKILLs: faults/tes
 
 from __future__ import annotations
 
+import itertools
 import threading
 import uuid
 from collections.abc import Callable
@@ -318,7 +319,7 @@ def test_a_chain_step_starts_in_the_transaction_that_completes_the_one_before(
     ids = chain(*[w.step.s(n=i) for i in range(20)]).delay()
     worker = start_worker(queues=[w.QUEUE], concurrency=4)
     assert tm.wait(ids[-1], timeout=30) == 19
-    for parent, child in zip(ids, ids[1:], strict=False):
+    for parent, child in itertools.pairwise(ids):
         completed_at, _ = _event_at(db, parent, "completed")
         started_at, started_by = _event_at(db, child, "started")
         # now() is the transaction's start: the same instant means the same transaction.
