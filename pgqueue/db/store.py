@@ -153,6 +153,8 @@ def copy_text_chunks(
     trace = tasks[0].trace_context if tasks else None
     traced = "" if trace is None or suffix is not None else "\t" + _copy_field(trace)
     names: dict[str, str] = {}
+    # The run_at of the rows due now (most of a workflow's), written once.
+    now_text = now.isoformat() if run_at and now is not None else ""
     for start in range(0, len(tasks), COPY_CHUNK_ROWS):
         lines = []
         for task in tasks[start : start + COPY_CHUNK_ROWS]:
@@ -165,8 +167,11 @@ def copy_text_chunks(
                 kwargs = _copy_field(kwargs)
             line = f"{task.id.int:032x}{prefix}{task.priority}\t{kwargs}\t{task.max_retries}"
             if run_at:
-                when = task.schedule_at or now + datetime.timedelta(seconds=task.delay)
-                line = f"{line}\t{when.isoformat()}"
+                if task.schedule_at is None and not task.delay:
+                    line = f"{line}\t{now_text}"
+                else:
+                    when = task.schedule_at or now + datetime.timedelta(seconds=task.delay)
+                    line = f"{line}\t{when.isoformat()}"
             if suffix is not None:
                 line = f"{line}\t{suffix(task)}"
             lines.append(line + traced if traced else line)
