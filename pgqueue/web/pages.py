@@ -45,7 +45,7 @@ async def overview(request: Request) -> Response:
 
 
 def _totals(queues: list[dict[str, Any]], buckets: list[dict[str, Any]]) -> dict[str, int]:
-    keys = ("pending", "scheduled", "running", "retrying", "failed", "cancelled")
+    keys = ("pending", "scheduled", "running", "retrying", "waiting", "failed", "cancelled")
     totals = {key: sum(row[key] for row in queues) for key in keys}
     totals["completed_recent"] = sum(bucket["completed"] for bucket in buckets)
     totals["failed_recent"] = sum(bucket["failed"] for bucket in buckets)

@@ -23,17 +23,31 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    """Drop the new function; put back the functions of revision 0008 this one changed."""
-    frozen = Path(__file__).with_name("0008_workflows.sql").read_text(encoding="utf-8")
+    """Drop what this revision added; put back the functions of revision 0008 and the view
+    of revision 0001 that it changed (a view loses a column only by being made again)."""
+    versions = Path(__file__).parent
+    functions = (versions / "0008_workflows.sql").read_text(encoding="utf-8")
+    initial = (versions / "0001_initial.sql").read_text(encoding="utf-8")
     run_downgrade_sql(
         "DROP FUNCTION IF EXISTS pgqueue.complete_and_hand_off(\n"
         "    uuid[], integer[], jsonb[], timestamptz[], text, text[], integer,\n"
-        "    double precision);\n" + "\n".join(_function_block(frozen, n) for n in _CHANGED)
+        "    double precision);\n"
+        "DROP INDEX IF EXISTS pgqueue.tasks_waiting_idx;\n"
+        "DROP VIEW pgqueue.queue_stats;\n"
+        + _statement(initial, "CREATE OR REPLACE VIEW pgqueue.queue_stats AS")
+        + _statement(initial, "COMMENT ON VIEW pgqueue.queue_stats IS")
+        + "\n".join(_function_block(functions, n) for n in _CHANGED)
     )
 
 
 #: The functions of revision 0008 that this revision redefines.
 _CHANGED = ("release_children",)
+
+
+def _statement(script: str, start_text: str) -> str:
+    """The statement of a frozen script that starts with `start_text`, through its `;`."""
+    start = script.index(start_text)
+    return script[start : script.index(";\n", start) + 2]
 
 
 def _function_block(script: str, name: str) -> str:

@@ -4,6 +4,8 @@
 -- - release_children: copied from sql/functions.sql as revision 0008 made it; the one change
 --   is that it leaves the wake-up of the queues it made tasks ready in to
 --   complete_and_hand_off when that runs it (the transaction's pgqueue.hand_off setting).
+-- - WAITING counted: the view queue_stats gets the column waiting (metrics, pgqueue status),
+--   and the partial index tasks_waiting_idx serves the dashboard's count.
 
 -- name: release_children
 -- Parents that just became COMPLETED: each child has one parent fewer left; a WAITING child
@@ -138,3 +140,60 @@ BEGIN
           WHERE t.id = ANY (children) AND t.status = 'PENDING') AS q;
 END;
 $$;
+
+
+-- queue_stats (sql/operations.sql): the column waiting, added last (columns are only
+-- added to the views).
+CREATE OR REPLACE VIEW pgqueue.queue_stats AS
+WITH counts AS (
+    SELECT
+        t.queue,
+        count(*) FILTER (WHERE t.status = 'PENDING') AS pending,
+        count(*) FILTER (WHERE t.status = 'RUNNING') AS running,
+        count(*) FILTER (WHERE t.status = 'RETRYING') AS retrying,
+        count(*) FILTER (WHERE t.status = 'COMPLETED') AS completed,
+        count(*) FILTER (WHERE t.status = 'FAILED') AS failed,
+        count(*) FILTER (WHERE t.status = 'CANCELLED') AS cancelled,
+        -- As text: the migrations run in one transaction, which may not name the value
+        -- WAITING that it added to the type (revision 0008).
+        count(*) FILTER (WHERE t.status::text = 'WAITING') AS waiting,
+        count(*) FILTER (WHERE t.status IN ('PENDING', 'RETRYING') AND t.run_at <= now()) AS due,
+        count(*) FILTER (WHERE t.status IN ('PENDING', 'RETRYING') AND t.run_at > now())
+            AS scheduled,
+        min(t.run_at) FILTER (WHERE t.status IN ('PENDING', 'RETRYING') AND t.run_at <= now())
+            AS oldest_due_run_at,
+        count(*) FILTER (WHERE t.status = 'COMPLETED'
+                           AND t.finished_at >= now() - interval '1 minute')
+            AS completed_last_minute,
+        count(*) FILTER (WHERE t.status = 'FAILED'
+                           AND t.finished_at >= now() - interval '1 minute')
+            AS failed_last_minute,
+        count(*) AS total
+    FROM pgqueue.tasks AS t
+    GROUP BY t.queue
+)
+SELECT
+    coalesce(c.queue, p.queue) AS queue,
+    p.queue IS NOT NULL AS paused,
+    coalesce(c.pending, 0) AS pending,
+    coalesce(c.running, 0) AS running,
+    coalesce(c.retrying, 0) AS retrying,
+    coalesce(c.completed, 0) AS completed,
+    coalesce(c.failed, 0) AS failed,
+    coalesce(c.cancelled, 0) AS cancelled,
+    coalesce(c.due, 0) AS due,
+    coalesce(c.scheduled, 0) AS scheduled,
+    coalesce(c.total, 0) AS total,
+    EXTRACT(epoch FROM now() - c.oldest_due_run_at)::double precision AS oldest_pending_seconds,
+    coalesce(c.completed_last_minute, 0) AS completed_last_minute,
+    coalesce(c.failed_last_minute, 0) AS failed_last_minute,
+    -- Added by revision 0011, hence last: tasks waiting for their parents (workflows).
+    coalesce(c.waiting, 0) AS waiting
+FROM counts AS c
+FULL JOIN pgqueue.paused_queues AS p ON p.queue = c.queue;
+
+-- Tasks waiting for their parents, by queue: the dashboard counts them from this index alone
+-- (revision 0011). Only WAITING rows enter it, so a task without parents never costs it.
+-- "> 'CANCELLED'" is WAITING, the one value after it (added last, by revision 0008): the
+-- migrations run in one transaction, which may not name a value it added to the type.
+CREATE INDEX tasks_waiting_idx ON pgqueue.tasks (queue) WHERE status > 'CANCELLED';
