@@ -111,4 +111,3 @@ def _more(x: float, y: float, count: int, side: str) -> str:
         f'<text x="{x + 8:.0f}" y="{y + 22:.0f}" class="more">and {count:,} more {side} '
         "(pgqueue tasks show)</text>"
     )
-
