@@ -84,7 +84,8 @@ def _edge(x1: float, y1: float, x2: float, y2: float) -> str:
 
 
 def _node(x: float, y: float, member: dict[str, Any], url: Link, role: str) -> str:
-    """One task: a box coloured by status with its short id, name and status; a link to its
+    """One task: a box coloured by status with its short id (the last 8 hex digits, as the
+    command line shows it: a UUIDv7 begins with its time), name and status; a link to its
     page, but for the task shown (and one cleaned up since, whose name is gone)."""
     task_id = str(member["id"])
     name, status = member["name"], member["status"]
@@ -97,7 +98,7 @@ def _node(x: float, y: float, member: dict[str, Any], url: Link, role: str) -> s
         f"<title>{escape(task_id)} {escape(name)} ({escape(status)})</title>"
         f'<rect x="{x:.0f}" y="{y:.0f}" width="{NODE_W}" height="{NODE_H}" rx="4"/>'
         f'<text x="{x + 8:.0f}" y="{y + 15:.0f}" class="name">'
-        f'<tspan class="mono">{escape(task_id[:8])}</tspan> {escape(shown)}</text>'
+        f'<tspan class="mono">{escape(task_id[-8:])}</tspan> {escape(shown)}</text>'
         f'<text x="{x + 8:.0f}" y="{y + 30:.0f}" class="state">{escape(status)}</text>'
         "</g>"
     )

@@ -188,12 +188,13 @@ def test_a_task_page_draws_its_workflow_and_each_box_leads_to_that_task(
     start_worker: Callable[..., Any],
 ) -> None:
     start_worker(queues=["web"])
-    first, second = chain(
-        dashboard_tasks.greet.s(name="a"), dashboard_tasks.greet.s(name="b")
-    ).delay()
+    first, second = tm.queue_workflow(
+        chain(dashboard_tasks.greet.s(name="a"), dashboard_tasks.greet.s(name="b")).steps()
+    )
     assert tm.wait(second, timeout=60) == "hello b"
     elsewhere = tm.queue_task(task="app.jobs.fetch", queue="elsewhere")  # no worker serves it
-    child = dashboard_tasks.greet.delay(name="c", depends_on=[second, elsewhere])
+    # (tm's calls, not .delay(): Playwright runs an event loop in this thread)
+    child = tm.queue_task(dashboard_tasks.greet, name="c", depends_on=[second, elsewhere])
 
     served = serve()
     page.goto(f"{served.url}/tasks/{child}")
