@@ -190,6 +190,16 @@ def _trace_field(task: NewTask) -> str:
     return "\t" + ("\\N" if task.trace_context is None else _copy_field(task.trace_context))
 
 
+def _split_roots(tasks: Sequence[NewTask]) -> tuple[list[NewTask], list[NewTask]]:
+    """A workflow's tasks without parents (PENDING, like any task: the plain COPY, fewer
+    fields to write and parse; a chord's header is most of it) and those with parents."""
+    roots: list[NewTask] = []
+    dependents: list[NewTask] = []
+    for task in tasks:
+        (dependents if task.depends_on else roots).append(task)
+    return roots, dependents
+
+
 def _is_workflow(tasks: Sequence[NewTask]) -> bool:
     """Whether some task has parents: written with its edges (`_write_workflow`)."""
     return any(task.depends_on for task in tasks)
@@ -307,17 +317,22 @@ class TaskStore:
         plan = plan_workflow(tasks, status)
         now = conn.execute("SELECT now()").fetchone()[0]  # type: ignore[index]
         stamp = now.isoformat()
+        roots, dependents = _split_roots(tasks)
         with conn.cursor() as cursor:
+            if roots:
+                with cursor.copy(self.queries[copy_query(roots, True)]) as copy:
+                    for chunk in copy_text_chunks(roots, True, now):
+                        copy.write(chunk)
             with cursor.copy(self.queries["copy_workflow_tasks"]) as copy:
                 for chunk in copy_text_chunks(
-                    tasks,
+                    dependents,
                     True,
                     now,
                     lambda task: plan.copy_suffix(task, stamp) + _trace_field(task),
                 ):
                     copy.write(chunk)
             with cursor.copy(self.queries["copy_task_dependencies"]) as copy:
-                for chunk in edge_rows(tasks):
+                for chunk in edge_rows(dependents):
                     copy.write(chunk)
 
     async def _awrite_workflow(
@@ -331,17 +346,22 @@ class TaskStore:
         plan = plan_workflow(tasks, status)
         now = (await (await conn.execute("SELECT now()")).fetchone())[0]  # type: ignore[index]
         stamp = now.isoformat()
+        roots, dependents = _split_roots(tasks)
         async with conn.cursor() as cursor:
+            if roots:
+                async with cursor.copy(self.queries[copy_query(roots, True)]) as copy:
+                    for chunk in copy_text_chunks(roots, True, now):
+                        await copy.write(chunk)
             async with cursor.copy(self.queries["copy_workflow_tasks"]) as copy:
                 for chunk in copy_text_chunks(
-                    tasks,
+                    dependents,
                     True,
                     now,
                     lambda task: plan.copy_suffix(task, stamp) + _trace_field(task),
                 ):
                     await copy.write(chunk)
             async with cursor.copy(self.queries["copy_task_dependencies"]) as copy:
-                for chunk in edge_rows(tasks):
+                for chunk in edge_rows(dependents):
                     await copy.write(chunk)
 
     def parent_results(self, task_id: uuid.UUID) -> dict[uuid.UUID, Any]:
