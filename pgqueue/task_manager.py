@@ -31,7 +31,7 @@ from pgqueue.tasks.options import (
     check_weight,
     merge_limit_keys,
 )
-from pgqueue.tasks.workflow import Step
+from pgqueue.tasks.workflow import Signature, Step
 
 
 class TaskManager:
@@ -274,19 +274,16 @@ class TaskManager:
 
     def _build_steps(self, steps: Sequence[Step]) -> list[NewTask]:
         ids = new_task_ids(len(steps))
+        # Steps of one task with the same options (a chord's header, a long chain) share
+        # the resolved task and options: resolving them is most of a step's cost in Python.
+        resolved: dict[Any, tuple[TaskFunction[Any] | None, str, TaskOptions]] = {}
         new_tasks = []
         for index, step in enumerate(steps):
             signature = step.signature
-            function, name = resolve_task(signature.task)
-            options = self._options(
-                function,
-                signature.queue,
-                signature.priority,
-                signature.max_retries,
-                signature.delay_seconds,
-                signature.schedule_at,
-            )
-            parents = tuple(ids[i] for i in step.after) + signature.depends_on
+            function, name, options = self._step_options(signature, resolved)
+            parents = signature.depends_on
+            if step.after:
+                parents = tuple([ids[i] for i in step.after]) + parents
             new_tasks.append(
                 call.build_task(
                     function,
@@ -303,6 +300,39 @@ class TaskManager:
             )
             self._with_keys(new_tasks[-1:], signature.task, signature.limits, signature.fair_key)
         return new_tasks
+
+    def _step_options(
+        self,
+        signature: Signature,
+        resolved: dict[Any, tuple[TaskFunction[Any] | None, str, TaskOptions]],
+    ) -> tuple[TaskFunction[Any] | None, str, TaskOptions]:
+        """The task and options of a step, resolved once per distinct task and options."""
+        key: Any = (
+            signature.task,
+            signature.queue,
+            signature.priority,
+            signature.max_retries,
+            signature.delay_seconds,
+            signature.schedule_at,
+        )
+        try:
+            return resolved[key]
+        except KeyError:
+            pass
+        except TypeError:  # an unhashable option value: resolved (and refused) as it is
+            key = None
+        function, name = resolve_task(signature.task)
+        options = self._options(
+            function,
+            signature.queue,
+            signature.priority,
+            signature.max_retries,
+            signature.delay_seconds,
+            signature.schedule_at,
+        )
+        if key is not None:
+            resolved[key] = (function, name, options)
+        return function, name, options
 
     def _with_parents(
         self,

@@ -5,6 +5,7 @@ producers (docs/features.md, "Workflows"). Real workers and SIGKILLs: faults/tes
 
 from __future__ import annotations
 
+import itertools
 import threading
 import uuid
 from collections.abc import Callable
@@ -18,6 +19,7 @@ from support.waiting import wait_until
 from pgqueue import TaskManager, TaskStatus, chain, chord, group, testing
 from pgqueue.db.dependencies import plan_workflow
 from pgqueue.errors import InvalidTaskOption
+from pgqueue.ops.admin import Admin
 from pgqueue.records import NewTask
 
 WAITING, PENDING = TaskStatus.WAITING, TaskStatus.PENDING
@@ -296,3 +298,72 @@ def test_tasks_show_lists_parents_and_children_and_explain_says_what_it_waits_fo
     assert "waiting for 2 of 3 parents:" in explained.output
     assert f"{fourth} workflow_tasks.step (PENDING)" in explained.output
     assert str(second) not in explained.output and str(third) not in explained.output
+
+
+# -- hand-off: a completion gives the children it makes ready to its own worker ------------
+
+
+def _event_at(db: psycopg.Connection[Any], task_id: uuid.UUID, event: str) -> Any:
+    row = db.execute(
+        "SELECT at, worker_id FROM pgqueue.task_events WHERE task_id = %s AND event = %s"
+        " ORDER BY id DESC LIMIT 1",
+        (task_id, event),
+    ).fetchone()
+    assert row is not None, (task_id, event)
+    return row
+
+
+def test_a_chain_step_starts_in_the_transaction_that_completes_the_one_before(
+    tm: TaskManager, db: psycopg.Connection[Any], start_worker: Callable[..., Any]
+) -> None:
+    ids = chain(*[w.step.s(n=i) for i in range(20)]).delay()
+    worker = start_worker(queues=[w.QUEUE], concurrency=4)
+    assert tm.wait(ids[-1], timeout=30) == 19
+    for parent, child in itertools.pairwise(ids):
+        completed_at, _ = _event_at(db, parent, "completed")
+        started_at, started_by = _event_at(db, child, "started")
+        # now() is the transaction's start: the same instant means the same transaction.
+        assert started_at == completed_at
+        assert started_by == worker.manager.worker_id
+        assert events(tm, child) == ["enqueued", "ready", "started", "completed"]
+    tokens = db.execute(
+        "SELECT DISTINCT lease_token, attempts FROM pgqueue.tasks WHERE id = ANY(%s)", (ids,)
+    ).fetchall()
+    assert tokens == [(1, 1)]  # each claimed once, run once
+
+
+def test_a_child_the_worker_cannot_take_waits_for_a_claim_and_its_workers_are_woken(
+    tm: TaskManager, db: psycopg.Connection[Any], start_worker: Callable[..., Any]
+) -> None:
+    admin = Admin(db)
+    admin.pause_queue("paused")
+    first, elsewhere, paused = chain(
+        w.step.s(n=1), group(w.step.s(n=2, queue="elsewhere"), w.step.s(n=3, queue="paused"))
+    ).delay()
+    start_worker(queues=[w.QUEUE, "paused"], concurrency=4)
+    tm.wait(first, timeout=30)
+    wait_until(lambda: status(tm, elsewhere) is PENDING and status(tm, paused) is PENDING)
+    # A worker of the other queue, asleep with a long polling interval, is woken at once.
+    other = start_worker(queues=["elsewhere"], concurrency=1, polling_interval=600)
+    assert tm.wait(elsewhere, timeout=30) == 2
+    _, ran_by = _event_at(db, elsewhere, "started")
+    assert ran_by == other.manager.worker_id
+    assert status(tm, paused) is PENDING
+    admin.resume_queue("paused")
+    assert tm.wait(paused, timeout=30) == 3
+
+
+def test_a_child_holding_a_limit_key_is_left_to_the_keyed_claim(
+    tm: TaskManager, db: psycopg.Connection[Any], start_worker: Callable[..., Any]
+) -> None:
+    """A hand-off would start the child without asking its limits: a child that holds keys
+    waits for the keyed claim, which counts it against them."""
+    tm.set_limit("solo", concurrency=1)
+    first, keyed = chain(w.step.s(n=1), w.step.s(n=2, limits=["solo"])).delay()
+    start_worker(queues=[w.QUEUE], concurrency=4)
+    assert tm.wait(keyed, timeout=30) == 2
+    completed_at, _ = _event_at(db, first, "completed")
+    started_at, _ = _event_at(db, keyed, "started")
+    assert started_at > completed_at  # claimed by a statement of its own
+    usage = db.execute("SELECT running FROM pgqueue.limit_usage WHERE key = 'solo'").fetchall()
+    assert usage in ([], [(0,)])  # counted while it ran, given back with its completion

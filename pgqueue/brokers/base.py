@@ -9,12 +9,14 @@ one place that names them.
 - Producers: `enqueue` / `aenqueue` (in the caller's transaction when given its
   connection); `enqueue_unique` / `aenqueue_unique` for tasks with a unique key (default:
   refused); `resubmit` after `TaskManager.retry`.
-- A worker: `open` (with its callbacks, e.g. `on_cancel`), then `schedule_cron` once; then
+- A worker: `open` (with its callbacks: `on_cancel`, and its `HandOff` for a broker that
+  `hands_off`), then `schedule_cron` once; then
   `claim`, `finish`, `heartbeat` and `record_starts` while it runs; `wake` to end a pending
   claim; `close` ends everything `open` and `schedule_cron` started.
 - Capabilities the worker reads: `claims_ahead` (may it claim beyond its free slots),
   `lease_seconds` (its heartbeat pace), `recording` / `until_recording` (claim nothing while
-  outcomes cannot be recorded), `completion_transaction` (transactional tasks). Producers
+  outcomes cannot be recorded), `completion_transaction` (transactional tasks), `hands_off`
+  (tasks its completions make ready come back to it, already claimed). Producers
   read `database` (where the task records are).
 
 The contract suite, `tests/brokers/test_brokers.py`, runs against every broker.
@@ -62,6 +64,19 @@ WORKFLOWS_UNSUPPORTED = (
 CancelCallback = Callable[["uuid.UUID"], None]
 
 
+class HandOff(Protocol):
+    """What a worker offers a broker that `hands_off`: the tasks that its own completions
+    make ready (a workflow's children) come straight back to it, claimed, for free slots."""
+
+    def free_slots(self) -> int:
+        """How many tasks the worker would start now (0: hand it nothing)."""
+
+    def take(self, tasks: Sequence[Task]) -> None:
+        """Tasks claimed for this worker (RUNNING under its lease, started) by the completion
+        of their parents, as a claim returns them: start them, as if just claimed. Called
+        from the event loop."""
+
+
 class TaskTransaction(Protocol):
     """An open transaction a transactional task writes in (`Broker.completion_transaction`)."""
 
@@ -96,6 +111,11 @@ class Broker(abc.ABC):
     #: True: tasks may hold limit keys and fair keys (`NewTask.limit_keys`, `fair_key`),
     #: decided by the claim. False: refused with InvalidTaskOption (LIMITS_UNSUPPORTED).
     limits: bool = False
+    #: True: a completion that makes tasks ready (a workflow's children, WAITING -> PENDING)
+    #: claims those of the worker's queues for its free slots in the same transaction and
+    #: gives them to its `HandOff` (`open(hand_off=...)`): a chain step costs no claim, nor a
+    #: wake-up. False: `hand_off` is ignored; ready tasks wait for a claim like any other.
+    hands_off: bool = False
 
     #: The database that holds the task records (statuses, results) this broker writes, or
     #: None if it keeps none. Producers read, cancel and retry tasks through it, on its pools.
@@ -149,12 +169,14 @@ class Broker(abc.ABC):
         worker: WorkerInfo | None = None,
         *,
         on_cancel: CancelCallback | None = None,
+        hand_off: HandOff | None = None,
     ) -> None:
         """Connect and subscribe to `queues`; start the broker's own upkeep (leases, cleanup).
 
         `worker` (concurrency, version, host, pid) is for the worker registry, if any. A
         broker that hears of cancels as they happen calls `on_cancel` with the task's id
-        (from the event loop); the others report them through `heartbeat`.
+        (from the event loop); the others report them through `heartbeat`. A broker that
+        `hands_off` gives `hand_off` the tasks this worker's completions made ready.
         """
 
     async def schedule_cron(  # noqa: B027 - optional hook

@@ -24,7 +24,9 @@ from pgqueue.cli.output import (
 from pgqueue.ops.admin import Admin
 
 #: Each task counted once, in the column of its status.
-STATUS_COLUMNS = ("Queue", "Pending", "Running", "Retrying", "Failed", "Completed", "Cancelled")
+STATUS_COLUMNS = (
+    "Queue", "Pending", "Running", "Retrying", "Waiting", "Failed", "Completed", "Cancelled"
+)  # fmt: skip
 #: The pending and retrying tasks again, by when they run; then the last minute's output.
 WAITING_COLUMNS = ("Queue", "Due now", "Later", "Oldest due", "Done/min", "Failed/min")
 
@@ -58,6 +60,7 @@ def render(state: dict[str, Any], width: int) -> Group:
             count(row["pending"]),
             count(row["running"]),
             count(row["retrying"]),
+            count(row["waiting"]),
             f"[red]{count(row['failed'])}[/]" if row["failed"] else "0",
             count(row["completed"]),
             count(row["cancelled"]),

@@ -2,6 +2,8 @@
 completer, the RabbitMQ status writer and the test mode.
 
     COMPLETED    complete_started_tasks   batched   the ids it accepted
+                 complete_and_hand_off    batched   and the children made ready, claimed
+                                                    for the worker's free slots (HandOffOffer)
     FAILED       fail_task                one each  RETRYING after the back-off, or FAILED
     RESCHEDULED  reschedule_task          one each  RETRYING at the delay asked
     RELEASED     release_tasks            batched   PENDING, the attempt not counted
@@ -24,9 +26,10 @@ from typing import Any
 
 import psycopg
 
+from pgqueue.db.claim import claimed_task
 from pgqueue.errors import first_line
 from pgqueue.logs import log_with_traceback, task_fields
-from pgqueue.records import Outcome, OutcomeKind, TaskStatus
+from pgqueue.records import Outcome, OutcomeKind, Task, TaskStatus
 
 log = logging.getLogger("pgqueue.outcomes")
 
@@ -49,12 +52,25 @@ class Decision:
     error: str | None = None
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class HandOffOffer:
+    """The worker whose completions these are, and how many tasks it would start now: the
+    children those completions make ready are claimed for it (`complete_and_hand_off`)."""
+
+    worker_id: str
+    queues: Sequence[str]
+    slots: int
+    lease_seconds: float
+
+
 @dataclasses.dataclass(slots=True)
 class Written:
     """What the database made of a batch of outcomes."""
 
     #: Outcomes refused because their worker no longer holds the task.
     lease_lost: list[Outcome] = dataclasses.field(default_factory=list)
+    #: Tasks made ready by these completions and claimed for the worker (HandOffOffer).
+    handed_off: list[Task] = dataclasses.field(default_factory=list)
     #: By task id, for the FAILED, RESCHEDULED and UNKNOWN outcomes accepted.
     decisions: dict[uuid.UUID, Decision] = dataclasses.field(default_factory=dict)
 
@@ -69,18 +85,20 @@ async def write_outcomes(
     queries: dict[str, str],
     batch: Sequence[Outcome],
     unknown_task_grace_seconds: float,
+    offer: HandOffOffer | None = None,
 ) -> Written:
     """Write `batch` on `conn` (autocommit): one statement when every outcome is a
     completion (the usual batch), else one transaction, so that a batch the database
-    refuses leaves nothing written and can be written again one outcome at a time."""
+    refuses leaves nothing written and can be written again one outcome at a time. With an
+    `offer` of free slots, the children the completions make ready come back claimed."""
     written = Written()
     completed = [o for o in batch if o.kind is OutcomeKind.COMPLETED]
     if len(completed) == len(batch):
-        written.lease_lost = await complete_outcomes(conn, queries, completed)
+        await _complete(conn, queries, completed, offer, written)
         return written
     async with conn.transaction():
         if completed:
-            written.lease_lost = await complete_outcomes(conn, queries, completed)
+            await _complete(conn, queries, completed, offer, written)
         released = [o for o in batch if o.kind is OutcomeKind.RELEASED]
         if released:
             await _release(conn, queries, released)
@@ -98,6 +116,38 @@ def _fence(outcomes: Sequence[Outcome]) -> dict[str, Any]:
         "ids": [o.task.id for o in outcomes],
         "tokens": [o.task.lease_token for o in outcomes],
     }
+
+
+async def _complete(
+    conn: psycopg.AsyncConnection[Any],
+    queries: dict[str, str],
+    outcomes: list[Outcome],
+    offer: HandOffOffer | None,
+    written: Written,
+) -> None:
+    if offer is None or offer.slots <= 0:
+        written.lease_lost = await complete_outcomes(conn, queries, outcomes)
+        return
+    cursor = await conn.execute(
+        queries["complete_and_hand_off"],
+        {
+            **_fence(outcomes),
+            "results": [o.result_json for o in outcomes],
+            "started": [o.task.started_at for o in outcomes],
+            "worker_id": offer.worker_id,
+            "queues": list(offer.queues),
+            "slots": offer.slots,
+            "lease_seconds": offer.lease_seconds,
+        },
+    )
+    accepted = set()
+    for row in await cursor.fetchall():
+        if row[0]:
+            written.handed_off.append(claimed_task(row[1:]))
+        else:
+            accepted.add(row[1])
+    if len(accepted) < len(outcomes):
+        written.lease_lost = [o for o in outcomes if o.task.id not in accepted]
 
 
 async def complete_outcomes(

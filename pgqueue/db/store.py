@@ -161,6 +161,8 @@ def copy_text_chunks(
     trace = tasks[0].trace_context if tasks else None
     traced = "" if trace is None or suffix is not None else "\t" + _copy_field(trace)
     names: dict[str, str] = {}
+    # The run_at of the rows due now (most of a workflow's), written once.
+    now_text = now.isoformat() if run_at and now is not None else ""
     for start in range(0, len(tasks), COPY_CHUNK_ROWS):
         lines = []
         for task in tasks[start : start + COPY_CHUNK_ROWS]:
@@ -173,8 +175,11 @@ def copy_text_chunks(
                 kwargs = _copy_field(kwargs)
             line = f"{task.id.int:032x}{prefix}{task.priority}\t{kwargs}\t{task.max_retries}"
             if run_at:
-                when = task.schedule_at or now + datetime.timedelta(seconds=task.delay)
-                line = f"{line}\t{when.isoformat()}"
+                if task.schedule_at is None and not task.delay:
+                    line = f"{line}\t{now_text}"
+                else:
+                    when = task.schedule_at or now + datetime.timedelta(seconds=task.delay)
+                    line = f"{line}\t{when.isoformat()}"
             if suffix is not None:
                 line = f"{line}\t{suffix(task)}"
             lines.append(line + traced if traced else line)
@@ -217,6 +222,18 @@ def _trace_field(task: NewTask) -> str:
 def _keyed_suffix(task: NewTask) -> str:
     """The fields of copy_keyed_tasks after run_at: trace context, limit keys, fair key."""
     return _trace_field(task)[1:]
+
+
+def _split_roots(tasks: Sequence[NewTask]) -> tuple[list[NewTask], list[NewTask]]:
+    """A workflow's tasks without parents or keys (PENDING, like any task: the plain COPY,
+    fewer fields to write and parse; a chord's header is most of it) and the others, written
+    with every column by copy_workflow_tasks."""
+    roots: list[NewTask] = []
+    dependents: list[NewTask] = []
+    for task in tasks:
+        plain = not task.depends_on and task.limit_keys is None and task.fair_key is None
+        (roots if plain else dependents).append(task)
+    return roots, dependents
 
 
 def _is_workflow(tasks: Sequence[NewTask]) -> bool:
@@ -365,17 +382,22 @@ class TaskStore:
         plan = plan_workflow(tasks, status)
         now = conn.execute("SELECT now()").fetchone()[0]  # type: ignore[index]
         stamp = now.isoformat()
+        roots, dependents = _split_roots(tasks)
         with conn.cursor() as cursor:
+            if roots:
+                with cursor.copy(self.queries[copy_query(roots, True)]) as copy:
+                    for chunk in copy_text_chunks(roots, True, now):
+                        copy.write(chunk)
             with cursor.copy(self.queries["copy_workflow_tasks"]) as copy:
                 for chunk in copy_text_chunks(
-                    tasks,
+                    dependents,
                     True,
                     now,
                     lambda task: plan.copy_suffix(task, stamp) + _trace_field(task),
                 ):
                     copy.write(chunk)
             with cursor.copy(self.queries["copy_task_dependencies"]) as copy:
-                for chunk in edge_rows(tasks):
+                for chunk in edge_rows(dependents):
                     copy.write(chunk)
 
     async def _awrite_workflow(
@@ -389,17 +411,22 @@ class TaskStore:
         plan = plan_workflow(tasks, status)
         now = (await (await conn.execute("SELECT now()")).fetchone())[0]  # type: ignore[index]
         stamp = now.isoformat()
+        roots, dependents = _split_roots(tasks)
         async with conn.cursor() as cursor:
+            if roots:
+                async with cursor.copy(self.queries[copy_query(roots, True)]) as copy:
+                    for chunk in copy_text_chunks(roots, True, now):
+                        await copy.write(chunk)
             async with cursor.copy(self.queries["copy_workflow_tasks"]) as copy:
                 for chunk in copy_text_chunks(
-                    tasks,
+                    dependents,
                     True,
                     now,
                     lambda task: plan.copy_suffix(task, stamp) + _trace_field(task),
                 ):
                     await copy.write(chunk)
             async with cursor.copy(self.queries["copy_task_dependencies"]) as copy:
-                for chunk in edge_rows(tasks):
+                for chunk in edge_rows(dependents):
                     await copy.write(chunk)
 
     def parent_results(self, task_id: uuid.UUID) -> dict[uuid.UUID, Any]:

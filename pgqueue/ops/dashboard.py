@@ -274,6 +274,7 @@ def _empty_queue_row(queue: str) -> dict[str, Any]:
         "pending": 0,
         "retrying": 0,
         "running": 0,
+        "waiting": 0,
         "due": 0,
         "scheduled": 0,
         "oldest_due_seconds": None,

@@ -84,6 +84,11 @@ class QueueStatsCollector(Collector):
         due = GaugeMetricFamily(
             "pgqueue_queue_due", "Tasks due now that no worker has started", labels=["queue"]
         )
+        waiting = GaugeMetricFamily(
+            "pgqueue_queue_waiting",
+            "Tasks waiting for their parents (WAITING: workflows)",
+            labels=["queue"],
+        )
         oldest = GaugeMetricFamily(
             "pgqueue_queue_oldest_pending_seconds",
             "How long the oldest due task has waited since its run_at (0: none due)",
@@ -94,13 +99,15 @@ class QueueStatsCollector(Collector):
             seen.add(row["queue"])
             depth.add_metric([row["queue"]], row["pending"] + row["retrying"])
             due.add_metric([row["queue"]], row["due"])
+            waiting.add_metric([row["queue"]], row["waiting"])
             oldest.add_metric([row["queue"]], row["oldest_pending_seconds"] or 0.0)
         for queue in self._queues:  # a worker's queue with no task yet is empty, not absent
             if queue not in seen:
-                for family in (depth, due, oldest):
+                for family in (depth, due, waiting, oldest):
                     family.add_metric([queue], 0.0)
         yield depth
         yield due
+        yield waiting
         yield oldest
 
 

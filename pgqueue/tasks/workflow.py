@@ -156,15 +156,19 @@ def _joined(shapes: Sequence[_Shape], link: bool) -> _Shape:
     for index, shape in enumerate(shapes):
         offset = len(steps)
         before = tuple(tails) if link and index > 0 else ()
-        head_set = set(shape.heads)
+        head_set = set(shape.heads) if before else set()
         for position, step in enumerate(shape.steps):
-            after = tuple(offset + i for i in step.after)
+            after = step.after
+            if after and offset:
+                after = tuple([offset + i for i in after])
             if position in head_set:
                 after = before + after
-            steps.append(Step(step.signature, after))
-        shifted_tails = [offset + i for i in shape.tails]
+            # A step that waits for nothing new is kept as it is: a group of thousands of
+            # signatures is joined without a new object per step.
+            steps.append(step if after is step.after else Step(step.signature, after))
         if not link or index == 0:
-            heads.extend(offset + i for i in shape.heads)
+            heads.extend([offset + i for i in shape.heads])
+        shifted_tails = [offset + i for i in shape.tails]
         if link:
             tails = shifted_tails
         else:

@@ -6,6 +6,7 @@ template; a page is also what its live region fetches again when the database ch
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from typing import Any
 
@@ -16,7 +17,8 @@ from pgqueue.errors import InvalidTaskOption, TaskNotFound
 from pgqueue.ops.dashboard import PAGE_SCAN_LIMIT, RETRYABLE, DashboardQueries, TaskFilter
 from pgqueue.records import TaskStatus
 from pgqueue.web.charts import throughput_svg
-from pgqueue.web.state import WINDOW_SECONDS, DashboardState
+from pgqueue.web.graph import workflow_svg
+from pgqueue.web.state import WINDOW_SECONDS, DashboardState, link
 
 PAGE_SIZE = 50
 
@@ -45,7 +47,7 @@ async def overview(request: Request) -> Response:
 
 
 def _totals(queues: list[dict[str, Any]], buckets: list[dict[str, Any]]) -> dict[str, int]:
-    keys = ("pending", "scheduled", "running", "retrying", "failed", "cancelled")
+    keys = ("pending", "scheduled", "running", "retrying", "waiting", "failed", "cancelled")
     totals = {key: sum(row[key] for row in queues) for key in keys}
     totals["completed_recent"] = sum(bucket["completed"] for bucket in buckets)
     totals["failed_recent"] = sum(bucket["failed"] for bucket in buckets)
@@ -126,6 +128,7 @@ async def task(request: Request) -> Response:
             "timeline": board.history(found.id),
             "history_on": board.history_enabled(),
             "reasons": reasons,
+            "relatives": board.relatives(found.id),
         }
 
     try:
@@ -148,6 +151,11 @@ async def task(request: Request) -> Response:
             "result": state.security.redact(found["task"].result),
             "retryable": found["task"].status in RETRYABLE,
             "cancellable": not found["task"].status.is_finished,
+            "graph": workflow_svg(
+                found["task"],
+                found["relatives"],
+                functools.partial(link, request.scope.get("root_path", "")),
+            ),
         },
     )
 

@@ -57,6 +57,19 @@ BUFFER_HOLD_SECONDS = 1.0
 START_RECORD_SECONDS = 0.1
 
 
+class _HandOff:
+    """The worker's side of a broker's hand-off (brokers/base.py, HandOff)."""
+
+    def __init__(self, worker: WorkerManager) -> None:
+        self._worker = worker
+
+    def free_slots(self) -> int:
+        return self._worker._free_slots()
+
+    def take(self, tasks: Sequence[Task]) -> None:
+        self._worker._take_handed_off(tasks)
+
+
 @dataclasses.dataclass(slots=True)
 class Run:
     """A task this worker is running; `abandoned` runs report nothing (lease lost, released)."""
@@ -105,6 +118,8 @@ class WorkerManager:
         #: claims ahead.
         self.prefetch: int | None = None
         self._slot_freed = asyncio.Event()
+        #: Releases of tasks handed off after a stop (kept referenced until done).
+        self._background: set[asyncio.Future[Any]] = set()
         self._stopping = False
         self._forced = False
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -181,6 +196,7 @@ class WorkerManager:
                     concurrency=self.concurrency, task_names=tuple(registry.registered_names())
                 ),
                 on_cancel=self._cancel_run,
+                hand_off=_HandOff(self) if broker.hands_off else None,
             )
         except BaseException:  # refused (an unmigrated database, ...): nothing was started
             await broker.close()
@@ -374,6 +390,31 @@ class WorkerManager:
         if outcome is not None and run is not None and not run.abandoned:
             await self.broker.finish(outcome)
         return outcome
+
+    def _free_slots(self) -> int:
+        """Slots no run or buffered task will fill: what a completion may hand this worker."""
+        if self._stopping:
+            return 0
+        return max(self.concurrency - len(self._runs) - len(self._buffer), 0)
+
+    def _take_handed_off(self, tasks: Sequence[Task]) -> None:
+        """Tasks the completion of their parents claimed for this worker (started by that
+        claim): run them as if this worker had just claimed them. A concurrent claim may have
+        filled the slots meanwhile: they wait in the buffer then, as tasks claimed ahead do."""
+        if self._stopping:  # offered before the stop, handed after it: back to the queue
+            for task in tasks:
+                self._loop_task(self.broker.finish(Outcome(task, OutcomeKind.RELEASED)))
+            return
+        claimed_at = time.monotonic()
+        self._buffer.extend([(task, claimed_at, True) for task in tasks])
+        self._start_buffered()
+        if self._buffer:
+            self._slot_freed.set()  # the claim loop arms the hold limit of the buffer
+
+    def _loop_task(self, coroutine: Any) -> None:
+        task = asyncio.ensure_future(coroutine)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     def _cancel_run(self, task_id: uuid.UUID) -> None:
         """`tm.cancel` of a task this worker runs: stop the run now; the task is CANCELLED

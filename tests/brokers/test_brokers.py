@@ -273,6 +273,16 @@ def test_a_worker_claims_ahead_only_where_the_broker_says_it_may(
         assert max(limit for limit, _ in asked) <= 2
 
 
+def test_completions_hand_ready_tasks_to_their_worker_only_where_the_broker_says_so(
+    btm: TaskManager, broker_name: str
+) -> None:
+    """Hand-off comes with workflows (tests/test_workflows.py shows what it does); a broker
+    without it is given no HandOff to call, and has no ready tasks to hand."""
+    broker_class = type(btm.broker)
+    assert broker_class.hands_off is (broker_name == "database")
+    assert broker_class.hands_off is broker_class.workflows
+
+
 def test_cancelling_a_running_task_stops_its_run(
     btm: TaskManager, bworker: Callable[..., Any], broker_settings: Settings, broker_name: str
 ) -> None:

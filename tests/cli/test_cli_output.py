@@ -141,11 +141,11 @@ def test_status_fits_80_columns_and_counts_each_task_once(cli: Run, crowd: None)
     assert "2 queues, 0 live workers" in lines[0]
     by_status, by_time = lines[: lines.index("")], lines[lines.index("") :]
     assert by_status[1].split() == [
-        "Queue", "Pending", "Running", "Retrying", "Failed", "Completed", "Cancelled"
+        "Queue", "Pending", "Running", "Retrying", "Waiting", "Failed", "Completed", "Cancelled"
     ]  # fmt: skip
     assert rows_of(by_status) == [
-        ["billing", "1", "0", "0", "3", "0", "0"],
-        ["emails", "0", "0", "10,001", "0", "0", "0"],
+        ["billing", "1", "0", "0", "0", "3", "0", "0"],
+        ["emails", "0", "0", "10,001", "0", "0", "0", "0"],
     ]
     # The pending and retrying tasks again, by when they run: a second table, said so.
     assert by_time[1].startswith("Pending and retrying tasks by when they run")

@@ -108,7 +108,12 @@ def test_counters_durations_and_gauges_after_real_tasks(
             " ('operations_tasks.echo', 'ops', now() - interval '30 seconds'),"
             " ('operations_tasks.echo', 'ops', now() + interval '1 hour')"
         )
+        db.execute(
+            "INSERT INTO pgqueue.tasks (name, queue, status, parents_left)"
+            " VALUES ('operations_tasks.echo', 'ops', 'WAITING', 1)"
+        )
         gauges = scrape(port)
+        assert value(gauges, "pgqueue_queue_waiting", queue="ops") == 1
         assert value(gauges, "pgqueue_queue_depth", queue="ops") == 2
         assert value(gauges, "pgqueue_queue_due", queue="ops") == 1
         oldest = value(gauges, "pgqueue_queue_oldest_pending_seconds", queue="ops")

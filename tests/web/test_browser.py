@@ -13,6 +13,7 @@ from playwright.sync_api import Browser, Page, expect
 from support.dashboard import SCREENSHOTS, Served
 from support.waiting import wait_until
 
+from pgqueue import chain
 from pgqueue.records import TaskStatus
 from pgqueue.task_manager import TaskManager
 
@@ -178,3 +179,37 @@ def test_a_script_task_name_is_shown_as_text(
         expect(page.locator(".name").first).to_have_text(evil)
     assert page.evaluate("window.__xss") is None
     assert dialogs == []
+
+
+def test_a_task_page_draws_its_workflow_and_each_box_leads_to_that_task(
+    serve: Callable[..., Served],
+    page: Page,
+    tm: TaskManager,
+    start_worker: Callable[..., Any],
+) -> None:
+    start_worker(queues=["web"])
+    first, second = tm.queue_workflow(
+        chain(dashboard_tasks.greet.s(name="a"), dashboard_tasks.greet.s(name="b")).steps()
+    )
+    assert tm.wait(second, timeout=60) == "hello b"
+    elsewhere = tm.queue_task(task="app.jobs.fetch", queue="elsewhere")  # no worker serves it
+    # (tm's calls, not .delay(): Playwright runs an event loop in this thread)
+    child = tm.queue_task(dashboard_tasks.greet, name="c", depends_on=[second, elsewhere])
+
+    served = serve()
+    page.goto(f"{served.url}/tasks/{child}")
+    graph = page.locator("svg.workflow-graph")
+    expect(graph).to_be_visible()
+    nodes = graph.locator("g.node")
+    expect(nodes).to_have_count(3)  # two parents, the task
+    expect(graph.locator(f'g.node-current[data-task="{child}"] .state')).to_have_text("WAITING")
+    expect(graph.locator(f'g[data-task="{elsewhere}"] .state')).to_have_text("PENDING")
+    expect(graph.locator(f'g[data-task="{second}"] .state')).to_have_text("COMPLETED")
+    expect(page.locator("#workflow figcaption")).to_contain_text("2 parents · 0 children")
+    shot(page, "workflow")
+
+    graph.locator(f'g[data-task="{second}"]').click()
+    expect(page).to_have_url(f"{served.url}/tasks/{second}")
+    graph = page.locator("svg.workflow-graph")
+    expect(graph.locator(f'g.node-parent[data-task="{first}"]')).to_be_visible()
+    expect(graph.locator(f'g.node-child[data-task="{child}"] .state')).to_have_text("WAITING")

@@ -308,3 +308,41 @@ def test_database_away_is_one_line_not_a_traceback() -> None:
     response = client.get("/tasks")
     assert response.status_code == 503
     assert "cannot use PostgreSQL" in response.text and "Traceback" not in response.text
+
+
+def _graph(page: str) -> str:
+    found = re.search(r'<svg class="workflow-graph".*?</svg>', page, re.S)
+    assert found, "the page draws no workflow graph"
+    return found.group(0)
+
+
+def test_task_page_draws_its_workflow_parents_and_children_with_links_and_statuses(
+    dsn: str, tm: TaskManager, db: psycopg.Connection[Any]
+) -> None:
+    evil = "<script>alert(1)</script>"
+    done = tm.queue_task(task="app.jobs.fetch")
+    db.execute(
+        "UPDATE pgqueue.tasks SET status = 'COMPLETED', finished_at = now() WHERE id = %s", (done,)
+    )
+    pending = tm.queue_task(task=evil)
+    child = tm.queue_task(task="app.jobs.merge", depends_on=[done, pending])
+    grandchildren = tm.queue_tasks(
+        "app.jobs.report", [{"n": n} for n in range(25)], depends_on=[child]
+    )
+    outer = Starlette(routes=[Mount("/ops", app=create_app(dsn))])
+    page = TestClient(outer).get(f"/ops/tasks/{child}").text
+    graph = _graph(page)
+    drawn = re.findall(r'data-task="([0-9a-f-]+)"', graph)
+    # Parents (the unsettled first), the task, then the first 20 children in id order.
+    assert drawn == [str(pending), str(done), str(child), *map(str, sorted(grandchildren)[:20])]
+    links = re.findall(r'<a href="([^"]+)">', graph)
+    assert f"/ops/tasks/{child}" not in links  # the task shown is no link
+    assert links == [f"/ops/tasks/{t}" for t in drawn if t != str(child)]
+    assert re.search(rf'status-completed" data-task="{done}"', graph)
+    assert re.search(rf'status-pending" data-task="{pending}"', graph)
+    assert re.search(rf'node-current status-waiting" data-task="{child}"', graph)
+    assert "and 5 more children" in graph
+    assert evil not in page and "&lt;script&gt;" in graph
+    assert "2 parents · 25 children" in page
+    alone = tm.queue_task(task="app.jobs.fetch")
+    assert "workflow-graph" not in TestClient(create_app(dsn)).get(f"/tasks/{alone}").text

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import psycopg
 from psycopg_pool import AsyncConnectionPool
 
-from pgqueue.brokers.base import Broker, CancelCallback
+from pgqueue.brokers.base import Broker, CancelCallback, HandOff
 from pgqueue.brokers.postgres.completer import Completer
 from pgqueue.brokers.postgres.listener import Listener
 from pgqueue.brokers.postgres.maintenance import Maintenance
@@ -27,7 +27,7 @@ from pgqueue.db.database import (
     configure_async,
     database_from_settings,
 )
-from pgqueue.db.outcomes import complete_outcomes
+from pgqueue.db.outcomes import HandOffOffer, complete_outcomes
 from pgqueue.db.store import TaskStore
 from pgqueue.errors import LeaseLost
 from pgqueue.loops import Backoff, retrying
@@ -96,6 +96,9 @@ class PostgresBroker(Broker):
     #: parent makes them PENDING (sql/functions.sql, release_children).
     workflows = True
     limits = True
+    #: The completion that makes children ready claims them for the worker that completed
+    #: their parents, if it has free slots (sql/functions.sql, complete_and_hand_off).
+    hands_off = True
     # The contract's optional capabilities, always there on this broker.
     database: Database
     lease_seconds: float
@@ -123,6 +126,7 @@ class PostgresBroker(Broker):
         self._registry: WorkerRegistry | None = None
         self._task_pool: AsyncConnectionPool | None = None
         self._on_cancel: CancelCallback | None = None
+        self._hand_off: HandOff | None = None
         self._cron: CronScheduler | None = None
         # The listener generation under which this worker announced itself asleep, with no
         # producer in flight (None: awake, or not yet sure); whether its rows may exist.
@@ -178,11 +182,13 @@ class PostgresBroker(Broker):
         worker: WorkerInfo | None = None,
         *,
         on_cancel: CancelCallback | None = None,
+        hand_off: HandOff | None = None,
     ) -> None:
         self._worker_id = worker_id
         self._queues = list(queues)
         # The worker hears of a cancel at once, through the listener's control channel.
         self._on_cancel = on_cancel
+        self._hand_off = hand_off
         self._wake = asyncio.Event()
         self._wake.set()  # the first claim looks at once
         self._interrupted = False
@@ -211,6 +217,8 @@ class PostgresBroker(Broker):
             self._wake.set,
             self.unknown_task_grace_seconds,
             log_failure_tracebacks=self.log_failure_tracebacks,
+            offer=self._hand_off_offer if hand_off is not None else None,
+            take=hand_off.take if hand_off is not None else None,
         )
         self._completer.start()
         self._maintenance = Maintenance(self.database, self.lease_seconds, cleanup)
@@ -219,6 +227,14 @@ class PostgresBroker(Broker):
             self.database, worker_id, queues, worker or WorkerInfo(), self.lease_seconds
         )
         self._registry.start()
+
+    def _hand_off_offer(self) -> HandOffOffer | None:
+        """The worker's free slots now, for the children its completions make ready."""
+        assert self._hand_off is not None
+        slots = self._hand_off.free_slots()
+        if slots <= 0 or self._interrupted:
+            return None
+        return HandOffOffer(self._worker_id, self._queues, slots, self.lease_seconds)
 
     async def schedule_cron(
         self, tasks: Sequence[TaskFunction[Any]], defaults: TaskDefaults

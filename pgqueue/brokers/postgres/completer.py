@@ -15,11 +15,11 @@ from collections.abc import Callable, Sequence
 from psycopg_pool import AsyncConnectionPool
 
 from pgqueue.db.database import UNAVAILABLE
-from pgqueue.db.outcomes import report, write_outcomes
+from pgqueue.db.outcomes import HandOffOffer, report, write_outcomes
 from pgqueue.errors import first_line
 from pgqueue.loops import BackgroundLoop, Backoff
 from pgqueue.payload import error_summary
-from pgqueue.records import Outcome, OutcomeKind
+from pgqueue.records import Outcome, OutcomeKind, Task
 
 log = logging.getLogger("pgqueue.completer")
 
@@ -46,8 +46,14 @@ class Completer(BackgroundLoop):
         unknown_task_grace_seconds: float = 3600.0,
         *,
         log_failure_tracebacks: bool = True,
+        offer: Callable[[], HandOffOffer | None] | None = None,
+        take: Callable[[list[Task]], None] | None = None,
     ) -> None:
         super().__init__()
+        #: The worker's free slots at each write, and where the tasks its completions make
+        #: ready go, claimed for it (the broker's hand-off, brokers/base.py).
+        self._offer = offer
+        self._take = take
         self._log_failure_tracebacks = log_failure_tracebacks
         self._pool = pool
         self._queries = queries
@@ -154,10 +160,13 @@ class Completer(BackgroundLoop):
             )
 
     async def _write(self, batch: Sequence[Outcome]) -> None:
+        offer = self._offer() if self._offer is not None else None
         async with self._pool.connection() as conn:
             written = await write_outcomes(
-                conn, self._queries, batch, self._unknown_task_grace_seconds
+                conn, self._queries, batch, self._unknown_task_grace_seconds, offer
             )
+        if written.handed_off and self._take is not None:
+            self._take(written.handed_off)
         report(batch, written, tracebacks=self._log_failure_tracebacks)
         if written.retries_scheduled:
             # After the commit, not before: woken earlier, the worker would look for its

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from aio_pika.abc import AbstractIncomingMessage
 
-from pgqueue.brokers.base import Broker, CancelCallback
+from pgqueue.brokers.base import Broker, CancelCallback, HandOff
 from pgqueue.brokers.rabbitmq import outbox
 from pgqueue.brokers.rabbitmq.connection import (
     ERRORS,
@@ -182,8 +182,10 @@ class RabbitMQBroker(Broker):
         worker: WorkerInfo | None = None,
         *,
         on_cancel: CancelCallback | None = None,
+        hand_off: HandOff | None = None,
     ) -> None:
         # `on_cancel` is not called: the heartbeat reports cancelled tasks (records.held).
+        # Nor `hand_off`: no workflows here (hands_off is False).
         self._worker_id = worker_id
         self._queues = list(queues)
         self._interrupted = False

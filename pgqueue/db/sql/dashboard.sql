@@ -6,12 +6,13 @@
 -- name: dashboard_active_counts
 -- Unfinished tasks per queue: their statuses, due and scheduled, how long the oldest due
 -- one has waited. Three branches, each matching the predicate of one partial index (runnable
--- tasks, running tasks), so neither reads a finished row.
+-- tasks, running tasks, tasks waiting for their parents), so none reads a finished row.
 SELECT
     a.queue,
     sum(a.pending)::bigint AS pending,
     sum(a.retrying)::bigint AS retrying,
     sum(a.running)::bigint AS running,
+    sum(a.waiting)::bigint AS waiting,
     sum(a.due)::bigint AS due,
     sum(a.scheduled)::bigint AS scheduled,
     EXTRACT(epoch FROM now() - min(a.oldest_due))::double precision AS oldest_due_seconds
@@ -20,6 +21,7 @@ FROM (
            count(*) FILTER (WHERE t.status = 'PENDING') AS pending,
            count(*) FILTER (WHERE t.status = 'RETRYING') AS retrying,
            0 AS running,
+           0 AS waiting,
            count(*) FILTER (WHERE t.run_at <= now()) AS due,
            count(*) FILTER (WHERE t.run_at > now()) AS scheduled,
            min(t.run_at) FILTER (WHERE t.run_at <= now()) AS oldest_due
@@ -40,9 +42,14 @@ FROM (
       AND (t.limit_keys IS NOT NULL OR t.fair_key IS NOT NULL)
     GROUP BY t.queue
     UNION ALL
-    SELECT t.queue, 0, 0, count(*), 0, 0, NULL
+    SELECT t.queue, 0, 0, count(*), 0, 0, 0, NULL
     FROM pgqueue.tasks AS t
     WHERE t.status = 'RUNNING'
+    GROUP BY t.queue
+    UNION ALL
+    SELECT t.queue, 0, 0, 0, count(*), 0, 0, NULL
+    FROM pgqueue.tasks AS t
+    WHERE t.status = 'WAITING'
     GROUP BY t.queue
 ) AS a
 GROUP BY a.queue;

@@ -107,3 +107,9 @@ ALTER TABLE pgqueue.tasks
         CHECK (on_parent_failure IN ('cancel', 'run')),
     -- The parent whose failure or cancel cancelled this task: a retry of it revives this one.
     ADD COLUMN cancelled_by uuid;
+
+-- Tasks waiting for their parents, by queue: the dashboard counts them from this index alone
+-- (revision 0011). Only WAITING rows enter it, so a task without parents never costs it.
+-- "> 'CANCELLED'" is WAITING, the one value after it (added last, by revision 0008): the
+-- migrations run in one transaction, which may not name a value it added to the type.
+CREATE INDEX tasks_waiting_idx ON pgqueue.tasks (queue) WHERE status > 'CANCELLED';

@@ -24,6 +24,9 @@ WITH counts AS (
         count(*) FILTER (WHERE t.status = 'COMPLETED') AS completed,
         count(*) FILTER (WHERE t.status = 'FAILED') AS failed,
         count(*) FILTER (WHERE t.status = 'CANCELLED') AS cancelled,
+        -- As text: the migrations run in one transaction, which may not name the value
+        -- WAITING that it added to the type (revision 0008).
+        count(*) FILTER (WHERE t.status::text = 'WAITING') AS waiting,
         count(*) FILTER (WHERE t.status IN ('PENDING', 'RETRYING') AND t.run_at <= now()) AS due,
         count(*) FILTER (WHERE t.status IN ('PENDING', 'RETRYING') AND t.run_at > now())
             AS scheduled,
@@ -53,7 +56,9 @@ SELECT
     coalesce(c.total, 0) AS total,
     EXTRACT(epoch FROM now() - c.oldest_due_run_at)::double precision AS oldest_pending_seconds,
     coalesce(c.completed_last_minute, 0) AS completed_last_minute,
-    coalesce(c.failed_last_minute, 0) AS failed_last_minute
+    coalesce(c.failed_last_minute, 0) AS failed_last_minute,
+    -- Added by revision 0011, hence last: tasks waiting for their parents (workflows).
+    coalesce(c.waiting, 0) AS waiting
 FROM counts AS c
 FULL JOIN pgqueue.paused_queues AS p ON p.queue = c.queue;
 

@@ -174,6 +174,16 @@ SELECT pgqueue.complete_tasks(
     %(started)b::timestamptz[]
 );
 
+-- name: complete_and_hand_off
+-- complete_started_tasks, and the children those completions make ready handed to this
+-- worker for its free slots (sql/functions.sql): (false, id) per completion accepted, then
+-- (true, the claim's columns, as db/claim.py reads them) per task handed off.
+SELECT * FROM pgqueue.complete_and_hand_off(
+    %(ids)b::uuid[], %(tokens)b::integer[], %(results)b::text[]::jsonb[],
+    %(started)b::timestamptz[], %(worker_id)s::text, %(queues)s::text[], %(slots)s::integer,
+    %(lease_seconds)s::double precision
+);
+
 -- name: fail_task
 -- Record a failed run; no row when the worker no longer holds the task.
 SELECT * FROM pgqueue.fail_task(%(id)s, %(token)s, %(error)s, %(retryable)s);
