@@ -1,8 +1,10 @@
-"""Concurrent producers and the insert trigger's NOTIFY: tasks/s queued one per transaction
-through `.delay(connection=...)` by 4, 16 and 64 producer threads, the insert trigger as
-revision 0001 had it (always NOTIFY), disabled, and as it is now (NOTIFY only for a queue
-with a sleeping worker; none sleeps here). Interleaved: every repetition runs every
-(producers, trigger) pair, in an order that rotates.
+"""Concurrent producers and wake-ups: tasks/s queued one per transaction through
+`.delay(connection=...)` by 4, 16 and 64 producer threads, with the wake-up as revision 0001
+had it (a statement trigger, always NOTIFY), as revision 0004 had it (a statement trigger that
+takes a per-queue advisory lock and notifies only a queue with a sleeping worker), with none
+(no trigger, a plain INSERT), and as it is now (revision 0012: the INSERT looks for a sleeping
+worker itself; the row trigger for other SQL does not fire for it). No worker sleeps here.
+Interleaved: every repetition runs every (producers, variant) pair, in an order that rotates.
 
     .venv/bin/python benchmarks/producers.py [--quick] [--seconds S] [--reps N] [--out DIR]
 
@@ -34,11 +36,11 @@ from pgqueue.db.migrations import upgrade  # noqa: E402
 ADMIN_DSN = os.environ.get("BENCH_ADMIN_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
 DATABASE = "bench_producers"
 PRODUCERS = (4, 16, 64)
-TRIGGERS = ("notify", "off", "new")
+TRIGGERS = ("0001", "0004", "off", "new")
 
 # Revision 0001's trigger function: one NOTIFY per queue and statement, always.
 ALWAYS_NOTIFY = """
-CREATE OR REPLACE FUNCTION pgqueue.notify_new_tasks() RETURNS trigger
+CREATE FUNCTION pgqueue.notify_new_tasks() RETURNS trigger
 LANGUAGE plpgsql AS $$
 BEGIN
     PERFORM pg_notify('pgqueue.tasks', queue)
@@ -48,20 +50,64 @@ END;
 $$
 """
 
+# Revision 0004's: a shared advisory lock per queue, then NOTIFY if a worker sleeps there.
+NOTIFY_IF_ASLEEP = """
+CREATE FUNCTION pgqueue.notify_new_tasks() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_advisory_xact_lock_shared(hashtext('pgqueue.wake'), hashtext(queue))
+    FROM (SELECT DISTINCT queue FROM new_tasks) AS queues;
+    PERFORM pg_notify('pgqueue.tasks', queue)
+    FROM (SELECT DISTINCT queue FROM new_tasks) AS queues
+    WHERE current_setting('transaction_isolation') <> 'read committed'
+       OR EXISTS (SELECT FROM pgqueue.sleeping_workers AS s WHERE s.queue = queues.queue);
+    RETURN NULL;
+END;
+$$
+"""
+
+STATEMENT_TRIGGER = """
+CREATE TRIGGER tasks_notify_insert AFTER INSERT ON pgqueue.tasks
+REFERENCING NEW TABLE AS new_tasks FOR EACH STATEMENT EXECUTE FUNCTION pgqueue.notify_new_tasks()
+"""
+
+# insert_task before revision 0012: the INSERT alone (the trigger, if any, wakes workers).
+PLAIN_INSERT = """
+INSERT INTO pgqueue.tasks (id, name, queue, priority, kwargs, max_retries, run_at, trace_context)
+VALUES (%(id)s, %(name)s, %(queue)s, %(priority)s, %(kwargs)s::jsonb, %(max_retries)s,
+        COALESCE(%(schedule_at)s::timestamptz, now() + %(delay)s * interval '1 second'),
+        %(trace_context)s::jsonb)
+"""
+
 
 @AsyncTask(queue="bench-producers")
 async def produced(i: int) -> None:
     """Never run: only queued."""
 
 
-def set_trigger(dsn: str, variant: str, current_function: str) -> None:
+def set_trigger(dsn: str, variant: str, current: tuple[str, str]) -> None:
+    """Put the variant's trigger in place (`current`: the migrated function and trigger)."""
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute("TRUNCATE pgqueue.tasks")
         conn.execute("DELETE FROM pgqueue.sleeping_workers")
-        conn.execute(ALWAYS_NOTIFY if variant == "notify" else current_function)
-        enable = "DISABLE" if variant == "off" else "ENABLE"
-        conn.execute(f"ALTER TABLE pgqueue.tasks {enable} TRIGGER tasks_notify_insert")
+        conn.execute("DROP TRIGGER IF EXISTS tasks_notify_insert ON pgqueue.tasks")
+        conn.execute("DROP FUNCTION IF EXISTS pgqueue.notify_new_tasks()")
+        if variant == "new":
+            for statement in current:
+                conn.execute(statement)
+        elif variant != "off":
+            conn.execute(ALWAYS_NOTIFY if variant == "0001" else NOTIFY_IF_ASLEEP)
+            conn.execute(STATEMENT_TRIGGER)
         conn.execute("CHECKPOINT")
+
+
+def use_insert(tm: TaskManager, variant: str, current_insert: str) -> None:
+    """The INSERT the variant's producers send: revision 0012's looks itself."""
+    store = tm.broker.store  # type: ignore[attr-defined]
+    store.queries = {
+        **store.queries,
+        "insert_task": current_insert if variant == "new" else PLAIN_INSERT,
+    }
 
 
 def measure(dsn: str, tm: TaskManager, producers: int, seconds: float) -> float:
@@ -110,23 +156,26 @@ def main() -> None:
         upgrade(dsn)
         with psycopg.connect(dsn) as conn:
             row = conn.execute(
-                "SELECT pg_get_functiondef('pgqueue.notify_new_tasks'::regproc)"
+                "SELECT pg_get_functiondef('pgqueue.notify_new_tasks'::regproc), "
+                "pg_get_triggerdef(oid) FROM pg_trigger WHERE tgname = 'tasks_notify_insert'"
             ).fetchone()
         assert row is not None
-        current_function = row[0]
+        current = (row[0], row[1])
         results: dict[tuple[int, str], list[float]] = {}
         tm = TaskManager(dsn=dsn)
+        current_insert = tm.broker.store.queries["insert_task"]  # type: ignore[attr-defined]
         pairs = [(p, t) for p in PRODUCERS for t in TRIGGERS]
         for rep in range(reps):
             shift = rep % len(TRIGGERS)
             for p in PRODUCERS:
                 for t in TRIGGERS[shift:] + TRIGGERS[:shift]:
-                    set_trigger(dsn, t, current_function)
+                    set_trigger(dsn, t, current)
+                    use_insert(tm, t, current_insert)
                     rate = measure(dsn, tm, p, seconds)
                     results.setdefault((p, t), []).append(rate)
-                    print(f"rep {rep + 1}: {p:3d} producers, trigger {t:6s} {rate:8,.0f}/s")
+                    print(f"rep {rep + 1}: {p:3d} producers, {t:4s} {rate:8,.0f}/s", flush=True)
         tm.close()
-        set_trigger(dsn, "new", current_function)
+        set_trigger(dsn, "new", current)
         report = render(results, pairs, seconds, reps)
     finally:
         with psycopg.connect(ADMIN_DSN, autocommit=True) as admin:
@@ -153,17 +202,20 @@ def render(
         "",
         f"load average {os.getloadavg()[0]:.1f}; `{' '.join(sys.argv)}`",
         "",
-        "| producers | NOTIFY always (0001) | trigger off | NOTIFY if a worker sleeps "
-        "| always/off | new/off |",
-        "|---|---|---|---|---|---|",
+        "| producers | NOTIFY always (0001) | trigger looks (0004) | no wake-up "
+        "| INSERT looks (0012) | 0001/off | 0004/off | 0012/off |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for p in PRODUCERS:
         cells = [
             f"{median(p, t):,.0f} ({min(results[(p, t)]):,.0f}-{max(results[(p, t)]):,.0f})"
             for t in TRIGGERS
         ]
-        always, off, new = (median(p, t) for t in TRIGGERS)
-        lines.append(f"| {p} | {' | '.join(cells)} | {always / off:.2f} | {new / off:.2f} |")
+        always, looks, off, new = (median(p, t) for t in TRIGGERS)
+        lines.append(
+            f"| {p} | {' | '.join(cells)} | {always / off:.2f} | {looks / off:.2f} "
+            f"| {new / off:.2f} |"
+        )
     return "\n".join(lines) + "\n"
 
 

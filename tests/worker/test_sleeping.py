@@ -57,12 +57,9 @@ def test_a_sleeping_worker_is_woken_by_pgqueue_and_by_other_sql(
         lambda: tm.queue_task(worker_tasks.record, label="delay"),
         lambda: tm.queue_tasks(worker_tasks.record, [{"label": "copy 1"}, {"label": "copy 2"}]),
     ]
-    done = 0
-    for write in writes:
+    for done, write in zip((1, 2, 4), writes, strict=True):
         # Asleep again since the last run started: that run's wake-up forgot the old
         # announcement before the worker could make this one.
         wait_until(lambda: _announced_since_last_start(db))
         write()
-        done = db.execute("SELECT count(*) FROM pgqueue.tasks").fetchone()[0]  # type: ignore[index]
-        wait_until(lambda: statuses(db) == {"COMPLETED": done}, timeout=20)
-    assert done == 4
+        wait_until(lambda n=done: statuses(db) == {"COMPLETED": n}, timeout=20)
