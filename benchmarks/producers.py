@@ -110,9 +110,20 @@ def use_insert(tm: TaskManager, variant: str, current_insert: str) -> None:
     }
 
 
-def measure(dsn: str, tm: TaskManager, producers: int, seconds: float) -> float:
-    """Tasks committed per second by `producers` threads, each on its own connection."""
+def backend_cpu_seconds(pid: int) -> float:
+    """CPU time used so far by a server process on this machine (utime + stime)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def measure(
+    dsn: str, tm: TaskManager, producers: int, seconds: float
+) -> tuple[float, float, float]:
+    """Tasks committed per second by `producers` threads, each on its own connection, and
+    the CPU each task cost the server (their backends) and this process, in µs. The CPU
+    figures depend far less on what else the machine runs than the rate does."""
     counts = [0] * producers
+    server_cpu = [0.0] * producers
     start = threading.Barrier(producers + 1)
     stop = threading.Event()
 
@@ -120,22 +131,29 @@ def measure(dsn: str, tm: TaskManager, producers: int, seconds: float) -> float:
         with psycopg.connect(dsn) as conn:
             tm.queue_task(produced, connection=conn, i=0)  # warm: connection, statement
             conn.commit()
+            pid = conn.info.backend_pid
             start.wait()
+            server_cpu[k] = -backend_cpu_seconds(pid)
             while not stop.is_set():
                 tm.queue_task(produced, connection=conn, i=k)
                 conn.commit()
                 counts[k] += 1
+            server_cpu[k] += backend_cpu_seconds(pid)
 
     threads = [threading.Thread(target=produce, args=(k,)) for k in range(producers)]
     for thread in threads:
         thread.start()
     start.wait()
     began = time.perf_counter()
+    client_cpu = -time.process_time()
     time.sleep(seconds)
     stop.set()
     for thread in threads:
         thread.join()
-    return sum(counts) / (time.perf_counter() - began)
+    client_cpu += time.process_time()
+    tasks = max(sum(counts), 1)
+    rate = sum(counts) / (time.perf_counter() - began)
+    return rate, sum(server_cpu) / tasks * 1e6, client_cpu / tasks * 1e6
 
 
 def main() -> None:
@@ -162,6 +180,7 @@ def main() -> None:
         assert row is not None
         current = (row[0], row[1])
         results: dict[tuple[int, str], list[float]] = {}
+        cpu: dict[tuple[int, str], list[tuple[float, float]]] = {}
         tm = TaskManager(dsn=dsn)
         current_insert = tm.broker.store.queries["insert_task"]  # type: ignore[attr-defined]
         pairs = [(p, t) for p in PRODUCERS for t in TRIGGERS]
@@ -171,12 +190,17 @@ def main() -> None:
                 for t in TRIGGERS[shift:] + TRIGGERS[:shift]:
                     set_trigger(dsn, t, current)
                     use_insert(tm, t, current_insert)
-                    rate = measure(dsn, tm, p, seconds)
+                    rate, server, client = measure(dsn, tm, p, seconds)
                     results.setdefault((p, t), []).append(rate)
-                    print(f"rep {rep + 1}: {p:3d} producers, {t:4s} {rate:8,.0f}/s", flush=True)
+                    cpu.setdefault((p, t), []).append((server, client))
+                    print(
+                        f"rep {rep + 1}: {p:3d} producers, {t:4s} {rate:8,.0f}/s, CPU per "
+                        f"task: server {server:4.0f} µs, producers {client:4.0f} µs",
+                        flush=True,
+                    )
         tm.close()
         set_trigger(dsn, "new", current)
-        report = render(results, pairs, seconds, reps)
+        report = render(results, cpu, pairs, seconds, reps)
     finally:
         with psycopg.connect(ADMIN_DSN, autocommit=True) as admin:
             admin.execute(f"DROP DATABASE IF EXISTS {DATABASE} WITH (FORCE)")
@@ -189,6 +213,7 @@ def main() -> None:
 
 def render(
     results: dict[tuple[int, str], list[float]],
+    cpu: dict[tuple[int, str], list[tuple[float, float]]],
     pairs: list[tuple[int, str]],
     seconds: float,
     reps: int,
@@ -196,14 +221,20 @@ def render(
     def median(p: int, t: str) -> float:
         return statistics.median(results[(p, t)])
 
+    def cpu_median(p: int, t: str, which: int) -> float:
+        return statistics.median(sample[which] for sample in cpu[(p, t)])
+
+    header = (
+        "| producers | NOTIFY always (0001) | trigger looks (0004) | no wake-up "
+        "| INSERT looks (0012) | 0001/off | 0004/off | 0012/off |"
+    )
     lines = [
         f"# Concurrent producers: tasks/s, one per transaction ({reps} reps of {seconds:g} s, "
         f"median (min-max))",
         "",
         f"load average {os.getloadavg()[0]:.1f}; `{' '.join(sys.argv)}`",
         "",
-        "| producers | NOTIFY always (0001) | trigger looks (0004) | no wake-up "
-        "| INSERT looks (0012) | 0001/off | 0004/off | 0012/off |",
+        header,
         "|---|---|---|---|---|---|---|---|",
     ]
     for p in PRODUCERS:
@@ -215,6 +246,21 @@ def render(
         lines.append(
             f"| {p} | {' | '.join(cells)} | {always / off:.2f} | {looks / off:.2f} "
             f"| {new / off:.2f} |"
+        )
+    lines += [
+        "",
+        "CPU per task, µs (median): server backends + this process of producer threads; "
+        "the ratios compare the totals (off/variant: the rate the CPU would allow)",
+        "",
+        header,
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for p in PRODUCERS:
+        totals = {t: cpu_median(p, t, 0) + cpu_median(p, t, 1) for t in TRIGGERS}
+        cells = [f"{cpu_median(p, t, 0):,.0f} + {cpu_median(p, t, 1):,.0f}" for t in TRIGGERS]
+        ratios = [totals["off"] / totals[t] for t in ("0001", "0004", "new")]
+        lines.append(
+            f"| {p} | {' | '.join(cells)} | " + " | ".join(f"{r:.2f}" for r in ratios) + " |"
         )
     return "\n".join(lines) + "\n"
 

@@ -708,9 +708,11 @@ def test_repeatable_read_producers_always_notify(db: psycopg.Connection[Any], ds
         listener.execute('LISTEN "pgqueue.tasks"')
         with psycopg.connect(dsn) as producer:
             producer.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
-            add(producer, queue="alpha")
+            add(producer, queue="alpha")  # other SQL
             producer.commit()
-        assert collect_notifications(listener, db) == ["alpha"]
+            _pgqueue_inserts(producer, "beta")  # pgqueue's statements
+            producer.commit()
+        assert collect_notifications(listener, db) == ["alpha", "beta"]
 
 
 def test_a_producer_in_flight_keeps_a_worker_from_sleeping(
