@@ -1,8 +1,10 @@
-"""Concurrent producers and the insert trigger's NOTIFY: tasks/s queued one per transaction
-through `.delay(connection=...)` by 4, 16 and 64 producer threads, the insert trigger as
-revision 0001 had it (always NOTIFY), disabled, and as it is now (NOTIFY only for a queue
-with a sleeping worker; none sleeps here). Interleaved: every repetition runs every
-(producers, trigger) pair, in an order that rotates.
+"""Concurrent producers and wake-ups: tasks/s queued one per transaction through
+`.delay(connection=...)` by 4, 16 and 64 producer threads, with the wake-up as revision 0001
+had it (a statement trigger, always NOTIFY), as revision 0004 had it (a statement trigger that
+takes a per-queue advisory lock and notifies only a queue with a sleeping worker), with none
+(no trigger, a plain INSERT), and as it is now (revision 0012: the INSERT looks for a sleeping
+worker itself; the row trigger for other SQL does not fire for it). No worker sleeps here.
+Interleaved: every repetition runs every (producers, variant) pair, in an order that rotates.
 
     .venv/bin/python benchmarks/producers.py [--quick] [--seconds S] [--reps N] [--out DIR]
 
@@ -34,11 +36,11 @@ from pgqueue.db.migrations import upgrade  # noqa: E402
 ADMIN_DSN = os.environ.get("BENCH_ADMIN_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
 DATABASE = "bench_producers"
 PRODUCERS = (4, 16, 64)
-TRIGGERS = ("notify", "off", "new")
+TRIGGERS = ("0001", "0004", "off", "new")
 
 # Revision 0001's trigger function: one NOTIFY per queue and statement, always.
 ALWAYS_NOTIFY = """
-CREATE OR REPLACE FUNCTION pgqueue.notify_new_tasks() RETURNS trigger
+CREATE FUNCTION pgqueue.notify_new_tasks() RETURNS trigger
 LANGUAGE plpgsql AS $$
 BEGIN
     PERFORM pg_notify('pgqueue.tasks', queue)
@@ -48,25 +50,80 @@ END;
 $$
 """
 
+# Revision 0004's: a shared advisory lock per queue, then NOTIFY if a worker sleeps there.
+NOTIFY_IF_ASLEEP = """
+CREATE FUNCTION pgqueue.notify_new_tasks() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_advisory_xact_lock_shared(hashtext('pgqueue.wake'), hashtext(queue))
+    FROM (SELECT DISTINCT queue FROM new_tasks) AS queues;
+    PERFORM pg_notify('pgqueue.tasks', queue)
+    FROM (SELECT DISTINCT queue FROM new_tasks) AS queues
+    WHERE current_setting('transaction_isolation') <> 'read committed'
+       OR EXISTS (SELECT FROM pgqueue.sleeping_workers AS s WHERE s.queue = queues.queue);
+    RETURN NULL;
+END;
+$$
+"""
+
+STATEMENT_TRIGGER = """
+CREATE TRIGGER tasks_notify_insert AFTER INSERT ON pgqueue.tasks
+REFERENCING NEW TABLE AS new_tasks FOR EACH STATEMENT EXECUTE FUNCTION pgqueue.notify_new_tasks()
+"""
+
+# insert_task before revision 0012: the INSERT alone (the trigger, if any, wakes workers).
+PLAIN_INSERT = """
+INSERT INTO pgqueue.tasks (id, name, queue, priority, kwargs, max_retries, run_at, trace_context)
+VALUES (%(id)s, %(name)s, %(queue)s, %(priority)s, %(kwargs)s::jsonb, %(max_retries)s,
+        COALESCE(%(schedule_at)s::timestamptz, now() + %(delay)s * interval '1 second'),
+        %(trace_context)s::jsonb)
+"""
+
 
 @AsyncTask(queue="bench-producers")
 async def produced(i: int) -> None:
     """Never run: only queued."""
 
 
-def set_trigger(dsn: str, variant: str, current_function: str) -> None:
+def set_trigger(dsn: str, variant: str, current: tuple[str, str]) -> None:
+    """Put the variant's trigger in place (`current`: the migrated function and trigger)."""
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute("TRUNCATE pgqueue.tasks")
         conn.execute("DELETE FROM pgqueue.sleeping_workers")
-        conn.execute(ALWAYS_NOTIFY if variant == "notify" else current_function)
-        enable = "DISABLE" if variant == "off" else "ENABLE"
-        conn.execute(f"ALTER TABLE pgqueue.tasks {enable} TRIGGER tasks_notify_insert")
+        conn.execute("DROP TRIGGER IF EXISTS tasks_notify_insert ON pgqueue.tasks")
+        conn.execute("DROP FUNCTION IF EXISTS pgqueue.notify_new_tasks()")
+        if variant == "new":
+            for statement in current:
+                conn.execute(statement)
+        elif variant != "off":
+            conn.execute(ALWAYS_NOTIFY if variant == "0001" else NOTIFY_IF_ASLEEP)
+            conn.execute(STATEMENT_TRIGGER)
         conn.execute("CHECKPOINT")
 
 
-def measure(dsn: str, tm: TaskManager, producers: int, seconds: float) -> float:
-    """Tasks committed per second by `producers` threads, each on its own connection."""
+def use_insert(tm: TaskManager, variant: str, current_insert: str) -> None:
+    """The INSERT the variant's producers send: revision 0012's looks itself."""
+    store = tm.broker.store  # type: ignore[attr-defined]
+    store.queries = {
+        **store.queries,
+        "insert_task": current_insert if variant == "new" else PLAIN_INSERT,
+    }
+
+
+def backend_cpu_seconds(pid: int) -> float:
+    """CPU time used so far by a server process on this machine (utime + stime)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def measure(
+    dsn: str, tm: TaskManager, producers: int, seconds: float
+) -> tuple[float, float, float]:
+    """Tasks committed per second by `producers` threads, each on its own connection, and
+    the CPU each task cost the server (their backends) and this process, in µs. The CPU
+    figures depend far less on what else the machine runs than the rate does."""
     counts = [0] * producers
+    server_cpu = [0.0] * producers
     start = threading.Barrier(producers + 1)
     stop = threading.Event()
 
@@ -74,22 +131,29 @@ def measure(dsn: str, tm: TaskManager, producers: int, seconds: float) -> float:
         with psycopg.connect(dsn) as conn:
             tm.queue_task(produced, connection=conn, i=0)  # warm: connection, statement
             conn.commit()
+            pid = conn.info.backend_pid
             start.wait()
+            server_cpu[k] = -backend_cpu_seconds(pid)
             while not stop.is_set():
                 tm.queue_task(produced, connection=conn, i=k)
                 conn.commit()
                 counts[k] += 1
+            server_cpu[k] += backend_cpu_seconds(pid)
 
     threads = [threading.Thread(target=produce, args=(k,)) for k in range(producers)]
     for thread in threads:
         thread.start()
     start.wait()
     began = time.perf_counter()
+    client_cpu = -time.process_time()
     time.sleep(seconds)
     stop.set()
     for thread in threads:
         thread.join()
-    return sum(counts) / (time.perf_counter() - began)
+    client_cpu += time.process_time()
+    tasks = max(sum(counts), 1)
+    rate = sum(counts) / (time.perf_counter() - began)
+    return rate, sum(server_cpu) / tasks * 1e6, client_cpu / tasks * 1e6
 
 
 def main() -> None:
@@ -110,24 +174,33 @@ def main() -> None:
         upgrade(dsn)
         with psycopg.connect(dsn) as conn:
             row = conn.execute(
-                "SELECT pg_get_functiondef('pgqueue.notify_new_tasks'::regproc)"
+                "SELECT pg_get_functiondef('pgqueue.notify_new_tasks'::regproc), "
+                "pg_get_triggerdef(oid) FROM pg_trigger WHERE tgname = 'tasks_notify_insert'"
             ).fetchone()
         assert row is not None
-        current_function = row[0]
+        current = (row[0], row[1])
         results: dict[tuple[int, str], list[float]] = {}
+        cpu: dict[tuple[int, str], list[tuple[float, float]]] = {}
         tm = TaskManager(dsn=dsn)
+        current_insert = tm.broker.store.queries["insert_task"]  # type: ignore[attr-defined]
         pairs = [(p, t) for p in PRODUCERS for t in TRIGGERS]
         for rep in range(reps):
             shift = rep % len(TRIGGERS)
             for p in PRODUCERS:
                 for t in TRIGGERS[shift:] + TRIGGERS[:shift]:
-                    set_trigger(dsn, t, current_function)
-                    rate = measure(dsn, tm, p, seconds)
+                    set_trigger(dsn, t, current)
+                    use_insert(tm, t, current_insert)
+                    rate, server, client = measure(dsn, tm, p, seconds)
                     results.setdefault((p, t), []).append(rate)
-                    print(f"rep {rep + 1}: {p:3d} producers, trigger {t:6s} {rate:8,.0f}/s")
+                    cpu.setdefault((p, t), []).append((server, client))
+                    print(
+                        f"rep {rep + 1}: {p:3d} producers, {t:4s} {rate:8,.0f}/s, CPU per "
+                        f"task: server {server:4.0f} µs, producers {client:4.0f} µs",
+                        flush=True,
+                    )
         tm.close()
-        set_trigger(dsn, "new", current_function)
-        report = render(results, pairs, seconds, reps)
+        set_trigger(dsn, "new", current)
+        report = render(results, cpu, pairs, seconds, reps)
     finally:
         with psycopg.connect(ADMIN_DSN, autocommit=True) as admin:
             admin.execute(f"DROP DATABASE IF EXISTS {DATABASE} WITH (FORCE)")
@@ -140,6 +213,7 @@ def main() -> None:
 
 def render(
     results: dict[tuple[int, str], list[float]],
+    cpu: dict[tuple[int, str], list[tuple[float, float]]],
     pairs: list[tuple[int, str]],
     seconds: float,
     reps: int,
@@ -147,23 +221,47 @@ def render(
     def median(p: int, t: str) -> float:
         return statistics.median(results[(p, t)])
 
+    def cpu_median(p: int, t: str, which: int) -> float:
+        return statistics.median(sample[which] for sample in cpu[(p, t)])
+
+    header = (
+        "| producers | NOTIFY always (0001) | trigger looks (0004) | no wake-up "
+        "| INSERT looks (0012) | 0001/off | 0004/off | 0012/off |"
+    )
     lines = [
         f"# Concurrent producers: tasks/s, one per transaction ({reps} reps of {seconds:g} s, "
         f"median (min-max))",
         "",
         f"load average {os.getloadavg()[0]:.1f}; `{' '.join(sys.argv)}`",
         "",
-        "| producers | NOTIFY always (0001) | trigger off | NOTIFY if a worker sleeps "
-        "| always/off | new/off |",
-        "|---|---|---|---|---|---|",
+        header,
+        "|---|---|---|---|---|---|---|---|",
     ]
     for p in PRODUCERS:
         cells = [
             f"{median(p, t):,.0f} ({min(results[(p, t)]):,.0f}-{max(results[(p, t)]):,.0f})"
             for t in TRIGGERS
         ]
-        always, off, new = (median(p, t) for t in TRIGGERS)
-        lines.append(f"| {p} | {' | '.join(cells)} | {always / off:.2f} | {new / off:.2f} |")
+        always, looks, off, new = (median(p, t) for t in TRIGGERS)
+        lines.append(
+            f"| {p} | {' | '.join(cells)} | {always / off:.2f} | {looks / off:.2f} "
+            f"| {new / off:.2f} |"
+        )
+    lines += [
+        "",
+        "CPU per task, µs (median): server backends + this process of producer threads; "
+        "the ratios compare the totals (off/variant: the rate the CPU would allow)",
+        "",
+        header,
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for p in PRODUCERS:
+        totals = {t: cpu_median(p, t, 0) + cpu_median(p, t, 1) for t in TRIGGERS}
+        cells = [f"{cpu_median(p, t, 0):,.0f} + {cpu_median(p, t, 1):,.0f}" for t in TRIGGERS]
+        ratios = [totals["off"] / totals[t] for t in ("0001", "0004", "new")]
+        lines.append(
+            f"| {p} | {' | '.join(cells)} | " + " | ".join(f"{r:.2f}" for r in ratios) + " |"
+        )
     return "\n".join(lines) + "\n"
 
 

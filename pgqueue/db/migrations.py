@@ -46,6 +46,7 @@ SCHEMA_FILES = (
     "outbox.sql",
     "features.sql",
     "limits.sql",
+    "wakeups.sql",
 )
 
 

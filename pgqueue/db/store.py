@@ -155,9 +155,10 @@ def copy_text_chunks(
 ) -> Iterator[str]:
     """The rows of `copy_query(tasks, run_at)` as COPY text, built here rather than by
     psycopg's per-value dumpers: at a few microseconds a row, bulk queueing is bound by this
-    loop. Ids are written as 32 hex digits (a valid uuid input). The rows of one call share
-    its trace context (one field, the same on every line). `suffix` gives the fields that
-    follow run_at instead (`copy_workflow_tasks`, whose last field is the trace context)."""
+    loop. Ids are written as 32 hex digits (a valid uuid input), followed by producer_wakes
+    (true: `wake_copied_queues` runs after every COPY). The rows of one call share its trace
+    context (one field, the same on every line). `suffix` gives the fields that follow run_at
+    instead (`copy_workflow_tasks`, whose last field is the trace context)."""
     trace = tasks[0].trace_context if tasks else None
     traced = "" if trace is None or suffix is not None else "\t" + _copy_field(trace)
     names: dict[str, str] = {}
@@ -168,7 +169,7 @@ def copy_text_chunks(
         for task in tasks[start : start + COPY_CHUNK_ROWS]:
             prefix = names.get(task.name + "\x00" + task.queue)
             if prefix is None:
-                prefix = f"\t{_copy_field(task.name)}\t{_copy_field(task.queue)}\t"
+                prefix = f"\tt\t{_copy_field(task.name)}\t{_copy_field(task.queue)}\t"
                 names[task.name + "\x00" + task.queue] = prefix
             kwargs = task.kwargs_json
             if kwargs != "{}":
@@ -236,6 +237,11 @@ def _split_roots(tasks: Sequence[NewTask]) -> tuple[list[NewTask], list[NewTask]
     return roots, dependents
 
 
+def wake_params(tasks: Sequence[NewTask]) -> dict[str, Any]:
+    """The queues of a COPY, for `wake_copied_queues`."""
+    return {"queues": sorted({task.queue for task in tasks})}
+
+
 def _is_workflow(tasks: Sequence[NewTask]) -> bool:
     """Whether some task has parents: written with its edges (`_write_workflow`)."""
     return any(task.depends_on for task in tasks)
@@ -297,9 +303,11 @@ class TaskStore:
         if run_at:
             now = conn.execute("SELECT now()").fetchone()[0]  # type: ignore[index]
         query = self.queries[copy_query(tasks, run_at)]
-        with conn.cursor() as cursor, cursor.copy(query) as copy:
-            for chunk in copy_text_chunks(tasks, run_at, now):
-                copy.write(chunk)
+        with conn.cursor() as cursor:
+            with cursor.copy(query) as copy:
+                for chunk in copy_text_chunks(tasks, run_at, now):
+                    copy.write(chunk)
+            cursor.execute(self.queries["wake_copied_queues"], wake_params(tasks))
 
     async def ainsert(self, tasks: Sequence[NewTask], connection: Any = None) -> None:
         if connection is not None:
@@ -343,9 +351,11 @@ class TaskStore:
         if run_at:
             now = (await (await conn.execute("SELECT now()")).fetchone())[0]  # type: ignore[index]
         query = self.queries[copy_query(tasks, run_at)]
-        async with conn.cursor() as cursor, cursor.copy(query) as copy:
-            for chunk in copy_text_chunks(tasks, run_at, now):
-                await copy.write(chunk)
+        async with conn.cursor() as cursor:
+            async with cursor.copy(query) as copy:
+                for chunk in copy_text_chunks(tasks, run_at, now):
+                    await copy.write(chunk)
+            await cursor.execute(self.queries["wake_copied_queues"], wake_params(tasks))
 
     # -- limits and fair share (sql/limits.sql) -------------------------------------------
 
@@ -355,9 +365,11 @@ class TaskStore:
             conn.execute(self.queries["insert_keyed_task"], insert_params(tasks[0]))
             return
         now = conn.execute("SELECT now()").fetchone()[0]  # type: ignore[index]
-        with conn.cursor() as cursor, cursor.copy(self.queries["copy_keyed_tasks"]) as copy:
-            for chunk in copy_text_chunks(tasks, True, now, _keyed_suffix):
-                copy.write(chunk)
+        with conn.cursor() as cursor:
+            with cursor.copy(self.queries["copy_keyed_tasks"]) as copy:
+                for chunk in copy_text_chunks(tasks, True, now, _keyed_suffix):
+                    copy.write(chunk)
+            cursor.execute(self.queries["wake_copied_queues"], wake_params(tasks))
 
     async def _awrite_keyed(
         self, conn: psycopg.AsyncConnection[Any], tasks: Sequence[NewTask]
@@ -366,9 +378,11 @@ class TaskStore:
             await conn.execute(self.queries["insert_keyed_task"], insert_params(tasks[0]))
             return
         now = (await (await conn.execute("SELECT now()")).fetchone())[0]  # type: ignore[index]
-        async with conn.cursor() as cursor, cursor.copy(self.queries["copy_keyed_tasks"]) as copy:
-            for chunk in copy_text_chunks(tasks, True, now, _keyed_suffix):
-                await copy.write(chunk)
+        async with conn.cursor() as cursor:
+            async with cursor.copy(self.queries["copy_keyed_tasks"]) as copy:
+                for chunk in copy_text_chunks(tasks, True, now, _keyed_suffix):
+                    await copy.write(chunk)
+            await cursor.execute(self.queries["wake_copied_queues"], wake_params(tasks))
 
     # -- workflows (db/dependencies.py) ---------------------------------------------------
 
@@ -399,6 +413,7 @@ class TaskStore:
             with cursor.copy(self.queries["copy_task_dependencies"]) as copy:
                 for chunk in edge_rows(dependents):
                     copy.write(chunk)
+            cursor.execute(self.queries["wake_copied_queues"], wake_params(tasks))
 
     async def _awrite_workflow(
         self, conn: psycopg.AsyncConnection[Any], tasks: Sequence[NewTask]
@@ -428,6 +443,7 @@ class TaskStore:
             async with cursor.copy(self.queries["copy_task_dependencies"]) as copy:
                 for chunk in edge_rows(dependents):
                     await copy.write(chunk)
+            await cursor.execute(self.queries["wake_copied_queues"], wake_params(tasks))
 
     def parent_results(self, task_id: uuid.UUID) -> dict[uuid.UUID, Any]:
         """{parent id: its result} of a task (None for a parent without one), bounded."""

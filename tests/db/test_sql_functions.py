@@ -564,9 +564,9 @@ def sleep_on(db: psycopg.Connection[Any], *queues: str, worker_id: str = "w1") -
     return bool(row[0])
 
 
-def test_one_notification_per_statement_and_queue_for_copy(
-    db: psycopg.Connection[Any], dsn: str
-) -> None:
+def test_other_sql_notifies_once_per_queue_for_copy(db: psycopg.Connection[Any], dsn: str) -> None:
+    """Rows written by SQL of the app's own (here a COPY and INSERTs) wake sleeping workers
+    through the insert trigger."""
     assert sleep_on(db, "alpha", "beta")
     with psycopg.connect(dsn, autocommit=True) as listener:
         listener.execute('LISTEN "pgqueue.tasks"')
@@ -584,13 +584,107 @@ def test_one_notification_per_statement_and_queue_for_copy(
         add(db, queue="alpha")
         assert collect_notifications(listener, db) == ["alpha", "alpha"]
     assert db.execute("SELECT count(*) FROM pgqueue.tasks").fetchone() == (1002,)
-    # PostgreSQL folds identical notifications of one transaction, which would hide a
-    # per-row trigger's cost: the trigger itself must fire once per statement.
-    row_level = db.execute(
-        "SELECT tgtype & 1 FROM pg_trigger WHERE tgrelid = 'pgqueue.tasks'::regclass "
-        "AND tgname = 'tasks_notify_insert'"
+
+
+def _insert_trigger_calls(db: psycopg.Connection[Any]) -> int:
+    """Calls of the insert trigger's function counted by this session, not yet reported."""
+    row = db.execute(
+        "SELECT coalesce(pg_stat_get_xact_function_calls('pgqueue.notify_new_tasks'::regproc), 0)"
     ).fetchone()
-    assert row_level == (0,)
+    assert row is not None
+    return int(row[0])
+
+
+def _pgqueue_inserts(db: psycopg.Connection[Any], queue: str) -> None:
+    """One row by each statement pgqueue's producers write with: insert_task,
+    insert_unique_tasks, and a COPY followed by wake_copied_queues."""
+    one = {"name": "tests.noop", "queue": queue, "priority": 0, "kwargs": "{}"}
+    db.execute(
+        queries()["insert_task"],
+        {
+            **one,
+            "id": uuid.uuid4(),
+            "max_retries": 3,
+            "schedule_at": None,
+            "delay": 0.0,
+            "trace_context": None,
+        },
+    )
+    db.execute(
+        queries()["insert_unique_tasks"],
+        {
+            "ids": [uuid.uuid4()],
+            "names": ["tests.noop"],
+            "queues": [queue],
+            "priorities": [0],
+            "kwargs": ["{}"],
+            "max_retries": [3],
+            "schedule_ats": [None],
+            "delays": [0.0],
+            "unique_keys": [None],
+            "limit_keys": [None],
+            "fair_keys": [None],
+            "trace_context": None,
+        },
+    )
+    with db.cursor() as cursor:
+        with cursor.copy(queries()["copy_tasks"]) as copy:
+            copy.write_row((uuid.uuid4(), True, "tests.noop", queue, 0, "{}", 3))
+        cursor.execute(queries()["wake_copied_queues"], {"queues": [queue]})
+
+
+def test_pgqueue_inserts_wake_without_the_insert_trigger(
+    db: psycopg.Connection[Any], dsn: str
+) -> None:
+    """pgqueue's producers look for a sleeping worker in their own statements: the row
+    trigger, whose WHEN is false for their rows, is never called for them (it is for other
+    SQL), and each statement notifies the queue while a worker sleeps there."""
+    db.execute("SET track_functions = 'pl'")  # counts the trigger's calls
+    assert sleep_on(db, "alpha")
+    with psycopg.connect(dsn, autocommit=True) as listener:
+        listener.execute('LISTEN "pgqueue.tasks"')
+        for round_ in range(3):
+            with db.transaction():
+                # Counts not yet flushed include earlier transactions': compare.
+                calls = _insert_trigger_calls(db)
+                _pgqueue_inserts(db, "beta")  # nobody sleeps there: no NOTIFY
+                _pgqueue_inserts(db, "alpha")
+                assert _insert_trigger_calls(db) == calls
+                add(db, queue="gamma")
+                assert _insert_trigger_calls(db) == calls + 1
+            assert collect_notifications(listener, db) == ["alpha"], round_
+    rows = db.execute(
+        "SELECT producer_wakes, count(*) FROM pgqueue.tasks GROUP BY 1 ORDER BY 1"
+    ).fetchall()
+    assert rows == [(False, 3), (True, 18)]
+
+
+def test_each_pgqueue_statement_notifies_its_queue(db: psycopg.Connection[Any], dsn: str) -> None:
+    """One statement at a time, in autocommit: every one notifies alone."""
+    assert sleep_on(db, "alpha")
+    with psycopg.connect(dsn, autocommit=True) as listener:
+        listener.execute('LISTEN "pgqueue.tasks"')
+        _pgqueue_inserts(db, "alpha")
+        assert collect_notifications(listener, db) == ["alpha"] * 3
+
+
+def test_other_sql_looks_once_per_queue_and_transaction(
+    db: psycopg.Connection[Any], dsn: str
+) -> None:
+    """Rows of one queue written by other SQL in one transaction: the first looks (and
+    notifies), the others of that queue find it done."""
+    assert sleep_on(db, "alpha")
+    with psycopg.connect(dsn, autocommit=True) as listener:
+        listener.execute('LISTEN "pgqueue.tasks"')
+        with db.transaction():
+            add(db, queue="alpha")
+            db.execute("DELETE FROM pgqueue.sleeping_workers")  # it would not be seen again
+            add(db, queue="alpha")
+            add(db, queue="beta")
+        assert collect_notifications(listener, db) == ["alpha"]
+        with db.transaction():  # a new transaction looks again: nobody sleeps now
+            add(db, queue="alpha")
+        assert collect_notifications(listener, db) == []
 
 
 def test_inserts_notify_only_queues_with_a_sleeping_worker(
@@ -616,22 +710,30 @@ def test_repeatable_read_producers_always_notify(db: psycopg.Connection[Any], ds
         listener.execute('LISTEN "pgqueue.tasks"')
         with psycopg.connect(dsn) as producer:
             producer.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
-            add(producer, queue="alpha")
+            add(producer, queue="alpha")  # other SQL
             producer.commit()
-        assert collect_notifications(listener, db) == ["alpha"]
+            _pgqueue_inserts(producer, "beta")  # pgqueue's statements
+            producer.commit()
+        assert collect_notifications(listener, db) == ["alpha", "beta"]
 
 
 def test_a_producer_in_flight_keeps_a_worker_from_sleeping(
     db: psycopg.Connection[Any], dsn: str
 ) -> None:
     """A producer that inserted before the announcement was visible notifies nobody; until
-    it ends, announce_sleep says no (the worker looks again), then yes."""
-    with psycopg.connect(dsn) as producer:
-        add(producer, queue="alpha")  # open: it saw no sleeper and will send nothing
-        assert sleep_on(db, "alpha") is False
-        assert sleep_on(db, "beta") is True  # other queues are not held up
-        producer.commit()
-    assert sleep_on(db, "alpha") is True
+    it ends, announce_sleep says no (the worker looks again), then yes. The try is on the
+    table's lock, which any writer of tasks holds: workers of other queues look again too."""
+    for write in (
+        lambda producer: add(producer, queue="alpha"),  # other SQL
+        lambda producer: _pgqueue_inserts(producer, "alpha"),  # pgqueue's statements
+    ):
+        with psycopg.connect(dsn) as producer:
+            write(producer)  # open: it saw no sleeper and will send nothing
+            assert sleep_on(db, "alpha") is False
+            assert sleep_on(db, "beta") is False
+            producer.commit()
+        assert sleep_on(db, "alpha") is True
+        db.execute("DELETE FROM pgqueue.sleeping_workers")
 
 
 def test_status_updates_do_not_notify(db: psycopg.Connection[Any], dsn: str) -> None:

@@ -2,29 +2,50 @@
 -- Parameters are bound (%(name)s); names of queues and tasks never reach SQL as text.
 
 -- name: insert_task
--- Queue one task; run_at is computed with the database clock.
-INSERT INTO pgqueue.tasks (id, name, queue, priority, kwargs, max_retries, run_at, trace_context)
+-- Queue one task; run_at is computed with the database clock. The same statement wakes the
+-- workers of its queue if one sleeps (see sql/wakeups.sql: its snapshot is
+-- taken after the table lock of the insert); the row says so, so the insert trigger does
+-- not look again.
+INSERT INTO pgqueue.tasks
+    (id, name, queue, priority, kwargs, max_retries, run_at, trace_context, producer_wakes)
 VALUES (%(id)s, %(name)s, %(queue)s, %(priority)s, %(kwargs)s::jsonb, %(max_retries)s,
         COALESCE(%(schedule_at)s::timestamptz, now() + %(delay)s * interval '1 second'),
-        %(trace_context)s::jsonb);
+        %(trace_context)s::jsonb, true)
+RETURNING (SELECT pg_notify('pgqueue.tasks', queue)
+           WHERE current_setting('transaction_isolation') <> 'read committed'
+              OR EXISTS (SELECT FROM pgqueue.sleeping_workers AS s WHERE s.queue = tasks.queue));
 
 -- name: copy_tasks
 -- Bulk queueing: COPY is an order of magnitude faster than multi-row INSERT.
 -- run_at is the column default, now(): the rows run at once (see copy_tasks_with_run_at).
-COPY pgqueue.tasks (id, name, queue, priority, kwargs, max_retries) FROM STDIN;
+-- Every COPY of tasks is followed by wake_copied_queues (producer_wakes is true).
+COPY pgqueue.tasks (id, producer_wakes, name, queue, priority, kwargs, max_retries) FROM STDIN;
 
 -- name: copy_tasks_with_run_at
 -- Bulk queueing of delayed or scheduled rows; run_at computed from the database's now().
-COPY pgqueue.tasks (id, name, queue, priority, kwargs, max_retries, run_at) FROM STDIN;
+COPY pgqueue.tasks (id, producer_wakes, name, queue, priority, kwargs, max_retries, run_at)
+FROM STDIN;
 
 -- name: copy_tasks_traced
 -- copy_tasks with the trace context of the .delay() call (OpenTelemetry on), every row's.
-COPY pgqueue.tasks (id, name, queue, priority, kwargs, max_retries, trace_context) FROM STDIN;
+COPY pgqueue.tasks (id, producer_wakes, name, queue, priority, kwargs, max_retries,
+                    trace_context)
+FROM STDIN;
 
 -- name: copy_tasks_with_run_at_traced
 -- copy_tasks_with_run_at with the trace context of the call.
-COPY pgqueue.tasks (id, name, queue, priority, kwargs, max_retries, run_at, trace_context)
+COPY pgqueue.tasks (id, producer_wakes, name, queue, priority, kwargs, max_retries, run_at,
+                    trace_context)
 FROM STDIN;
+
+-- name: wake_copied_queues
+-- After a COPY of tasks, in its transaction: wake the workers of each of its queues where
+-- one sleeps (a statement of its own, so its snapshot is taken after the COPY's table lock;
+-- see sql/wakeups.sql).
+SELECT pg_notify('pgqueue.tasks', q)
+FROM unnest(%(queues)s::text[]) AS q
+WHERE current_setting('transaction_isolation') <> 'read committed'
+   OR EXISTS (SELECT FROM pgqueue.sleeping_workers AS s WHERE s.queue = q);
 
 -- name: lock_parents
 -- A workflow's producer: the existing parents its tasks name, locked until it commits (in
@@ -37,9 +58,9 @@ FOR SHARE;
 -- name: copy_workflow_tasks
 -- Tasks with parents: their first status (WAITING, PENDING, or CANCELLED by a parent that
 -- failed already) and how many parents they wait for (db/dependencies.py).
-COPY pgqueue.tasks (id, name, queue, priority, kwargs, max_retries, run_at, status,
-                    parents_left, on_parent_failure, cancelled_by, error, finished_at,
-                    trace_context, limit_keys, fair_key)
+COPY pgqueue.tasks (id, producer_wakes, name, queue, priority, kwargs, max_retries, run_at,
+                    status, parents_left, on_parent_failure, cancelled_by, error,
+                    finished_at, trace_context, limit_keys, fair_key)
 FROM STDIN;
 
 -- name: copy_task_dependencies
@@ -395,29 +416,39 @@ DELETE FROM pgqueue.outbox WHERE id = ANY(%(ids)s);
 -- name: insert_unique_tasks
 -- Queue tasks that may carry a unique_key: a row whose key an unfinished task holds (or an
 -- earlier row of the same call) is skipped by the partial unique index, which decides even
--- between concurrent producers; returns the ids written.
-INSERT INTO pgqueue.tasks
-    (id, name, queue, priority, kwargs, max_retries, run_at, unique_key, trace_context,
-     limit_keys, fair_key)
-SELECT n.id, n.name, n.queue, n.priority, n.kwargs, n.max_retries,
-       COALESCE(n.schedule_at, now() + n.delay * interval '1 second'), n.unique_key,
-       %(trace_context)s::jsonb,
-       -- Limit keys as a JSON array per row (arrays of arrays must not be ragged).
-       CASE WHEN n.limit_keys IS NOT NULL
-            THEN ARRAY(SELECT jsonb_array_elements_text(n.limit_keys)) END,
-       n.fair_key
-FROM unnest(%(ids)s::uuid[], %(names)s::text[], %(queues)s::text[], %(priorities)s::smallint[],
-            %(kwargs)s::jsonb[], %(max_retries)s::integer[], %(schedule_ats)s::timestamptz[],
-            %(delays)s::double precision[], %(unique_keys)s::text[], %(limit_keys)s::jsonb[],
-            %(fair_keys)s::text[])
-     WITH ORDINALITY
-     AS n(id, name, queue, priority, kwargs, max_retries, schedule_at, delay, unique_key,
-          limit_keys, fair_key, position)
-ORDER BY n.position
-ON CONFLICT (unique_key)
-    WHERE unique_key IS NOT NULL AND status IN ('PENDING', 'RETRYING', 'RUNNING')
-    DO NOTHING
-RETURNING id;
+-- between concurrent producers; returns the ids written. Wakes the workers of the queues
+-- written where one sleeps, like insert_task.
+WITH inserted AS (
+    INSERT INTO pgqueue.tasks
+        (id, name, queue, priority, kwargs, max_retries, run_at, unique_key, trace_context,
+         producer_wakes, limit_keys, fair_key)
+    SELECT n.id, n.name, n.queue, n.priority, n.kwargs, n.max_retries,
+           COALESCE(n.schedule_at, now() + n.delay * interval '1 second'), n.unique_key,
+           %(trace_context)s::jsonb, true,
+           -- Limit keys as a JSON array per row (arrays of arrays must not be ragged).
+           CASE WHEN n.limit_keys IS NOT NULL
+                THEN ARRAY(SELECT jsonb_array_elements_text(n.limit_keys)) END,
+           n.fair_key
+    FROM unnest(%(ids)s::uuid[], %(names)s::text[], %(queues)s::text[],
+                %(priorities)s::smallint[], %(kwargs)s::jsonb[], %(max_retries)s::integer[],
+                %(schedule_ats)s::timestamptz[], %(delays)s::double precision[],
+                %(unique_keys)s::text[], %(limit_keys)s::jsonb[], %(fair_keys)s::text[])
+         WITH ORDINALITY
+         AS n(id, name, queue, priority, kwargs, max_retries, schedule_at, delay, unique_key,
+              limit_keys, fair_key, position)
+    ORDER BY n.position
+    ON CONFLICT (unique_key)
+        WHERE unique_key IS NOT NULL AND status IN ('PENDING', 'RETRYING', 'RUNNING')
+        DO NOTHING
+    RETURNING id, queue
+), woken AS (
+    SELECT count(pg_notify('pgqueue.tasks', w.queue)) AS queues
+    FROM (SELECT DISTINCT queue FROM inserted) AS w
+    WHERE current_setting('transaction_isolation') <> 'read committed'
+       OR EXISTS (SELECT FROM pgqueue.sleeping_workers AS s WHERE s.queue = w.queue)
+)
+-- woken is read (a cross join with its one row) so that it runs.
+SELECT inserted.id FROM inserted CROSS JOIN woken;
 
 -- name: unique_key_holders
 -- The unfinished tasks that hold these unique keys.
@@ -601,17 +632,16 @@ DELETE FROM pgqueue.fair_clocks;
 SELECT now();
 
 -- name: announce_sleep
--- This worker is going to sleep on LISTEN: producers of its queues notify from now on (the
--- insert trigger of schema.sql). True if no producer of these queues is in flight, i.e.
--- holds the shared wake lock it took before it could see this announcement: a claim after
--- this statement then sees every task that no NOTIFY will announce. False: look again soon.
+-- This worker is going to sleep on LISTEN: producers of its queues notify from now on (see
+-- sql/wakeups.sql). True if no transaction is writing tasks (a producer in
+-- flight may have looked before this announcement was visible): a claim after this
+-- statement then sees every task that no NOTIFY will announce. False: look again soon.
 WITH announced AS (
     INSERT INTO pgqueue.sleeping_workers (queue, worker_id)
     SELECT q, %(worker_id)s FROM unnest(%(queues)s::text[]) AS q
     ON CONFLICT DO NOTHING
 )
-SELECT bool_and(pg_try_advisory_xact_lock(hashtext('pgqueue.wake'), hashtext(q))) AS settled
-FROM unnest(%(queues)s::text[]) AS q;
+SELECT pgqueue.lock_out_writers() AS settled;
 
 -- name: forget_sleep
 -- This worker is awake (or leaving): producers need not wake it.
@@ -674,15 +704,21 @@ SELECT pgqueue.set_fair_weight(%(queue)s::text, %(key)s::text, %(weight)s::doubl
 SELECT pgqueue.recount_limit_usage();
 
 -- name: insert_keyed_task
--- Queue one task holding limit keys or a fair key (insert_task with those columns).
+-- Queue one task holding limit keys or a fair key (insert_task with those columns, waking
+-- the workers of its queue the same way).
 INSERT INTO pgqueue.tasks
-    (id, name, queue, priority, kwargs, max_retries, run_at, trace_context, limit_keys, fair_key)
+    (id, name, queue, priority, kwargs, max_retries, run_at, trace_context, producer_wakes,
+     limit_keys, fair_key)
 VALUES (%(id)s, %(name)s, %(queue)s, %(priority)s, %(kwargs)s::jsonb, %(max_retries)s,
         COALESCE(%(schedule_at)s::timestamptz, now() + %(delay)s * interval '1 second'),
-        %(trace_context)s::jsonb, %(limit_keys)s::text[], %(fair_key)s::text);
+        %(trace_context)s::jsonb, true, %(limit_keys)s::text[], %(fair_key)s::text)
+RETURNING (SELECT pg_notify('pgqueue.tasks', queue)
+           WHERE current_setting('transaction_isolation') <> 'read committed'
+              OR EXISTS (SELECT FROM pgqueue.sleeping_workers AS s WHERE s.queue = tasks.queue));
 
 -- name: copy_keyed_tasks
--- Bulk queueing of rows holding limit keys or fair keys: every column given.
-COPY pgqueue.tasks (id, name, queue, priority, kwargs, max_retries, run_at, trace_context,
-                    limit_keys, fair_key)
+-- Bulk queueing of rows holding limit keys or fair keys: every column given. Followed by
+-- wake_copied_queues, like every COPY of tasks.
+COPY pgqueue.tasks (id, producer_wakes, name, queue, priority, kwargs, max_retries, run_at,
+                    trace_context, limit_keys, fair_key)
 FROM STDIN;
