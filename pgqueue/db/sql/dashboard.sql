@@ -5,8 +5,9 @@
 
 -- name: dashboard_active_counts
 -- Unfinished tasks per queue: their statuses, due and scheduled, how long the oldest due
--- one has waited. Three branches, each matching the predicate of one partial index (runnable
--- tasks, running tasks, tasks waiting for their parents), so none reads a finished row.
+-- one has waited. Four branches, each matching the predicate of one partial index (runnable
+-- tasks without keys, keyed ones, running tasks, tasks waiting for their parents), so none
+-- reads a finished row.
 SELECT
     a.queue,
     sum(a.pending)::bigint AS pending,
@@ -33,6 +34,7 @@ FROM (
     SELECT t.queue,
            count(*) FILTER (WHERE t.status = 'PENDING'),
            count(*) FILTER (WHERE t.status = 'RETRYING'),
+           0,
            0,
            count(*) FILTER (WHERE t.run_at <= now()),
            count(*) FILTER (WHERE t.run_at > now()),
