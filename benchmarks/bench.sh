@@ -31,8 +31,11 @@ fi
 quick=()
 for arg in "$@"; do [ "$arg" = "--quick" ] && quick=(--quick); done
 "$venv/bin/python" "$here/producers.py" "${quick[@]}"
-# Then limits and fair share against main's claim, interleaved (docs/performance.md).
+# Then limits and fair share against the claim before them, interleaved, and the keyed claim
+# against the number of idle keys (docs/performance.md).
 if [ ${#quick[@]} -gt 0 ]; then
-    exec "$venv/bin/python" "$here/limits_drain.py" --tasks 5000 --rounds 2
+    "$venv/bin/python" "$here/limits_drain.py" --tasks 5000 --rounds 2
+else
+    "$venv/bin/python" "$here/limits_drain.py" --tasks 20000 --rounds 3
 fi
-exec "$venv/bin/python" "$here/limits_drain.py" --tasks 20000 --rounds 3
+exec "$venv/bin/python" "$here/limits_claim.py"

@@ -1,18 +1,20 @@
-"""Limits and fair share against today's claim, side by side, interleaved, in one run:
-``python benchmarks/limits_drain.py [--tasks N] [--rounds R] [--concurrency C]``.
+"""Limits and fair share against the claim before them, side by side, interleaved, in one
+run: ``python benchmarks/limits_drain.py [--tasks N] [--rounds R] [--concurrency C]
+[--base REF]``.
 
 Each round drains N no-op tasks with an in-process worker (as inproc_drain.py does), once
 per variant, in turn (A, B, C, D, A, B, C, D, ...), each in a fresh database and process:
 
-- ``main``: the code of the branch `main` (exported with `git archive` into a temporary
-  folder, put first on PYTHONPATH): today's claim, before limits existed.
+- ``before``: the code at ``--base`` (default: BEFORE_LIMITS, the last commit of main
+  before limits landed; exported with `git archive` into a temporary folder, put first on
+  PYTHONPATH): the claim as it was.
 - ``no-limit``: this code, no limit defined, tasks without keys (the prepared claim).
 - ``keyed``: every task holds the key "bench", whose limit (concurrency 1,000,000) is
   never reached: the keyed claim (sql/limits.sql) takes every task.
 - ``keyed+10k-idle``: as keyed, with 10,000 idle keys: a pattern limit with a state for
   10,000 keys and a fair-share pass for 10,000 fair keys, none with work waiting.
 
-Prints the median throughput of each and its ratio to main, and the mean claim round
+Prints the median throughput of each and its ratio to before, and the mean claim round
 trip (the cost of a claim should not grow with idle keys). Figures: docs/performance.md.
 """
 
@@ -31,7 +33,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
-VARIANTS = ("main", "no-limit", "keyed", "keyed+10k-idle")
+VARIANTS = ("before", "no-limit", "keyed", "keyed+10k-idle")
+#: main just before the merge of limits (#18).
+BEFORE_LIMITS = "60617e3"
 
 
 def child(variant: str, n: int, concurrency: int) -> None:
@@ -119,20 +123,21 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--concurrency", type=int, default=50)
     parser.add_argument("--child", choices=VARIANTS)
+    parser.add_argument("--base", default=BEFORE_LIMITS, help="the code to compare with")
     args = parser.parse_args()
     if args.child:
         child(args.child, args.tasks, args.concurrency)
         return
     with tempfile.TemporaryDirectory(prefix="pgqueue-main-") as main_tree:
         archive = subprocess.run(
-            ["git", "-C", str(ROOT), "archive", "main"], check=True, capture_output=True
+            ["git", "-C", str(ROOT), "archive", args.base], check=True, capture_output=True
         ).stdout
         subprocess.run(["tar", "-x", "-C", main_tree], input=archive, check=True)
         results: dict[str, list[dict[str, float]]] = {variant: [] for variant in VARIANTS}
         for round_ in range(args.rounds):
             for variant in VARIANTS:
                 env = dict(os.environ)
-                if variant == "main":
+                if variant == "before":
                     env["PYTHONPATH"] = main_tree
                 out = subprocess.run(
                     [
@@ -146,14 +151,14 @@ def main() -> None:
                         str(args.concurrency),
                     ],
                     env=env,
-                    cwd=main_tree if variant == "main" else ROOT,
+                    cwd=main_tree if variant == "before" else ROOT,
                     check=True,
                     capture_output=True,
                     text=True,
                 ).stdout
                 results[variant].append(json.loads(out.strip().splitlines()[-1]))
                 print(f"round {round_ + 1} {variant}: {results[variant][-1]}", flush=True)
-    base = statistics.median(r["rate"] for r in results["main"])
+    base = statistics.median(r["rate"] for r in results["before"])
     print(
         f"\n{args.tasks:,} no-op tasks, concurrency {args.concurrency}, medians of {args.rounds}:"
     )
@@ -161,7 +166,7 @@ def main() -> None:
         rate = statistics.median(r["rate"] for r in results[variant])
         claim_ms = statistics.median(r["claim_ms"] for r in results[variant])
         print(
-            f"  {variant:15} {rate:8,.0f} tasks/s  {100 * rate / base:5.1f}% of main  "
+            f"  {variant:15} {rate:8,.0f} tasks/s  {100 * rate / base:5.1f}% of before  "
             f"claim {claim_ms:.2f} ms"
         )
 
