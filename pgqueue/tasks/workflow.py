@@ -205,6 +205,12 @@ class group(Workflow):
         self.parts = parts
 
     def _shape(self) -> _Shape:
+        signatures = [part for part in self.parts if isinstance(part, Signature)]
+        if len(signatures) == len(self.parts):
+            # Signatures alone (a chord's header of thousands): each its own head and tail,
+            # one Step each, without a shape per signature to join.
+            everyone = tuple(range(len(signatures)))
+            return _Shape(tuple([Step(part) for part in signatures]), everyone, everyone)
         return _joined([_shape_of(part) for part in self.parts], link=False)
 
 
