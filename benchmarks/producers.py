@@ -162,7 +162,11 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=None)
     parser.add_argument("--reps", type=int, default=None)
     parser.add_argument("--out", default=str(HERE / "results"))
+    parser.add_argument(
+        "--producers", type=int, nargs="+", default=PRODUCERS, help="producer counts to run"
+    )
     args = parser.parse_args()
+    producers = tuple(args.producers)
     seconds = args.seconds or (2.0 if args.quick else 5.0)
     reps = args.reps or (2 if args.quick else 3)
 
@@ -183,10 +187,10 @@ def main() -> None:
         cpu: dict[tuple[int, str], list[tuple[float, float]]] = {}
         tm = TaskManager(dsn=dsn)
         current_insert = tm.broker.store.queries["insert_task"]  # type: ignore[attr-defined]
-        pairs = [(p, t) for p in PRODUCERS for t in TRIGGERS]
+        pairs = [(p, t) for p in producers for t in TRIGGERS]
         for rep in range(reps):
             shift = rep % len(TRIGGERS)
-            for p in PRODUCERS:
+            for p in producers:
                 for t in TRIGGERS[shift:] + TRIGGERS[:shift]:
                     set_trigger(dsn, t, current)
                     use_insert(tm, t, current_insert)
@@ -224,6 +228,7 @@ def render(
     def cpu_median(p: int, t: str, which: int) -> float:
         return statistics.median(sample[which] for sample in cpu[(p, t)])
 
+    counts = sorted({p for p, _ in pairs})
     header = (
         "| producers | NOTIFY always (0001) | trigger looks (0004) | no wake-up "
         "| INSERT looks (0012) | 0001/off | 0004/off | 0012/off |"
@@ -237,7 +242,7 @@ def render(
         header,
         "|---|---|---|---|---|---|---|---|",
     ]
-    for p in PRODUCERS:
+    for p in counts:
         cells = [
             f"{median(p, t):,.0f} ({min(results[(p, t)]):,.0f}-{max(results[(p, t)]):,.0f})"
             for t in TRIGGERS
@@ -255,7 +260,7 @@ def render(
         header,
         "|---|---|---|---|---|---|---|---|",
     ]
-    for p in PRODUCERS:
+    for p in counts:
         totals = {t: cpu_median(p, t, 0) + cpu_median(p, t, 1) for t in TRIGGERS}
         cells = [f"{cpu_median(p, t, 0):,.0f} + {cpu_median(p, t, 1):,.0f}" for t in TRIGGERS]
         ratios = [totals["off"] / totals[t] for t in ("0001", "0004", "new")]
