@@ -68,7 +68,8 @@ COMMENT ON VIEW pgqueue.queue_stats IS
     'waited since its run_at), completed and failed in the last minute, paused.';
 
 -- Tasks that could run now but no worker has started: a backlog, a paused queue, or no
--- worker listening on the queue.
+-- worker listening on the queue. limits.sql defines it again, the same rows read through
+-- the two partial indexes (rows without keys, keyed rows), once the key columns exist.
 CREATE OR REPLACE VIEW pgqueue.due_tasks AS
 SELECT
     t.id, t.name, t.queue, t.priority, t.status, t.attempts, t.max_retries,
