@@ -102,6 +102,13 @@ def run_downgrade_sql(script: str) -> None:
     driver_connection.execute(for_schema(script, schema).encode())
 
 
+def frozen_function(script: str, name: str) -> str:
+    """The `-- name: <name>` block of a revision's frozen script, through its closing `$$;`:
+    how a downgrade puts back a function as an earlier revision made it."""
+    start = script.index(f"-- name: {name}\n")
+    return script[start : script.index("$$;\n", script.index("AS $$", start)) + 4]
+
+
 @contextlib.contextmanager
 def _keep_alembic_proxies() -> Iterator[None]:
     """Let upgrade() run from inside a user's own alembic env.py.

@@ -410,7 +410,9 @@ def test_revision_0003_downgrades_to_the_functions_of_0002(empty_dsn: str) -> No
     upgrade(empty_dsn, revision="0002")
     before = bodies()
     upgrade(empty_dsn)
-    assert "task_events" in bodies()["complete_tasks"]
+    # The completion's own statement: complete_tasks' before revision 0013, then
+    # complete_and_hand_off's (complete_tasks calls it).
+    assert "task_events" in bodies()["complete_and_hand_off"]
     engine = create_engine(sqlalchemy_url(empty_dsn))
     try:
         with engine.connect() as conn:
@@ -422,4 +424,4 @@ def test_revision_0003_downgrades_to_the_functions_of_0002(empty_dsn: str) -> No
     with psycopg.connect(empty_dsn) as conn:
         assert conn.execute("SELECT to_regclass('pgqueue.task_events')").fetchone() == (None,)
     upgrade(empty_dsn)  # and up again
-    assert "task_events" in bodies()["complete_tasks"]
+    assert "task_events" in bodies()["complete_and_hand_off"]

@@ -8,7 +8,7 @@ Create Date: 2027-02-12
 
 from pathlib import Path
 
-from pgqueue.db.migrations import run_downgrade_sql, run_revision_sql
+from pgqueue.db.migrations import frozen_function, run_downgrade_sql, run_revision_sql
 
 revision = "0011"
 down_revision = "0010"
@@ -36,7 +36,7 @@ def downgrade() -> None:
         "DROP VIEW pgqueue.queue_stats;\n"
         + _statement(initial, "CREATE OR REPLACE VIEW pgqueue.queue_stats AS")
         + _statement(initial, "COMMENT ON VIEW pgqueue.queue_stats IS")
-        + "\n".join(_function_block(functions, n) for n in _CHANGED)
+        + "\n".join(frozen_function(functions, n) for n in _CHANGED)
     )
 
 
@@ -48,9 +48,3 @@ def _statement(script: str, start_text: str) -> str:
     """The statement of a frozen script that starts with `start_text`, through its `;`."""
     start = script.index(start_text)
     return script[start : script.index(";\n", start) + 2]
-
-
-def _function_block(script: str, name: str) -> str:
-    """The `-- name: <name>` block of a frozen script, through its closing `$$;`."""
-    start = script.index(f"-- name: {name}\n")
-    return script[start : script.index("$$;\n", script.index("AS $$", start)) + 4]
