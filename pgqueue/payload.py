@@ -61,7 +61,7 @@ def encode_kwargs(task_name: str, kwargs: Mapping[str, Any], max_bytes: int) -> 
     if not kwargs:  # no arguments, the common bulk case: nothing to encode or measure
         return "{}"
     try:
-        text = dumps(dict(kwargs))
+        text = dumps(kwargs if type(kwargs) is dict else dict(kwargs))
     except (TypeError, ValueError) as error:
         raise _argument_error(task_name, kwargs, error) from error
     size = len(text.encode("utf-8")) if not text.isascii() else len(text)

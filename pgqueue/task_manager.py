@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import threading
 import uuid
@@ -14,6 +15,7 @@ from pgqueue.brokers.base import LIMITS_UNSUPPORTED, WORKFLOWS_UNSUPPORTED, Brok
 from pgqueue.db.database import Database, database_from_settings
 from pgqueue.db.store import TaskStore
 from pgqueue.errors import InvalidTaskOption
+from pgqueue.payload import encode_kwargs
 from pgqueue.records import Limit, NewTask, Task, TaskEvent, new_task_ids
 from pgqueue.settings import Settings, get_settings, load_settings
 from pgqueue.tasks import call, queueing
@@ -274,39 +276,64 @@ class TaskManager:
 
     def _build_steps(self, steps: Sequence[Step]) -> list[NewTask]:
         ids = new_task_ids(len(steps))
-        # Steps of one task with the same options (a chord's header, a long chain) share
-        # the resolved task and options: resolving them is most of a step's cost in Python.
-        resolved: dict[Any, tuple[TaskFunction[Any] | None, str, TaskOptions]] = {}
+        max_bytes = self.settings.max_payload_bytes
+        # Steps of one task with the same options and keys (a chord's header, a long chain)
+        # share what is resolved and checked once for them: resolving is most of a step's
+        # cost in Python. Their rows are then built as queue_tasks builds its rows.
+        resolved: dict[Any, _StepKind] = {}
         new_tasks = []
         for index, step in enumerate(steps):
             signature = step.signature
-            function, name, options = self._step_options(signature, resolved)
+            kind = self._step_kind(signature, resolved)
             parents = signature.depends_on
             if step.after:
                 parents = tuple([ids[i] for i in step.after]) + parents
-            new_tasks.append(
-                call.build_task(
-                    function,
-                    name,
-                    options,
-                    signature.args,
-                    dict(signature.kwargs),
-                    None,
-                    self.settings.max_payload_bytes,
-                    task_id=ids[index],
-                    depends_on=parents,
-                    on_parent_failure=signature.on_parent_failure,
+            kwargs = signature.kwargs
+            if (
+                kind.plain
+                and not signature.args
+                and (kind.function is None or kind.function.kwargs_problem(kwargs) is None)
+            ):
+                # Keyword arguments the signature takes as they are: nothing to bind.
+                options = kind.options
+                new_tasks.append(
+                    NewTask(
+                        ids[index],
+                        kind.name,
+                        options.queue,
+                        options.priority,
+                        options.max_retries,
+                        encode_kwargs(kind.name, kwargs, max_bytes),
+                        options.timing.delay,
+                        options.timing.schedule_at,
+                        None,
+                        None,
+                        parents,
+                        signature.on_parent_failure,
+                        kind.limit_keys,
+                        kind.fair_key,
+                    )
                 )
+                continue
+            new_task = call.build_task(
+                kind.function,
+                kind.name,
+                kind.options,
+                signature.args,
+                dict(kwargs),
+                None,
+                max_bytes,
+                task_id=ids[index],
+                depends_on=parents,
+                on_parent_failure=signature.on_parent_failure,
             )
-            self._with_keys(new_tasks[-1:], signature.task, signature.limits, signature.fair_key)
+            new_task.limit_keys, new_task.fair_key = kind.limit_keys, kind.fair_key
+            new_tasks.append(new_task)
         return new_tasks
 
-    def _step_options(
-        self,
-        signature: Signature,
-        resolved: dict[Any, tuple[TaskFunction[Any] | None, str, TaskOptions]],
-    ) -> tuple[TaskFunction[Any] | None, str, TaskOptions]:
-        """The task and options of a step, resolved once per distinct task and options."""
+    def _step_kind(self, signature: Signature, resolved: dict[Any, _StepKind]) -> _StepKind:
+        """The task, options and keys of a step, resolved and checked once per distinct
+        task, options and keys."""
         key: Any = (
             signature.task,
             signature.queue,
@@ -314,6 +341,8 @@ class TaskManager:
             signature.max_retries,
             signature.delay_seconds,
             signature.schedule_at,
+            signature.limits,
+            signature.fair_key,
         )
         try:
             return resolved[key]
@@ -330,9 +359,19 @@ class TaskManager:
             signature.delay_seconds,
             signature.schedule_at,
         )
+        own = function.limits if function is not None else None
+        limit_keys = merge_limit_keys(own, signature.limits)
+        if (limit_keys is not None or signature.fair_key is not None) and not self.broker.limits:
+            raise InvalidTaskOption(LIMITS_UNSUPPORTED)
+        # A step needs build_task when its arguments are bound or typed, or when the
+        # task derives a unique key from them.
+        plain = function is None or (
+            function.typed_arguments is None and function.unique_key is None
+        )
+        kind = _StepKind(function, name, options, plain, limit_keys, signature.fair_key)
         if key is not None:
-            resolved[key] = (function, name, options)
-        return function, name, options
+            resolved[key] = kind
+        return kind
 
     def _with_parents(
         self,
@@ -583,6 +622,19 @@ class TaskManager:
 
 _default: TaskManager | None = None
 _default_lock = threading.Lock()
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _StepKind:
+    """What the workflow steps of one task with the same options and keys share."""
+
+    function: TaskFunction[Any] | None
+    name: str
+    options: TaskOptions
+    #: No binding, typing or unique key: the row is built without build_task.
+    plain: bool
+    limit_keys: tuple[str, ...] | None
+    fair_key: str | None
 
 
 def default_task_manager() -> TaskManager:

@@ -399,8 +399,9 @@ class TaskStore:
         roots, dependents = _split_roots(tasks)
         with conn.cursor() as cursor:
             if roots:
-                with cursor.copy(self.queries[copy_query(roots, True)]) as copy:
-                    for chunk in copy_text_chunks(roots, True, now):
+                run_at = _needs_run_at(roots)
+                with cursor.copy(self.queries[copy_query(roots, run_at)]) as copy:
+                    for chunk in copy_text_chunks(roots, run_at, now):
                         copy.write(chunk)
             with cursor.copy(self.queries["copy_workflow_tasks"]) as copy:
                 for chunk in copy_text_chunks(
@@ -411,8 +412,8 @@ class TaskStore:
                 ):
                     copy.write(chunk)
             with cursor.copy(self.queries["copy_task_dependencies"]) as copy:
-                for chunk in edge_rows(dependents):
-                    copy.write(chunk)
+                for edges in edge_rows(dependents):
+                    copy.write(edges)
             cursor.execute(self.queries["wake_copied_queues"], wake_params(tasks))
 
     async def _awrite_workflow(
@@ -429,8 +430,9 @@ class TaskStore:
         roots, dependents = _split_roots(tasks)
         async with conn.cursor() as cursor:
             if roots:
-                async with cursor.copy(self.queries[copy_query(roots, True)]) as copy:
-                    for chunk in copy_text_chunks(roots, True, now):
+                run_at = _needs_run_at(roots)
+                async with cursor.copy(self.queries[copy_query(roots, run_at)]) as copy:
+                    for chunk in copy_text_chunks(roots, run_at, now):
                         await copy.write(chunk)
             async with cursor.copy(self.queries["copy_workflow_tasks"]) as copy:
                 for chunk in copy_text_chunks(
@@ -441,8 +443,8 @@ class TaskStore:
                 ):
                     await copy.write(chunk)
             async with cursor.copy(self.queries["copy_task_dependencies"]) as copy:
-                for chunk in edge_rows(dependents):
-                    await copy.write(chunk)
+                for edges in edge_rows(dependents):
+                    await copy.write(edges)
             await cursor.execute(self.queries["wake_copied_queues"], wake_params(tasks))
 
     def parent_results(self, task_id: uuid.UUID) -> dict[uuid.UUID, Any]:

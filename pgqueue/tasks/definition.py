@@ -8,7 +8,7 @@ import inspect
 import sys
 import uuid
 from collections.abc import Callable, Iterable, Mapping
-from typing import TYPE_CHECKING, Any, Generic, TypeVar, overload
+from typing import Any, Generic, TypeVar, overload
 
 from pgqueue.errors import InvalidTaskArguments, InvalidTaskOption, TaskDefinitionError
 from pgqueue.tasks import call, registry
@@ -33,8 +33,8 @@ from pgqueue.tasks.queueing import (
 from pgqueue.tasks.schedule import CronSchedule
 from pgqueue.tasks.typed_arguments import TypedArguments
 
-if TYPE_CHECKING:
-    from pgqueue.tasks.workflow import Signature
+# Imported here, not in .s(): a chord's header calls it thousands of times.
+from pgqueue.tasks.workflow import Signature
 
 R = TypeVar("R")
 
@@ -307,8 +307,6 @@ class TaskFunction(Generic[R, P]):
 
         >>> ids = chain(fetch.s(url="https://example.com"), parse.s()).delay()
         """
-        from pgqueue.tasks.workflow import Signature
-
         return Signature(
             self,
             args,

@@ -117,11 +117,15 @@ class Signature:
         self.max_retries = max_retries
         self.delay_seconds = delay
         self.schedule_at = schedule_at
-        self.depends_on = check_depends_on(depends_on)
-        self.on_parent_failure = check_on_parent_failure(on_parent_failure)
+        # The defaults skip their checks: a chord's header makes thousands of signatures
+        # that give none of these options.
+        self.depends_on = () if depends_on is None else check_depends_on(depends_on)
+        self.on_parent_failure = on_parent_failure
+        if on_parent_failure != "cancel":
+            self.on_parent_failure = check_on_parent_failure(on_parent_failure)
         #: Limit keys (added to the task's own) and fair key of this call (limits.sql).
-        self.limits = check_limit_keys(limits)
-        self.fair_key = check_fair_key(fair_key)
+        self.limits = None if limits is None else check_limit_keys(limits)
+        self.fair_key = None if fair_key is None else check_fair_key(fair_key)
 
     def __repr__(self) -> str:
         return f"{self.task.name}.s(**{self.kwargs!r})"

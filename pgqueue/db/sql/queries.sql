@@ -64,8 +64,9 @@ COPY pgqueue.tasks (id, producer_wakes, name, queue, priority, kwargs, max_retri
 FROM STDIN;
 
 -- name: copy_task_dependencies
--- Their edges, in the same transaction.
-COPY pgqueue.task_dependencies (parent_id, child_id) FROM STDIN;
+-- Their edges, in the same transaction. Binary: a chord writes as many edges as tasks, and
+-- binary uuids cost the server no parsing (db/dependencies.py, edge_rows).
+COPY pgqueue.task_dependencies (parent_id, child_id) FROM STDIN WITH (FORMAT binary);
 
 -- name: parent_results
 -- Inside a task: each parent's result (NULL if it has none), with the results' total stored
