@@ -24,11 +24,16 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    """Put back the functions as revisions 0010 (complete_tasks) and 0011 made them."""
+    """Put back the functions as revisions 0003 (history_enabled), 0010 (complete_tasks)
+    and 0011 made them."""
     versions = Path(__file__).parent
     limits = (versions / "0010_limits.sql").read_text(encoding="utf-8")
     hand_off = (versions / "0011_hand_off.sql").read_text(encoding="utf-8")
     run_downgrade_sql(
+        "CREATE OR REPLACE FUNCTION pgqueue.history_enabled() RETURNS boolean\n"
+        "LANGUAGE sql STABLE AS $$\n"
+        "    SELECT coalesce((SELECT s.enabled FROM pgqueue.history_settings AS s), true);\n"
+        "$$;\n"
         "DROP FUNCTION pgqueue.complete_tasks(uuid[], integer[], jsonb[], timestamptz[]);\n"
         "DROP FUNCTION pgqueue.complete_and_hand_off(\n"
         "    uuid[], integer[], jsonb[], timestamptz[], text, text[], integer,\n"

@@ -5,7 +5,15 @@
 -- - complete_and_hand_off: the completion itself (it was complete_tasks'), then
 --   release_children with the worker's offer; the pgqueue.hand_off setting is gone.
 -- - complete_tasks: complete_and_hand_off with no slot to hand off.
--- Copied from sql/functions.sql.
+-- - history_enabled: PL/pgSQL, so that its plan is kept (sql/schema.sql says why).
+-- Copied from sql/schema.sql and sql/functions.sql.
+
+CREATE OR REPLACE FUNCTION pgqueue.history_enabled() RETURNS boolean
+LANGUAGE plpgsql STABLE AS $$
+BEGIN
+    RETURN coalesce((SELECT s.enabled FROM pgqueue.history_settings AS s), true);
+END;
+$$;
 
 DROP FUNCTION pgqueue.release_children(uuid[]);
 
