@@ -79,6 +79,12 @@ class Written:
         """Whether a task goes back to RETRYING (a sleeping worker's timer may be late)."""
         return any(d.status is TaskStatus.RETRYING for d in self.decisions.values())
 
+    @property
+    def unknown_given_back(self) -> bool:
+        """Whether a task whose name this worker does not know went back PENDING (only
+        give_back_unknown_tasks decides PENDING)."""
+        return any(d.status is TaskStatus.PENDING for d in self.decisions.values())
+
 
 async def write_outcomes(
     conn: psycopg.AsyncConnection[Any],

@@ -52,6 +52,13 @@ KEYED_POLL_SECONDS = 0.1
 #: How often a worker looks whether keyed rows wait in its queues (while it claims without
 #: sleeping): the longest it claims rows without keys ahead of keyed rows of higher priority.
 KEYED_CHECK_SECONDS = 1.0
+#: A worker that gave back a task whose name it does not know wakes this much after a due
+#: time its timer waits for, for as long as such a task may come due again (the longest
+#: back-off of unknown_task_backoff, 30 s +25%, and a margin): a worker that knows the
+#: name, woken by its timer at the due time, claims it first instead of losing the race to
+#: the one that would only give it back again (during a rolling deploy).
+UNKNOWN_YIELD_SECONDS = 0.25
+UNKNOWN_YIELD_FOR_SECONDS = 45.0
 #: Connections of transactional tasks: their own pool, so that long tasks holding a
 #: transaction never starve the claims and heartbeats of the main pool.
 TASK_POOL_MAX_SIZE = 32
@@ -136,6 +143,9 @@ class PostgresBroker(Broker):
         self._settle_seconds = SETTLE_FIRST_SECONDS
         # Limits and fair share: whether keyed rows wait (the keyed claim then), when that
         # was last looked at, and whether due keyed rows are held back (a short poll).
+        # Until when (time.monotonic()) this worker's timer yields to workers that know
+        # the names it gave back (UNKNOWN_YIELD_SECONDS).
+        self._yield_until = 0.0
         self._keyed = False
         self._keyed_checked_at = -KEYED_CHECK_SECONDS
         self._keyed_held = False
@@ -219,6 +229,7 @@ class PostgresBroker(Broker):
             log_failure_tracebacks=self.log_failure_tracebacks,
             offer=self._hand_off_offer if hand_off is not None else None,
             take=hand_off.take if hand_off is not None else None,
+            on_unknown_given_back=self._yield_to_workers_that_know,
         )
         self._completer.start()
         self._maintenance = Maintenance(self.database, self.lease_seconds, cleanup)
@@ -227,6 +238,9 @@ class PostgresBroker(Broker):
             self.database, worker_id, queues, worker or WorkerInfo(), self.lease_seconds
         )
         self._registry.start()
+
+    def _yield_to_workers_that_know(self) -> None:
+        self._yield_until = time.monotonic() + UNKNOWN_YIELD_FOR_SECONDS
 
     def _hand_off_offer(self) -> HandOffOffer | None:
         """The worker's free slots now, for the children its completions make ready."""
@@ -352,8 +366,9 @@ class PostgresBroker(Broker):
             )
 
     async def _seconds_until_next_task(self) -> float | None:
-        """Seconds until a row is due; keyed rows due now (a limit holds them back) set
-        `_keyed_held` instead, for a short poll, and make the next claim the keyed one."""
+        """Seconds until a row is due (later by UNKNOWN_YIELD_SECONDS while this worker
+        yields); keyed rows due now (a limit holds them back) set `_keyed_held` instead, for
+        a short poll, and make the next claim the keyed one."""
         async with self.database.async_connection() as conn:
             cursor = await conn.execute(
                 self.database.queries["seconds_until_next_task"], {"queues": self._queues}
@@ -366,6 +381,8 @@ class PostgresBroker(Broker):
             self._keyed, self._keyed_checked_at = True, time.monotonic()
         if keyed is not None and keyed > 0:
             plain = keyed if plain is None else min(plain, keyed)
+        if plain is not None and time.monotonic() < self._yield_until:
+            plain += UNKNOWN_YIELD_SECONDS
         return plain
 
     async def finish(self, outcome: Outcome) -> None:

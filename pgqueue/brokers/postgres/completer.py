@@ -48,8 +48,10 @@ class Completer(BackgroundLoop):
         log_failure_tracebacks: bool = True,
         offer: Callable[[], HandOffOffer | None] | None = None,
         take: Callable[[list[Task]], None] | None = None,
+        on_unknown_given_back: Callable[[], None] | None = None,
     ) -> None:
         super().__init__()
+        self._on_unknown_given_back = on_unknown_given_back
         #: The worker's free slots at each write, and where the tasks its completions make
         #: ready go, claimed for it (the broker's hand-off, brokers/base.py).
         self._offer = offer
@@ -168,6 +170,8 @@ class Completer(BackgroundLoop):
         if written.handed_off and self._take is not None:
             self._take(written.handed_off)
         report(batch, written, tracebacks=self._log_failure_tracebacks)
+        if written.unknown_given_back and self._on_unknown_given_back is not None:
+            self._on_unknown_given_back()
         if written.retries_scheduled:
             # After the commit, not before: woken earlier, the worker would look for its
             # next due task before the retry is visible, and sleep a polling interval.

@@ -31,9 +31,10 @@ $$;
 -- complete_and_hand_off. The other ready ones become PENDING (due at the run_at they were
 -- queued with) and their queues are woken. Events: "ready" (details: parent, the one that
 -- released it), then "started" for a child handed off.
--- Plans: every row is found by its key (LATERAL lookups, TID scans of the rows locked), so
--- that the cost of a chain step does not grow with the table; a hash join over a small
--- table's sequential scan was half of a step.
+-- Plans: every row is found by its key (LATERAL lookups; the children updated by TID, safe
+-- since they were locked by a statement before, so this one's snapshot sees the versions
+-- locked), so that a chain step does not scan a small table: a hash join over a sequential
+-- scan was half of a step.
 CREATE OR REPLACE FUNCTION pgqueue.release_children(
     p_parents uuid[], p_worker_id text DEFAULT NULL, p_queues text[] DEFAULT NULL,
     p_slots integer DEFAULT 0, p_lease_seconds double precision DEFAULT NULL
@@ -308,7 +309,7 @@ CREATE OR REPLACE FUNCTION pgqueue.complete_and_hand_off(
 -- Generic plans for every statement it runs (release_children's too): planned once per
 -- connection, not at each call; replanning them was a fifth of a chain step. Each finds its
 -- rows by key whatever their number, and the cost of random pages that of an SSD, so that
--- a generic plan fetches the rows it locked by TID, not by a scan of a small table.
+-- a generic plan reads them by index or TID, not by a scan of a small table.
 SET plan_cache_mode = force_generic_plan
 SET random_page_cost = 1.1
 LANGUAGE plpgsql AS $$
@@ -323,14 +324,14 @@ BEGIN
         -- Locked first (in id order, as producers lock the parents they name: no
         -- deadlock), so that whether the start is recorded here (started_at NULL) is read
         -- from the latest row, not from a heartbeat's concurrent write recording it.
-        SELECT l.ctid AS tid, l.id, done.result, done.started_at,
+        SELECT l.id, done.result, done.started_at,
                l.started_at IS NULL AND done.started_at IS NOT NULL AS starts
         FROM done
         CROSS JOIN LATERAL (
             -- status::text (not status): the planner then cannot take the row from the
             -- partial index of RUNNING rows (estimated 1 row, always stale on a queue
             -- table), which made completions O(n^2); LIMIT keeps this a lookup per element.
-            SELECT t.ctid, t.id, t.started_at FROM pgqueue.tasks AS t
+            SELECT t.id, t.started_at FROM pgqueue.tasks AS t
             WHERE t.id = done.id AND t.lease_token = done.token AND t.status::text = 'RUNNING'
             LIMIT 1
             FOR UPDATE
@@ -340,7 +341,11 @@ BEGIN
         SET status = 'COMPLETED', result = held.result, finished_at = now(),
             lease_expires_at = NULL, started_at = coalesce(held.started_at, t.started_at)
         FROM held
-        WHERE t.ctid = ANY (ARRAY(SELECT held.tid FROM held)) AND t.id = held.id
+        -- By id, not by the TID held locked: when a heartbeat changed the row after this
+        -- statement's snapshot, the lock returns the new version, which a TID scan under
+        -- that snapshot does not see (the completion was refused as a lost lease); the
+        -- scan by id finds the version the snapshot sees and follows it to the new one.
+        WHERE t.id = ANY (ARRAY(SELECT held.id FROM held)) AND t.id = held.id
         RETURNING t.id, t.attempts, t.worker_id, t.started_at, held.starts
     ), recorded AS (
         INSERT INTO pgqueue.task_events (task_id, at, event, attempt, worker_id)
