@@ -29,9 +29,11 @@ def test_sigkill_storm_every_effect_exactly_once(
     fault_db: psycopg.Connection[Any], faults_tm: TaskManager, pool: WorkerPool
 ) -> None:
     """Random workers SIGKILLed every ~0.7 s while 3,000 tasks run: each effect once."""
+    # Runs of 50 ms: the storm lasts about 5 s on 32 slots, for 7 kills or so (with 20 ms
+    # runs, faster completions ended it after 4).
     ids = faults_tm.queue_tasks(
         fault_tasks.effect,
-        [{"n": i, "sleep": 0.02} for i in range(STORM_TASKS)],
+        [{"n": i, "sleep": 0.05} for i in range(STORM_TASKS)],
         max_retries=20,
     )
     for _ in range(4):

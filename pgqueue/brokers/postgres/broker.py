@@ -141,11 +141,11 @@ class PostgresBroker(Broker):
         self._announced = False
         self._forgetting: asyncio.Task[None] | None = None
         self._settle_seconds = SETTLE_FIRST_SECONDS
-        # Limits and fair share: whether keyed rows wait (the keyed claim then), when that
-        # was last looked at, and whether due keyed rows are held back (a short poll).
         # Until when (time.monotonic()) this worker's timer yields to workers that know
         # the names it gave back (UNKNOWN_YIELD_SECONDS).
         self._yield_until = 0.0
+        # Limits and fair share: whether keyed rows wait (the keyed claim then), when that
+        # was last looked at, and whether due keyed rows are held back (a short poll).
         self._keyed = False
         self._keyed_checked_at = -KEYED_CHECK_SECONDS
         self._keyed_held = False

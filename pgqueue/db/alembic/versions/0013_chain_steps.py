@@ -1,6 +1,7 @@
 """Workflows, faster again: a completion moves the children it hands off from WAITING to
 RUNNING in one update, and every row of a chain step is found by its key, not by a scan
-of a small table (release_children, complete_and_hand_off, complete_tasks).
+of a small table (release_children, complete_and_hand_off, complete_tasks); and
+history_enabled() in PL/pgSQL, so that its plan is kept.
 
 Revision ID: 0013
 Revises: 0012
