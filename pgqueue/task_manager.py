@@ -6,7 +6,7 @@ import dataclasses
 import datetime
 import threading
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from pgqueue import results, telemetry
@@ -15,7 +15,6 @@ from pgqueue.brokers.base import LIMITS_UNSUPPORTED, WORKFLOWS_UNSUPPORTED, Brok
 from pgqueue.db.database import Database, database_from_settings
 from pgqueue.db.store import TaskStore
 from pgqueue.errors import InvalidTaskOption
-from pgqueue.payload import encode_kwargs
 from pgqueue.records import Limit, NewTask, Task, TaskEvent, new_task_ids
 from pgqueue.settings import Settings, get_settings, load_settings
 from pgqueue.tasks import call, queueing
@@ -289,44 +288,32 @@ class TaskManager:
             if step.after:
                 parents = tuple([ids[i] for i in step.after]) + parents
             kwargs = signature.kwargs
-            if (
-                kind.plain
-                and not signature.args
-                and (kind.function is None or kind.function.kwargs_problem(kwargs) is None)
-            ):
-                # Keyword arguments the signature takes as they are: nothing to bind.
-                options = kind.options
-                new_tasks.append(
-                    NewTask(
-                        ids[index],
-                        kind.name,
-                        options.queue,
-                        options.priority,
-                        options.max_retries,
-                        encode_kwargs(kind.name, kwargs, max_bytes),
-                        options.timing.delay,
-                        options.timing.schedule_at,
-                        None,
-                        None,
-                        parents,
-                        signature.on_parent_failure,
-                        kind.limit_keys,
-                        kind.fair_key,
-                    )
+            check = kind.plain_check
+            # Tasks queued by name take their keyword arguments as given, as build_task does.
+            plain = kind.function is None if check is None else check(kwargs) is None
+            if plain and not signature.args:
+                new_task = call.plain_task(
+                    ids[index],
+                    kind.name,
+                    kind.options,
+                    kwargs,
+                    max_bytes,
+                    parents,
+                    signature.on_parent_failure,
                 )
-                continue
-            new_task = call.build_task(
-                kind.function,
-                kind.name,
-                kind.options,
-                signature.args,
-                dict(kwargs),
-                None,
-                max_bytes,
-                task_id=ids[index],
-                depends_on=parents,
-                on_parent_failure=signature.on_parent_failure,
-            )
+            else:
+                new_task = call.build_task(
+                    kind.function,
+                    kind.name,
+                    kind.options,
+                    signature.args,
+                    dict(kwargs),
+                    None,
+                    max_bytes,
+                    task_id=ids[index],
+                    depends_on=parents,
+                    on_parent_failure=signature.on_parent_failure,
+                )
             new_task.limit_keys, new_task.fair_key = kind.limit_keys, kind.fair_key
             new_tasks.append(new_task)
         return new_tasks
@@ -359,16 +346,10 @@ class TaskManager:
             signature.delay_seconds,
             signature.schedule_at,
         )
-        own = function.limits if function is not None else None
-        limit_keys = merge_limit_keys(own, signature.limits)
-        if (limit_keys is not None or signature.fair_key is not None) and not self.broker.limits:
-            raise InvalidTaskOption(LIMITS_UNSUPPORTED)
-        # A step needs build_task when its arguments are bound or typed, or when the
-        # task derives a unique key from them.
-        plain = function is None or (
-            function.typed_arguments is None and function.unique_key is None
+        limit_keys, fair_key = self._keys(function, signature.limits, signature.fair_key)
+        kind = _StepKind(
+            function, name, options, call.plain_kwargs_check(function), limit_keys, fair_key
         )
-        kind = _StepKind(function, name, options, plain, limit_keys, signature.fair_key)
         if key is not None:
             resolved[key] = kind
         return kind
@@ -401,16 +382,24 @@ class TaskManager:
     ) -> None:
         """Set the limit keys (the task's own, then the call's) and the fair key, checked."""
         function = task if isinstance(task, TaskFunction) else resolve_task(task)[0]
-        own = function.limits if function is not None else None
-        keys = merge_limit_keys(own, check_limit_keys(limits))
-        fair = check_fair_key(fair_key)
+        keys, fair = self._keys(function, limits, fair_key)
         if keys is None and fair is None:
             return
-        if not self.broker.limits:
-            raise InvalidTaskOption(LIMITS_UNSUPPORTED)
         for new_task in new_tasks:
             new_task.limit_keys = keys
             new_task.fair_key = fair
+
+    def _keys(
+        self, function: TaskFunction[Any] | None, limits: Iterable[str] | None, fair_key: str | None
+    ) -> tuple[tuple[str, ...] | None, str | None]:
+        """The limit keys (the task's own, then the call's) and the fair key, checked; this
+        broker must support limits if there are any."""
+        own = function.limits if function is not None else None
+        keys = merge_limit_keys(own, check_limit_keys(limits))
+        fair = check_fair_key(fair_key)
+        if (keys is not None or fair is not None) and not self.broker.limits:
+            raise InvalidTaskOption(LIMITS_UNSUPPORTED)
+        return keys, fair
 
     def _workflow_broker(self) -> Broker:
         broker = self.broker
@@ -631,8 +620,8 @@ class _StepKind:
     function: TaskFunction[Any] | None
     name: str
     options: TaskOptions
-    #: No binding, typing or unique key: the row is built without build_task.
-    plain: bool
+    #: call.plain_kwargs_check of its task: which calls are built without build_task.
+    plain_check: Callable[[Mapping[str, Any]], str | None] | None
     limit_keys: tuple[str, ...] | None
     fair_key: str | None
 

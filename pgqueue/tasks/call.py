@@ -68,6 +68,45 @@ def build_task(
     )
 
 
+def plain_kwargs_check(
+    function: TaskFunction[Any] | None,
+) -> Callable[[Mapping[str, Any]], str | None] | None:
+    """How to tell the calls of `function` that `plain_task` may build (its kwargs_problem:
+    None for keyword arguments the signature takes as they are), or None when none may
+    (typed arguments, a unique key derived from them, or a task queued by name)."""
+    if function is None or function.typed_arguments is not None:
+        return None
+    if function.unique_key is not None:
+        return None
+    return function.kwargs_problem
+
+
+def plain_task(
+    task_id: uuid.UUID,
+    name: str,
+    options: TaskOptions,
+    kwargs: Mapping[str, Any],
+    max_payload_bytes: int,
+    depends_on: tuple[uuid.UUID, ...] = (),
+    on_parent_failure: str = "cancel",
+) -> NewTask:
+    """build_task for keyword arguments that need no binding, typing or key (see
+    plain_kwargs_check): bulk queueing and workflows are bound by this loop, 2 us a row."""
+    timing = options.timing
+    return NewTask(
+        task_id,
+        name,
+        options.queue,
+        options.priority,
+        options.max_retries,
+        encode_kwargs(name, kwargs, max_payload_bytes),
+        timing.delay,
+        timing.schedule_at,
+        depends_on=depends_on,
+        on_parent_failure=on_parent_failure,
+    )
+
+
 def build_tasks(
     function: TaskFunction[Any] | None,
     name: str,
@@ -79,17 +118,7 @@ def build_tasks(
     """The rows of a bulk call (keyword arguments only); an error names the row."""
     new_tasks = []
     ids = new_task_ids(len(rows))
-    # Rows whose stored arguments need no binding, typing or key: built right here, not
-    # through build_task, since bulk queueing is bound by this loop (2 us a row saved).
-    plain_check = (
-        function.kwargs_problem
-        if function is not None
-        and function.typed_arguments is None
-        and unique_key is None
-        and function.unique_key is None
-        else None
-    )
-    timing = options.timing
+    plain_check = plain_kwargs_check(function) if unique_key is None else None
     for index, row in enumerate(rows):
         if type(row) is not dict and not isinstance(row, Mapping):  # dict: no ABC check
             raise InvalidTaskArguments(
@@ -97,18 +126,7 @@ def build_tasks(
             )
         try:
             if plain_check is not None and plain_check(row) is None:
-                new_tasks.append(
-                    NewTask(
-                        ids[index],
-                        name,
-                        options.queue,
-                        options.priority,
-                        options.max_retries,
-                        encode_kwargs(name, row, max_payload_bytes),
-                        timing.delay,
-                        timing.schedule_at,
-                    )
-                )
+                new_tasks.append(plain_task(ids[index], name, options, row, max_payload_bytes))
                 continue
             new_tasks.append(
                 build_task(
