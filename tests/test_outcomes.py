@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import datetime
+import json
 import logging
 import threading
 import time
@@ -17,8 +19,9 @@ import pytest
 from support.waiting import wait_until
 
 from pgqueue import AsyncTask, TaskManager, TaskStatus
+from pgqueue.db import arrays
 from pgqueue.db.claim import claim_tasks
-from pgqueue.db.outcomes import write_outcomes
+from pgqueue.db.outcomes import HandOffOffer, write_outcomes
 from pgqueue.db.queries import queries
 from pgqueue.errors import first_line
 from pgqueue.loops import BackgroundLoop, Backoff, retrying
@@ -247,6 +250,58 @@ def test_each_outcome_kind_is_written_by_the_one_mapping(dsn: str, db: Any) -> N
     }
     assert written.decisions[tasks["unknown"].id].status is TaskStatus.PENDING
     assert written.retries_scheduled
+
+
+#: Results whose JSON text holds what an array literal must quote or escape.
+AWKWARD_RESULTS = [
+    {"quote": 'say "hi"', "backslash": "C:\\dir\\", "braces": "{a,b}", "comma": "x, y"},
+    ["NULL", None, "", " spaced ", "tab\tnew\nline", "\u00e9t\u00e9 \U0001f600"],
+    'a "string" with \\ backslashes',
+    None,
+    12.5,
+]
+
+
+def test_completions_write_any_result_as_it_was_returned(dsn: str, db: Any) -> None:
+    """The completion's arrays go as literals built in db/arrays.py: results holding quotes,
+    backslashes, braces, commas, NULL-looking text and non-ASCII come back unchanged, one
+    completion at a time (a chain step's path, with a hand-off offer) and in a batch."""
+    labels = [f"r{i}" for i in range(len(AWKWARD_RESULTS) * 2)]
+    tasks = claim_rows(dsn, db, labels)
+    outcomes = [
+        Outcome(tasks[label], OutcomeKind.COMPLETED, result_json=json.dumps(result))
+        for label, result in zip(labels, AWKWARD_RESULTS * 2, strict=True)
+    ]
+    offer = HandOffOffer("w", [QUEUE, 'odd "queue", {x}'], slots=2, lease_seconds=30)
+
+    async def write() -> None:
+        async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+            for outcome in outcomes[: len(AWKWARD_RESULTS)]:
+                written = await write_outcomes(conn, queries(), [outcome], 60, offer)
+                assert written.lease_lost == []
+            written = await write_outcomes(conn, queries(), outcomes[len(AWKWARD_RESULTS) :], 60)
+            assert written.lease_lost == []
+
+    asyncio.run(write())
+    stored = dict(db.execute("SELECT kwargs->>'label', result FROM pgqueue.tasks"))
+    assert stored == dict(zip(labels, AWKWARD_RESULTS * 2, strict=True))
+
+
+def test_array_literals_read_back_as_the_values(db: Any) -> None:
+    when = datetime.datetime(2026, 12, 5, 23, 59, 58, 123456, tzinfo=datetime.UTC)
+    ids = [uuid.uuid4(), uuid.uuid4()]
+    texts = ['a"b', "c\\d", "{e}", "NULL", "", None, "f,g h", "\u00e9t\u00e9 \U0001f600"]
+    row = db.execute(
+        "SELECT %s::uuid[], %s::integer[], %s::timestamptz[], %s::text[], %s::uuid[]",
+        (
+            arrays.uuids(ids),
+            arrays.integers([1, -2, 3]),
+            arrays.timestamps([when, None]),
+            arrays.texts(texts),
+            arrays.uuids([]),
+        ),
+    ).fetchone()
+    assert row == (ids, [1, -2, 3], [when, None], texts, [])
 
 
 class Flaky(BackgroundLoop):

@@ -26,6 +26,7 @@ from typing import Any
 
 import psycopg
 
+from pgqueue.db import arrays
 from pgqueue.db.claim import claimed_task
 from pgqueue.errors import first_line
 from pgqueue.logs import log_with_traceback, task_fields
@@ -124,6 +125,18 @@ def _fence(outcomes: Sequence[Outcome]) -> dict[str, Any]:
     }
 
 
+def _completions(outcomes: Sequence[Outcome]) -> dict[str, str]:
+    """The array parameters of a completion, as literals (db/arrays.py)."""
+    return {
+        "ids": arrays.uuids([o.task.id for o in outcomes]),
+        "tokens": arrays.integers([o.task.lease_token for o in outcomes]),
+        "results": arrays.texts([o.result_json for o in outcomes]),
+        # A task claimed ahead started after its claim (the worker moves it on); None
+        # keeps the start the database recorded.
+        "started": arrays.timestamps([o.task.started_at for o in outcomes]),
+    }
+
+
 async def _complete(
     conn: psycopg.AsyncConnection[Any],
     queries: dict[str, str],
@@ -137,11 +150,9 @@ async def _complete(
     cursor = await conn.execute(
         queries["complete_and_hand_off"],
         {
-            **_fence(outcomes),
-            "results": [o.result_json for o in outcomes],
-            "started": [o.task.started_at for o in outcomes],
+            **_completions(outcomes),
             "worker_id": offer.worker_id,
-            "queues": list(offer.queues),
+            "queues": arrays.texts(offer.queues),
             "slots": offer.slots,
             "lease_seconds": offer.lease_seconds,
         },
@@ -160,16 +171,7 @@ async def complete_outcomes(
     conn: psycopg.AsyncConnection[Any], queries: dict[str, str], outcomes: list[Outcome]
 ) -> list[Outcome]:
     """Write COMPLETED outcomes in one statement; those refused (lease lost)."""
-    cursor = await conn.execute(
-        queries["complete_started_tasks"],
-        {
-            **_fence(outcomes),
-            "results": [o.result_json for o in outcomes],
-            # A task claimed ahead started after its claim (the worker moves it on); None
-            # keeps the start the database recorded.
-            "started": [o.task.started_at for o in outcomes],
-        },
-    )
+    cursor = await conn.execute(queries["complete_started_tasks"], _completions(outcomes))
     accepted = {row[0] for row in await cursor.fetchall()}
     if len(accepted) == len(outcomes):
         return []

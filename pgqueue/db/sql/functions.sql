@@ -41,27 +41,34 @@ CREATE OR REPLACE FUNCTION pgqueue.release_children(
 ) RETURNS SETOF pgqueue.tasks
 LANGUAGE plpgsql AS $$
 DECLARE
+    -- By child, in id order: how many of p_parents it had, and the first of them.
     children uuid[];
+    released integer[];
+    releasers uuid[];
     claimed pgqueue.tasks[];
     queues text[];
 BEGIN
-    SELECT array_agg(DISTINCT d.child_id) INTO children
-    FROM unnest(p_parents) AS p(id)
-    CROSS JOIN LATERAL (SELECT d.child_id FROM pgqueue.task_dependencies AS d
-                        WHERE d.parent_id = p.id OFFSET 0) AS d;
-    IF children IS NULL THEN
-        RETURN;  -- no workflow: one probe of the primary key per parent
-    END IF;
-    PERFORM 1
-    FROM (SELECT c.id FROM unnest(children) AS c(id) ORDER BY c.id) AS c
-    CROSS JOIN LATERAL (SELECT FROM pgqueue.tasks AS t WHERE t.id = c.id LIMIT 1 FOR UPDATE) AS l;
-    WITH edges AS (
-        SELECT d.child_id, count(*)::integer AS n,
-               (array_agg(p.id ORDER BY p.id))[1] AS parent
+    -- The edges are read once (one probe of the primary key per parent); for a chord's
+    -- header each batch of completions reads as many edges as it completed tasks.
+    SELECT array_agg(e.child_id ORDER BY e.child_id), array_agg(e.n ORDER BY e.child_id),
+           array_agg(e.parent ORDER BY e.child_id)
+    INTO children, released, releasers
+    FROM (
+        SELECT d.child_id, count(*)::integer AS n, (array_agg(p.id ORDER BY p.id))[1] AS parent
         FROM unnest(p_parents) AS p(id)
         CROSS JOIN LATERAL (SELECT d.child_id FROM pgqueue.task_dependencies AS d
                             WHERE d.parent_id = p.id OFFSET 0) AS d
         GROUP BY d.child_id
+    ) AS e;
+    IF children IS NULL THEN
+        RETURN;  -- no workflow
+    END IF;
+    -- In id order (children is sorted), as every writer of several tasks locks them.
+    PERFORM 1
+    FROM unnest(children) AS c(id)
+    CROSS JOIN LATERAL (SELECT FROM pgqueue.tasks AS t WHERE t.id = c.id LIMIT 1 FOR UPDATE) AS l;
+    WITH edges AS (
+        SELECT * FROM unnest(children, released, releasers) AS e(child_id, n, parent)
     ), targets AS (
         SELECT t.tid, t.id, e.n, e.parent,
                t.status = 'WAITING' AND t.parents_left <= e.n AS ready,
