@@ -53,6 +53,7 @@ test-faults: $(STAMP) ## The fault-injection suite only
 bench: $(STAMP) ## Benchmarks against the peers, then workflows (several minutes)
 	bash benchmarks/bench.sh
 	PYTHONPATH=. $(BIN)/python benchmarks/workflows.py
+	PYTHONPATH=. $(BIN)/python benchmarks/chain_floor.py
 
 bench-quick: $(STAMP) ## A short benchmark run (under 3 minutes)
 	bash benchmarks/bench.sh --quick
